@@ -1,0 +1,278 @@
+"""The one exception hierarchy of trioctl.
+
+Every error trioctl raises on purpose derives from :class:`TrioctlError`.
+Each class carries the stable ``reason`` name and the JSON-RPC ``rpc_code``
+that the RPC boundary puts on the wire; the client library maps them back to
+the same classes, so callers catch the same exceptions locally and remotely.
+
+trioctl never wraps :class:`trio.Cancelled` or a caller's own
+:class:`trio.TooSlowError`: deadlines the caller sets stay the caller's.
+
+::
+
+    Exception
+     +-- TrioctlError                      INTERNAL_ERROR   -32603
+          +-- ProtocolError                (abstract)
+          |    +-- LocalProtocolError      we misused a protocol
+          |    +-- RemoteProtocolError     the peer (QEMU) broke QMP
+          +-- ParseError                   PARSE_ERROR      -32700
+          +-- InvalidRequest               INVALID_REQUEST  -32600
+          +-- MethodNotFound               METHOD_NOT_FOUND -32601
+          +-- InvalidParams                INVALID_PARAMS   -32602
+          +-- InternalError                INTERNAL_ERROR   -32603
+          +-- NoDomain                     NO_DOMAIN        -32001
+          +-- DomainExists                 DOMAIN_EXISTS    -32002
+          +-- OperationInvalid             OPERATION_INVALID -32003
+          +-- JobTimeout                   JOB_TIMEOUT      -32004
+          +-- JobQueueFull                 JOB_QUEUE_FULL   -32005
+          +-- MonitorTimeout               MONITOR_TIMEOUT  -32006
+          +-- MonitorUnresponsive          MONITOR_UNRESPONSIVE -32007
+          +-- MonitorError                 MONITOR_ERROR    -32008
+          |    +-- QmpCommandError         QEMU answered {"error": ...}
+          |    +-- ConnectionLost          the monitor closed under a waiter
+          +-- DomainDestroyed              DOMAIN_DESTROYED -32009
+          +-- ServerBusy                   SERVER_BUSY      -32010
+          +-- AccessDenied                 ACCESS_DENIED    -32011
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "AccessDenied",
+    "ConnectionLost",
+    "DomainDestroyed",
+    "DomainExists",
+    "InternalError",
+    "InvalidParams",
+    "InvalidRequest",
+    "JobQueueFull",
+    "JobTimeout",
+    "LocalProtocolError",
+    "MethodNotFound",
+    "MonitorError",
+    "MonitorTimeout",
+    "MonitorUnresponsive",
+    "NoDomain",
+    "OperationInvalid",
+    "ParseError",
+    "ProtocolError",
+    "QmpCommandError",
+    "RemoteProtocolError",
+    "ServerBusy",
+    "TrioctlError",
+    "error_class_for_reason",
+]
+
+_BY_REASON: dict[str, type[TrioctlError]] = {}
+
+
+class TrioctlError(Exception):
+    """Root of every error trioctl raises deliberately.
+
+    Attributes:
+        message: human-readable text, also ``str(exc)``.
+        data: extra JSON-compatible detail that travels in the RPC error's
+            ``data`` object beside ``reason``.
+    """
+
+    reason: ClassVar[str] = "INTERNAL_ERROR"
+    rpc_code: ClassVar[int] = -32603
+
+    def __init__(self, message: str = "", **data: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data: dict[str, Any] = data
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A class that declares its own reason is the one the client raises
+        # for that reason; subclasses that inherit it refine it locally only.
+        if "reason" in cls.__dict__:
+            _BY_REASON[cls.reason] = cls
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+
+def error_class_for_reason(reason: str) -> type[TrioctlError]:
+    """The class that represents ``reason`` (``TrioctlError`` if unknown)."""
+    return _BY_REASON.get(reason, TrioctlError)
+
+
+class ProtocolError(TrioctlError):
+    """A protocol was broken. Abstract: raise a Local or Remote subclass."""
+
+    def __init__(self, message: str = "", **data: Any) -> None:
+        if type(self) is ProtocolError:
+            raise TypeError("raise LocalProtocolError or RemoteProtocolError instead")
+        super().__init__(message, **data)
+
+
+class LocalProtocolError(ProtocolError):
+    """We tried to do something the protocol does not allow in this state
+    (for example sending a command before negotiation). You *don't* get this
+    for anything the peer did: that is :class:`RemoteProtocolError`."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent bytes that break the protocol: invalid JSON, a message
+    of the wrong shape, a line over the length bound, EOF inside a message.
+    The connection cannot be trusted afterwards."""
+
+
+# -- JSON-RPC 2.0 protocol errors -------------------------------------------------
+
+
+class ParseError(TrioctlError):
+    """The request text is not valid JSON."""
+
+    reason = "PARSE_ERROR"
+    rpc_code = -32700
+
+
+class InvalidRequest(TrioctlError):
+    """The JSON is valid but not a JSON-RPC 2.0 request object."""
+
+    reason = "INVALID_REQUEST"
+    rpc_code = -32600
+
+
+class MethodNotFound(TrioctlError):
+    """No procedure has that name (or not on this endpoint)."""
+
+    reason = "METHOD_NOT_FOUND"
+    rpc_code = -32601
+
+
+class InvalidParams(TrioctlError):
+    """The parameters do not match the procedure's type; ``data`` names the
+    field and the reason. Nothing was done."""
+
+    reason = "INVALID_PARAMS"
+    rpc_code = -32602
+
+
+class InternalError(TrioctlError):
+    """A bug or an unexpected failure inside the daemon."""
+
+    reason = "INTERNAL_ERROR"
+    rpc_code = -32603
+
+
+# -- application errors -------------------------------------------------------------
+
+
+class NoDomain(TrioctlError):
+    """No domain has that name."""
+
+    reason = "NO_DOMAIN"
+    rpc_code = -32001
+
+
+class DomainExists(TrioctlError):
+    """A domain with that name (or uuid) is already defined."""
+
+    reason = "DOMAIN_EXISTS"
+    rpc_code = -32002
+
+
+class OperationInvalid(TrioctlError):
+    """The operation is not valid in the domain's current state; the message
+    says why. Nothing was done."""
+
+    reason = "OPERATION_INVALID"
+    rpc_code = -32003
+
+
+class JobTimeout(TrioctlError):
+    """Waited ``job_wait_timeout`` for a domain's job and did not get it.
+
+    The message and ``data`` name the holder: its procedure, its client and
+    how many seconds it has held the job. You don't get this when the queue
+    was full from the start: that is :class:`JobQueueFull`, at once.
+    """
+
+    reason = "JOB_TIMEOUT"
+    rpc_code = -32004
+
+
+class JobQueueFull(TrioctlError):
+    """``max_queued`` callers already wait for this domain's job; refused at
+    once, naming the holder like :class:`JobTimeout`."""
+
+    reason = "JOB_QUEUE_FULL"
+    rpc_code = -32005
+
+
+class MonitorTimeout(TrioctlError):
+    """A monitor command did not answer within ``monitor_timeout``. The domain
+    is now marked monitor-unresponsive. QEMU may still run the command."""
+
+    reason = "MONITOR_TIMEOUT"
+    rpc_code = -32006
+
+
+class MonitorUnresponsive(TrioctlError):
+    """The domain's monitor is known not to answer (an earlier command timed
+    out, or reconnect found it silent); refused at once without trying."""
+
+    reason = "MONITOR_UNRESPONSIVE"
+    rpc_code = -32007
+
+
+class MonitorError(TrioctlError):
+    """The monitor failed: QEMU returned an error, or the connection broke."""
+
+    reason = "MONITOR_ERROR"
+    rpc_code = -32008
+
+
+class QmpCommandError(MonitorError):
+    """QEMU answered a command with ``{"error": {"class": ..., "desc": ...}}``.
+
+    Attributes:
+        error_class: QMP's error class, such as ``CommandNotFound``.
+        desc: QMP's description.
+        command: the command that failed.
+    """
+
+    def __init__(self, command: str, error_class: str, desc: str) -> None:
+        super().__init__(
+            f"{command}: {error_class}: {desc}",
+            command=command,
+            error_class=error_class,
+            desc=desc,
+        )
+        self.command = command
+        self.error_class = error_class
+        self.desc = desc
+
+
+class ConnectionLost(MonitorError):
+    """The monitor connection closed (EOF, reset, protocol violation) while a
+    command waited for its reply, or a command was issued after it closed.
+    Every waiter gets it at once. You don't get it if you cancelled first."""
+
+
+class DomainDestroyed(TrioctlError):
+    """The domain was destroyed while this call held or waited for its job."""
+
+    reason = "DOMAIN_DESTROYED"
+    rpc_code = -32009
+
+
+class ServerBusy(TrioctlError):
+    """A bounded queue (a worker pool's pending jobs) is full; refused at once
+    instead of blocking the submitter."""
+
+    reason = "SERVER_BUSY"
+    rpc_code = -32010
+
+
+class AccessDenied(TrioctlError):
+    """The caller's role does not allow this procedure. Nothing was done."""
+
+    reason = "ACCESS_DENIED"
+    rpc_code = -32011
