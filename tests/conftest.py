@@ -16,6 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# CI machines are shared and noisy: judge tests by behaviour, not by how fast
+# Hypothesis could generate or run an example.
+settings.register_profile("trioctl", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("trioctl")
 
 QEMU_BINARY = "qemu-system-x86_64"
 

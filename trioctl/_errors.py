@@ -33,6 +33,7 @@ trioctl never wraps :class:`trio.Cancelled` or a caller's own
           +-- DomainDestroyed              DOMAIN_DESTROYED -32009
           +-- ServerBusy                   SERVER_BUSY      -32010
           +-- AccessDenied                 ACCESS_DENIED    -32011
+          +-- LaunchError                  LAUNCH_FAILED    -32012
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ __all__ = [
     "InvalidRequest",
     "JobQueueFull",
     "JobTimeout",
+    "LaunchError",
     "LocalProtocolError",
     "MethodNotFound",
     "MonitorError",
@@ -276,3 +278,11 @@ class AccessDenied(TrioctlError):
 
     reason = "ACCESS_DENIED"
     rpc_code = -32011
+
+
+class LaunchError(TrioctlError):
+    """The emulator could not be started: it exited with an error (its stderr
+    is in the message), or its pidfile or monitor socket never appeared."""
+
+    reason = "LAUNCH_FAILED"
+    rpc_code = -32012

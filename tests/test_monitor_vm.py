@@ -1,0 +1,190 @@
+"""The monitor and the launcher against real QEMU and against the simulator.
+
+The same behavioural suite runs on both backends. A hung QEMU is a
+SIGSTOPped QEMU. Every test is bounded by ``fail_after``.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+
+from trioctl import ConnectionLost, LaunchError, QmpCommandError
+from trioctl._launcher import LaunchSpec, QemuProcess, build_argv, launch
+from trioctl._monitor import open_monitor
+
+BACKENDS = [pytest.param("qemu", marks=pytest.mark.qemu), "sim"]
+
+
+@attrs.frozen
+class Vm:
+    proc: QemuProcess
+    spec: LaunchSpec
+
+
+@pytest.fixture(params=BACKENDS)
+async def vm(request: pytest.FixtureRequest, sock_dir: Path) -> AsyncIterator[Vm]:
+    spec = LaunchSpec(
+        name="vm1",
+        qmp_path=str(sock_dir / "vm1.qmp"),
+        pidfile=str(sock_dir / "vm1.pid"),
+        emulator=request.param,
+    )
+    with trio.fail_after(20):
+        proc = await launch(spec)
+    try:
+        yield Vm(proc, spec)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        with trio.move_on_after(5):
+            await proc.wait()
+        proc.close()
+
+
+async def test_negotiate_status_stop_cont(vm: Vm) -> None:
+    with trio.fail_after(10):
+        async with open_monitor(vm.spec.qmp_path) as monitor:
+            assert monitor.greeting.version[0] >= 7
+            status = await monitor.execute("query-status")
+            assert status["status"] == "running"
+            assert status["running"] is True
+            with monitor.subscribe() as events:
+                assert await monitor.execute("stop") == {}
+                event = await events.receive_channel.receive()
+                assert event.name == "STOP"
+                assert (await monitor.execute("query-status"))["status"] == "paused"
+                assert await monitor.execute("cont") == {}
+                event = await events.receive_channel.receive()
+                assert event.name == "RESUME"
+            assert (await monitor.execute("query-status"))["running"] is True
+            assert (await monitor.execute("query-name")) == {"name": "vm1"}
+
+
+async def test_unknown_command(vm: Vm) -> None:
+    with trio.fail_after(10):
+        async with open_monitor(vm.spec.qmp_path) as monitor:
+            with pytest.raises(QmpCommandError) as info:
+                await monitor.execute("no-such-command")
+            assert info.value.error_class == "CommandNotFound"
+
+
+async def test_sigstop_deadline_then_sigcont_recovers(vm: Vm) -> None:
+    with trio.fail_after(15):
+        async with open_monitor(vm.spec.qmp_path) as monitor:
+            assert vm.proc.send_signal(signal.SIGSTOP)
+            start = trio.current_time()
+            with trio.move_on_after(1) as scope:
+                await monitor.execute("query-status")
+            elapsed = trio.current_time() - start
+            assert scope.cancelled_caught
+            assert 1.0 <= elapsed < 2.5
+            assert vm.proc.stopped()
+            vm.proc.send_signal(signal.SIGCONT)
+            assert (await monitor.execute("query-status"))["status"] == "running"
+            # The reply to the cancelled command came late and was dropped.
+            with trio.move_on_after(2):
+                while monitor.statistics().replies_dropped < 1:
+                    await trio.sleep(0.01)
+            assert monitor.statistics().replies_dropped == 1
+
+
+async def test_sigkill_fails_every_waiter(vm: Vm) -> None:
+    failures: list[Exception] = []
+    with trio.fail_after(10):
+        async with open_monitor(vm.spec.qmp_path) as monitor:
+            vm.proc.send_signal(signal.SIGSTOP)
+
+            async def call() -> None:
+                try:
+                    await monitor.execute("query-status")
+                except ConnectionLost as exc:
+                    failures.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(3):
+                    nursery.start_soon(call)
+                await trio.sleep(0.1)
+                vm.proc.send_signal(signal.SIGKILL)
+    assert len(failures) == 3
+
+
+async def test_kill_of_stopped_process_is_fast(vm: Vm) -> None:
+    vm.proc.send_signal(signal.SIGSTOP)
+    with trio.fail_after(2):
+        while not vm.proc.stopped():
+            await trio.sleep(0.005)
+        start = trio.current_time()
+        await vm.proc.kill(grace=5)
+    assert trio.current_time() - start < 1.0  # SIGKILL at once, no SIGTERM grace
+    assert vm.proc.exited()
+
+
+async def test_kill_running_process_uses_sigterm(vm: Vm) -> None:
+    with trio.fail_after(5):
+        await vm.proc.kill(grace=3)
+    assert vm.proc.exited()
+
+
+async def test_quit_exits_and_pidfd_reports_it(vm: Vm) -> None:
+    with trio.fail_after(10):
+        async with open_monitor(vm.spec.qmp_path) as monitor:
+            await monitor.execute("quit")
+            await vm.proc.wait()
+    assert vm.proc.exited()
+    assert not vm.proc.send_signal(0)
+
+
+async def test_pidfile_and_reattach(vm: Vm) -> None:
+    pid = int(Path(vm.spec.pidfile).read_text())
+    assert pid == vm.proc.pid
+    again = QemuProcess.attach(pid, vm.proc.start_ticks)
+    try:
+        assert not again.exited()
+    finally:
+        again.close()
+    with pytest.raises(ProcessLookupError):
+        QemuProcess.attach(pid, vm.proc.start_ticks + 1)
+
+
+@pytest.mark.parametrize("emulator", BACKENDS)
+async def test_launch_failure_reports_stderr(emulator: str, sock_dir: Path) -> None:
+    spec = LaunchSpec(
+        name="bad",
+        qmp_path=str(sock_dir / "bad.qmp"),
+        pidfile=str(sock_dir / "bad.pid"),
+        emulator=emulator,
+        extra_args=("-no-such-option",),
+    )
+    with trio.fail_after(20), pytest.raises(LaunchError, match="no-such-option"):
+        await launch(spec)
+
+
+async def test_missing_emulator(sock_dir: Path) -> None:
+    spec = LaunchSpec(
+        name="x",
+        qmp_path=str(sock_dir / "x.qmp"),
+        pidfile=str(sock_dir / "x.pid"),
+        emulator=str(sock_dir / "missing-binary"),
+    )
+    with trio.fail_after(5), pytest.raises(LaunchError, match="cannot run"):
+        await launch(spec)
+
+
+def test_argv_is_a_list_without_shell() -> None:
+    spec = LaunchSpec(
+        name="vm; rm -rf /",
+        qmp_path="/run/x.qmp",
+        pidfile="/run/x.pid",
+        emulator="qemu",
+        paused=True,
+        extra_args=("-snapshot",),
+    )
+    argv = build_argv(spec)
+    assert argv[argv.index("-name") + 1] == "guest=vm; rm -rf /"
+    assert argv[argv.index("-qmp") + 1] == "unix:/run/x.qmp,server=on,wait=off"
+    assert "-daemonize" in argv and "-S" in argv and argv[-1] == "-snapshot"

@@ -1,0 +1,316 @@
+"""The sans-I/O QMP core: plain synchronous tests, data fed whole and in pieces."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trioctl import LocalProtocolError, RemoteProtocolError
+from trioctl._sansio.qmp import (
+    NEED_DATA,
+    Closed,
+    ErrorReply,
+    Event,
+    Greeting,
+    QmpConnection,
+    QmpMessage,
+    QmpState,
+    Return,
+)
+
+GREETING = (
+    b'{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, '
+    b'"package": "Debian 1:7.2"}, "capabilities": ["oob"]}}\r\n'
+)
+
+
+def drain(conn: QmpConnection) -> list[QmpMessage]:
+    out: list[QmpMessage] = []
+    while True:
+        msg = conn.next_event()
+        if msg is NEED_DATA:
+            return out
+        out.append(msg)
+        if isinstance(msg, Closed):
+            return out
+
+
+def running_connection() -> QmpConnection:
+    conn = QmpConnection()
+    conn.receive_data(GREETING)
+    assert drain(conn) == [Greeting((7, 2, 22), "Debian 1:7.2", ("oob",))]
+    wire = conn.negotiate()
+    assert json.loads(wire) == {"execute": "qmp_capabilities", "id": "trioctl-negotiate"}
+    conn.receive_data(b'{"return": {}, "id": "trioctl-negotiate"}\r\n')
+    assert drain(conn) == [Return("trioctl-negotiate", {})]
+    assert conn.state is QmpState.RUNNING
+    return conn
+
+
+def test_states_change_in_order() -> None:
+    conn = QmpConnection()
+    assert conn.state is QmpState.GREETING
+    assert conn.next_event() is NEED_DATA
+    conn.receive_data(GREETING)
+    drain(conn)
+    assert conn.state is QmpState.CAPABILITIES
+    conn.negotiate()
+    assert conn.state is QmpState.NEGOTIATING
+    conn.receive_data(b'{"return": {}, "id": "trioctl-negotiate"}\r\n')
+    drain(conn)
+    assert conn.state is QmpState.RUNNING
+    conn.receive_data(b"")
+    assert drain(conn) == [Closed()]
+    assert conn.state is QmpState.CLOSED
+    assert conn.next_event() == Closed()
+
+
+def test_commands_before_negotiation_are_refused_locally() -> None:
+    conn = QmpConnection()
+    with pytest.raises(LocalProtocolError):
+        conn.send_command("query-status")
+    with pytest.raises(LocalProtocolError):
+        conn.negotiate()  # no greeting yet
+    conn.receive_data(GREETING)
+    drain(conn)
+    with pytest.raises(LocalProtocolError):
+        conn.send_command("query-status")
+
+
+def test_command_ids_are_unique_and_arguments_encoded() -> None:
+    conn = running_connection()
+    id1, wire1 = conn.send_command("query-status")
+    id2, wire2 = conn.send_command("human-monitor-command", {"command-line": "info"})
+    assert id1 != id2
+    assert json.loads(wire1) == {"execute": "query-status", "id": id1}
+    assert json.loads(wire2) == {
+        "execute": "human-monitor-command",
+        "id": id2,
+        "arguments": {"command-line": "info"},
+    }
+    assert wire1.endswith(b"\n") and wire1.count(b"\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "arguments"),
+    [("", None), ("x", [1, 2]), ("x", {"f": float("nan")}), ("x", {"o": object()})],
+)
+def test_unsendable_commands_raise_local_protocol_error(name: str, arguments: Any) -> None:
+    conn = running_connection()
+    with pytest.raises(LocalProtocolError):
+        conn.send_command(name, arguments)
+
+
+def test_replies_errors_and_events() -> None:
+    conn = running_connection()
+    conn.receive_data(
+        b'{"timestamp": {"seconds": 1700000000, "microseconds": 250000}, "event": "STOP"}\r\n'
+        b'{"return": {"status": "paused", "running": false}, "id": 1}\r\n'
+        b'{"id": {"any": ["json"]}, "error": {"class": "CommandNotFound", "desc": "no"}}\r\n'
+        b'{"error": {"class": "GenericError", "desc": "no id"}}\r\n'
+        b'{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "RESET", '
+        b'"data": {"guest": false}}\r\n'
+    )
+    assert drain(conn) == [
+        Event("STOP", {}, 1700000000.25),
+        Return(1, {"status": "paused", "running": False}),
+        ErrorReply({"any": ["json"]}, "CommandNotFound", "no"),
+        ErrorReply(None, "GenericError", "no id"),
+        Event("RESET", {"guest": False}, 1.000002),
+    ]
+
+
+def test_refused_negotiation_is_a_remote_error() -> None:
+    conn = QmpConnection()
+    conn.receive_data(GREETING)
+    drain(conn)
+    conn.negotiate()
+    conn.receive_data(
+        b'{"id": "trioctl-negotiate", "error": {"class": "GenericError", "desc": "no"}}\n'
+    )
+    with pytest.raises(RemoteProtocolError, match="negotiation refused"):
+        drain(conn)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"not json\n",
+        b"[1, 2]\n",
+        b'{"surprise": 1}\n',
+        b'{"error": "flat"}\n',
+        b'{"error": {"class": 1, "desc": "x"}}\n',
+        b'{"event": "STOP"}\n',
+        b'{"event": 7, "timestamp": {"seconds": 1, "microseconds": 0}}\n',
+        b'{"event": "X", "timestamp": {"seconds": 1.5, "microseconds": 0}}\n',
+        b'{"event": "X", "data": [], "timestamp": {"seconds": 1, "microseconds": 0}}\n',
+        b"\xff\xfe\n",
+        b"[" * 100_000 + b"\n",
+    ],
+)
+def test_malformed_messages_raise_remote_protocol_error(line: bytes) -> None:
+    conn = running_connection()
+    conn.receive_data(line)
+    with pytest.raises(RemoteProtocolError):
+        drain(conn)
+    assert conn.state is QmpState.CLOSED
+    with pytest.raises(RemoteProtocolError):  # and it stays broken
+        conn.next_event()
+
+
+@pytest.mark.parametrize(
+    "greeting",
+    [b'{"QMP": {}}\n', b'{"return": {}}\n', b'{"QMP": {"version": {"qemu": 7}}}\n'],
+)
+def test_malformed_greeting(greeting: bytes) -> None:
+    conn = QmpConnection()
+    conn.receive_data(greeting)
+    with pytest.raises(RemoteProtocolError):
+        drain(conn)
+
+
+def test_eof_inside_a_message() -> None:
+    conn = running_connection()
+    conn.receive_data(b'{"return": {}')
+    assert conn.next_event() is NEED_DATA
+    conn.receive_data(b"")
+    with pytest.raises(RemoteProtocolError, match="EOF inside"):
+        conn.next_event()
+
+
+def test_data_after_eof_is_a_local_error() -> None:
+    conn = QmpConnection()
+    conn.receive_data(b"")
+    with pytest.raises(LocalProtocolError):
+        conn.receive_data(b"x")
+
+
+def test_over_long_lines_are_refused_without_a_newline() -> None:
+    conn = running_connection()
+    conn._max_line = 1000
+    conn.receive_data(b'{"return": "' + b"x" * 600)
+    assert conn.next_event() is NEED_DATA
+    conn.receive_data(b"x" * 600)
+    with pytest.raises(RemoteProtocolError, match="longer than 1000"):
+        conn.next_event()
+
+
+def test_over_long_line_with_its_newline() -> None:
+    conn = QmpConnection(max_line=100)
+    conn.receive_data(b" " * 200 + b"\n")
+    with pytest.raises(RemoteProtocolError, match="longer than 100"):
+        conn.next_event()
+
+
+def test_default_bound_is_ten_mebibytes() -> None:
+    conn = running_connection()
+    conn.receive_data(b'{"return": "' + b"x" * (10 * 1024 * 1024) + b'"}')
+    with pytest.raises(RemoteProtocolError):
+        conn.next_event()
+
+
+# -- Hypothesis ----------------------------------------------------------------------
+
+json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=10)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner),
+    max_leaves=12,
+)
+
+
+@st.composite
+def qmp_messages(draw: st.DrawFn) -> dict[str, Any]:
+    kind = draw(st.sampled_from(["return", "error", "event"]))
+    if kind == "event":
+        msg: dict[str, Any] = {
+            "event": draw(st.sampled_from(["STOP", "RESUME", "RESET", "SHUTDOWN"])),
+            "timestamp": {
+                "seconds": draw(st.integers(0, 2**40)),
+                "microseconds": draw(st.integers(0, 999_999)),
+            },
+        }
+        if draw(st.booleans()):
+            msg["data"] = draw(st.dictionaries(st.text(max_size=6), json_values, max_size=3))
+        return msg
+    msg = (
+        {"return": draw(json_values)}
+        if kind == "return"
+        else {"error": {"class": draw(st.text(max_size=8)), "desc": draw(st.text(max_size=20))}}
+    )
+    if draw(st.booleans()):
+        msg["id"] = draw(json_values)
+    return msg
+
+
+def events_from(chunks: list[bytes]) -> list[QmpMessage]:
+    conn = QmpConnection()
+    out: list[QmpMessage] = []
+    for chunk in chunks:
+        conn.receive_data(chunk)
+        out.extend(drain(conn))
+    conn.receive_data(b"")
+    out.extend(drain(conn))
+    return out
+
+
+def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    pieces, last = [], 0
+    for p in points:
+        pieces.append(data[last:p])
+        last = p
+    pieces.append(data[last:])
+    return [p for p in pieces if p]
+
+
+@given(
+    msgs=st.lists(qmp_messages(), max_size=8),
+    cuts=st.lists(st.integers(0, 4096), max_size=20),
+    crlf=st.booleans(),
+)
+def test_chunking_never_changes_events(
+    msgs: list[dict[str, Any]], cuts: list[int], crlf: bool
+) -> None:
+    end = b"\r\n" if crlf else b"\n"
+    wire = GREETING + b"".join(json.dumps(m).encode() + end for m in msgs)
+    whole = events_from([wire])
+    assert events_from(split_at(wire, cuts)) == whole
+    assert events_from([bytes([b]) for b in wire]) == whole
+    assert len(whole) == len(msgs) + 2  # greeting ... Closed
+    assert isinstance(whole[-1], Closed)
+
+
+@given(st.binary(max_size=2048))
+def test_garbage_raises_only_remote_protocol_error(data: bytes) -> None:
+    conn = running_connection()
+    try:
+        conn.receive_data(data)
+        drain(conn)
+        conn.receive_data(b"")
+        drain(conn)
+    except RemoteProtocolError:
+        assert conn.state is QmpState.CLOSED
+
+
+@given(st.binary(max_size=512))
+def test_garbage_before_greeting(data: bytes) -> None:
+    conn = QmpConnection()
+    try:
+        conn.receive_data(data)
+        drain(conn)
+    except RemoteProtocolError:
+        pass
+
+
+@given(line=st.text(max_size=300))
+def test_arbitrary_text_lines(line: str) -> None:
+    conn = running_connection()
+    conn.receive_data(line.encode() + b"\n")
+    with contextlib.suppress(RemoteProtocolError):
+        drain(conn)

@@ -1,0 +1,252 @@
+"""Start, watch and stop QEMU (real or simulated) processes.
+
+QEMU is started daemonized (``-daemonize``): the command returns once QEMU has
+bound its QMP socket and written its pidfile, and the VM is then *not our
+child*. It outlives the daemon, as under libvirt, and is reconnected after a
+restart. Since we cannot ``waitpid`` a process that is not our child, and this
+machine's init reaps orphans slowly (1.5-2 s), exit is watched through a pidfd
+(``os.pidfd_open``), which becomes readable the moment the process exits.
+Signals go through the pidfd too, so a recycled pid is never signalled.
+
+The argument list is built here and passed to ``exec`` directly, never
+through a shell. The same argument list starts real QEMU and the simulator
+(``python -m trioctl.sim``), which accepts the subset of QEMU's command line
+used here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Final
+
+import attrs
+import trio
+
+from ._errors import LaunchError
+
+__all__ = [
+    "DEFAULT_QEMU",
+    "LaunchSpec",
+    "QemuProcess",
+    "build_argv",
+    "emulator_argv",
+    "launch",
+]
+
+#: The real QEMU binary (Debian package qemu-system-x86).
+DEFAULT_QEMU: Final = "qemu-system-x86_64"
+
+_SOCKET_POLL = 0.005
+
+
+def emulator_argv(emulator: str) -> list[str]:
+    """The argv prefix for an emulator name: ``sim``, ``qemu`` or a path."""
+    if emulator == "sim":
+        return [sys.executable, "-m", "trioctl.sim"]
+    if emulator == "qemu":
+        return [shutil.which(DEFAULT_QEMU) or DEFAULT_QEMU]
+    return [emulator]
+
+
+@attrs.frozen
+class LaunchSpec:
+    """Everything needed to start one VM process."""
+
+    name: str
+    qmp_path: str
+    pidfile: str
+    emulator: str = "sim"
+    memory_mib: int = 128
+    vcpus: int = 1
+    machine: str = "none"
+    paused: bool = False
+    extra_args: tuple[str, ...] = ()
+    sim_control_path: str | None = None
+    """Simulator only: where its fault-injection control socket listens."""
+
+
+def build_argv(spec: LaunchSpec) -> list[str]:
+    """The full argument list for ``spec`` (never passed through a shell)."""
+    argv = [
+        *emulator_argv(spec.emulator),
+        "-name",
+        f"guest={spec.name}",
+        "-machine",
+        spec.machine,
+        "-m",
+        f"{spec.memory_mib}M",
+        "-smp",
+        str(spec.vcpus),
+        "-nodefaults",
+        "-display",
+        "none",
+        "-qmp",
+        f"unix:{spec.qmp_path},server=on,wait=off",
+        "-pidfile",
+        spec.pidfile,
+        "-daemonize",
+    ]
+    if spec.paused:
+        argv.append("-S")
+    if spec.sim_control_path is not None and spec.emulator == "sim":
+        argv += ["-sim-control", f"unix:{spec.sim_control_path}"]
+    argv += spec.extra_args
+    return argv
+
+
+class QemuProcess:
+    """A running VM process watched through a pidfd (it is not our child).
+
+    Use :meth:`attach` to watch an existing pid and :meth:`close` when done.
+    """
+
+    def __init__(self, pid: int, pidfd: int, start_ticks: int) -> None:
+        self.pid = pid
+        self.start_ticks = start_ticks
+        """The process's start time in clock ticks since boot (``/proc``):
+        with the pid, it identifies the process across a daemon restart."""
+        self._pidfd = pidfd
+
+    @classmethod
+    def attach(cls, pid: int, start_ticks: int | None = None) -> QemuProcess:
+        """Watch process ``pid``.
+
+        Args:
+            start_ticks: if given, refuse a process with another start time
+                (the pid was recycled).
+
+        Raises:
+            ProcessLookupError: no such process (or a recycled pid).
+        """
+        pidfd = os.pidfd_open(pid)
+        try:
+            ticks = _start_ticks(pid)
+            if start_ticks is not None and ticks != start_ticks:
+                raise ProcessLookupError(f"pid {pid} now belongs to another process")
+        except BaseException:
+            os.close(pidfd)
+            raise
+        return cls(pid, pidfd, ticks)
+
+    def __repr__(self) -> str:
+        return f"<QemuProcess pid={self.pid}>"
+
+    def exited(self) -> bool:
+        """True once the process has exited (a zombie counts as exited)."""
+        if self._pidfd < 0:
+            return True
+        readable, _, _ = select.select([self._pidfd], [], [], 0)
+        return bool(readable)
+
+    def stopped(self) -> bool:
+        """True if the process is stopped (SIGSTOP: state ``T`` in /proc)."""
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return False
+        return stat[stat.rindex(")") + 2] in "Tt" and not self.exited()
+
+    def send_signal(self, sig: int) -> bool:
+        """Send ``sig``; False if the process has already exited."""
+        if self.exited():
+            return False
+        try:
+            signal.pidfd_send_signal(self._pidfd, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+    async def wait(self) -> None:
+        """Return when the process exits."""
+        if self._pidfd >= 0 and not self.exited():
+            await trio.lowlevel.wait_readable(self._pidfd)
+
+    async def kill(self, grace: float = 1.0) -> None:
+        """Make the process exit, fast, even if it is hung.
+
+        A stopped process cannot act on SIGTERM, so it gets SIGKILL at once;
+        otherwise SIGTERM, ``grace`` seconds to exit, then SIGKILL. Returns
+        when the process has exited.
+        """
+        if self.exited():
+            return
+        if self.stopped() or grace <= 0:
+            self.send_signal(signal.SIGKILL)
+        else:
+            self.send_signal(signal.SIGTERM)
+            with trio.move_on_after(grace):
+                await self.wait()
+            if self.exited():
+                return
+            self.send_signal(signal.SIGKILL)
+        await self.wait()
+
+    def close(self) -> None:
+        """Stop watching (the process keeps running)."""
+        if self._pidfd >= 0:
+            fd, self._pidfd = self._pidfd, -1
+            with contextlib.suppress(RuntimeError):
+                trio.lowlevel.notify_closing(fd)
+            os.close(fd)
+
+
+def _start_ticks(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # Field 22 (starttime); fields after the ")" that closes the command name.
+    return int(stat[stat.rindex(")") + 2 :].split()[19])
+
+
+async def launch(spec: LaunchSpec, *, startup_timeout: float = 10.0) -> QemuProcess:
+    """Start a daemonized VM and return when its QMP socket is ready.
+
+    Raises:
+        LaunchError: the emulator failed (its stderr is in the message), or the
+            pidfile or socket did not appear within ``startup_timeout``.
+    """
+    argv = build_argv(spec)
+    for stale in (spec.qmp_path, spec.pidfile):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(stale)
+    with trio.move_on_after(startup_timeout) as scope:
+        try:
+            result = await trio.run_process(
+                argv,
+                check=False,
+                stdin=subprocess.DEVNULL,
+                capture_stdout=True,
+                capture_stderr=True,
+            )
+        except OSError as exc:
+            raise LaunchError(f"cannot run {argv[0]}: {exc}", argv=argv) from None
+    if scope.cancelled_caught:
+        raise LaunchError(f"{argv[0]} did not daemonize within {startup_timeout:g} s", argv=argv)
+    if result.returncode != 0:
+        err = result.stderr.decode(errors="replace").strip()
+        raise LaunchError(
+            f"{Path(argv[0]).name} exited with status {result.returncode}: {err}",
+            argv=argv,
+            stderr=err,
+        )
+    try:
+        pid = int((await trio.Path(spec.pidfile).read_text()).strip())
+        proc = QemuProcess.attach(pid)
+    except (OSError, ValueError) as exc:
+        raise LaunchError(f"no usable pidfile at {spec.pidfile}: {exc}") from None
+    with trio.move_on_after(startup_timeout) as scope:
+        while not await trio.Path(spec.qmp_path).exists():
+            if proc.exited():
+                proc.close()
+                raise LaunchError(f"{Path(argv[0]).name} exited before its monitor was ready")
+            await trio.sleep(_SOCKET_POLL)
+    if scope.cancelled_caught:
+        await proc.kill(grace=0)
+        proc.close()
+        raise LaunchError(f"no QMP socket at {spec.qmp_path} within {startup_timeout:g} s")
+    return proc

@@ -1,0 +1,342 @@
+"""The Trio shell around the sans-I/O QMP core: one monitor connection.
+
+:func:`open_monitor` connects to one QEMU's QMP socket, negotiates, and runs
+two service tasks in a nursery that it owns and that lives exactly as long as
+the ``async with`` block:
+
+* the **reader** feeds bytes to :class:`~trioctl._sansio.qmp.QmpConnection`
+  and routes each reply to the caller waiting for its id, and each event to
+  the subscribers;
+* the **writer** is the one path by which bytes leave: callers queue encoded
+  commands on a memory channel and the writer sends everything queued in one
+  write (one writer task was 3.5-4x faster than many tasks writing under a
+  lock on this machine).
+
+:meth:`Monitor.execute` has no ``timeout=`` argument: callers put it under a
+cancel scope. A cancelled caller's id is dropped; QEMU may still run the
+command, and its late reply is logged and discarded when it comes (QMP spec
+2.4). EOF, a reset or a protocol violation fails every waiter at once with
+:class:`~trioctl.ConnectionLost`.
+
+Event overflow policy: each subscriber has a bounded channel. The reader never
+waits for a subscriber; an event that does not fit is dropped *for that
+subscriber only*, and counted in ``Subscription.dropped`` and in
+``MonitorStatistics.events_dropped``. Command replies never wait behind
+events.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import attrs
+import trio
+
+from ._errors import (
+    ConnectionLost,
+    MonitorTimeout,
+    QmpCommandError,
+    RemoteProtocolError,
+)
+from ._sansio.qmp import (
+    NEED_DATA,
+    Closed,
+    ErrorReply,
+    Event,
+    Greeting,
+    QmpConnection,
+    QmpState,
+    Return,
+)
+from ._util import open_service_nursery
+
+__all__ = ["Monitor", "MonitorStatistics", "Subscription", "open_monitor", "open_monitor_stream"]
+
+logger = logging.getLogger(__name__)
+
+_RECEIVE_SIZE = 65536
+_CLOSE_TIMEOUT = 1.0
+
+
+@attrs.frozen
+class MonitorStatistics:
+    """A snapshot of one monitor connection."""
+
+    pending: int
+    """Commands sent whose reply has not come yet."""
+    commands_sent: int
+    replies_dropped: int
+    """Late replies (their caller had been cancelled) and replies with no id."""
+    events_received: int
+    events_dropped: int
+    """Events that did not fit in some subscriber's buffer."""
+    subscribers: int
+    closed: bool
+
+
+@attrs.define(eq=False)
+class Subscription:
+    """One subscriber's bounded stream of events (see the overflow policy)."""
+
+    receive_channel: trio.MemoryReceiveChannel[Event]
+    _send_channel: trio.MemorySendChannel[Event]
+    dropped: int = 0
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self.receive_channel.__aiter__()
+
+
+@attrs.define(eq=False)
+class _Waiter:
+    command: str
+    done: trio.Event = attrs.Factory(trio.Event)
+    result: Return | ErrorReply | None = None
+    error: BaseException | None = None
+
+
+class Monitor:
+    """One negotiated QMP connection. Create it with :func:`open_monitor`."""
+
+    def __init__(self, stream: trio.abc.Stream, conn: QmpConnection) -> None:
+        self._stream = stream
+        self._conn = conn
+        self._pending: dict[int, _Waiter] = {}
+        self._send_out, self._send_in = trio.open_memory_channel[bytes](math.inf)
+        self._subscribers: list[Subscription] = []
+        self._handlers: list[Callable[[Event], None]] = []
+        self._closed: ConnectionLost | None = None
+        self._commands_sent = 0
+        self._replies_dropped = 0
+        self._events_received = 0
+        self._events_dropped = 0
+
+    @property
+    def greeting(self) -> Greeting:
+        """The greeting QEMU sent when the connection opened."""
+        assert self._conn.greeting is not None
+        return self._conn.greeting
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is lost or the monitor was closed."""
+        return self._closed is not None
+
+    async def execute(self, command: str, arguments: Mapping[str, Any] | None = None) -> Any:
+        """Run one QMP command and return its ``return`` value.
+
+        There is no timeout argument: put the call under a cancel scope. If you
+        cancel it, QEMU may still run the command; its reply is dropped.
+
+        Raises:
+            QmpCommandError: QEMU answered with an error.
+            ConnectionLost: the connection closed before the reply came, or
+                was already closed.
+            LocalProtocolError: ``command`` or ``arguments`` cannot be sent.
+        """
+        if self._closed is not None:
+            raise ConnectionLost(self._closed.message)
+        cmd_id, wire = self._conn.send_command(command, arguments)
+        waiter = _Waiter(command)
+        self._pending[cmd_id] = waiter
+        try:
+            self._send_out.send_nowait(wire)
+            self._commands_sent += 1
+            await waiter.done.wait()
+        finally:
+            # Cancelled or done: either way the id is no longer ours. A reply
+            # that arrives after a cancellation finds no waiter and is dropped.
+            self._pending.pop(cmd_id, None)
+        if waiter.error is not None:
+            raise ConnectionLost(str(waiter.error))
+        reply = waiter.result
+        if isinstance(reply, ErrorReply):
+            raise QmpCommandError(command, reply.error_class, reply.desc)
+        assert isinstance(reply, Return)
+        return reply.value
+
+    @contextmanager
+    def subscribe(self, max_buffer: int = 256) -> Iterator[Subscription]:
+        """Receive events in a bounded buffer while the block lasts.
+
+        Events that do not fit are dropped for this subscriber and counted.
+        The channel ends (iteration stops) when the connection closes.
+        """
+        send, receive = trio.open_memory_channel[Event](max_buffer)
+        sub = Subscription(receive, send)
+        if self._closed is not None:
+            send.close()
+        self._subscribers.append(sub)
+        try:
+            yield sub
+        finally:
+            self._subscribers.remove(sub)
+            send.close()
+            receive.close()
+
+    def add_event_handler(self, handler: Callable[[Event], None]) -> None:
+        """Call ``handler(event)`` synchronously from the reader for each event.
+
+        The handler must not block or raise; an exception it raises is logged.
+        This suits state tracking that must see every event (no overflow).
+        """
+        self._handlers.append(handler)
+
+    def statistics(self) -> MonitorStatistics:
+        return MonitorStatistics(
+            pending=len(self._pending),
+            commands_sent=self._commands_sent,
+            replies_dropped=self._replies_dropped,
+            events_received=self._events_received,
+            events_dropped=self._events_dropped,
+            subscribers=len(self._subscribers),
+            closed=self.closed,
+        )
+
+    # -- service tasks (run in the monitor's nursery) -------------------------------
+
+    async def _handshake(self) -> None:
+        greeting = await self._next_message()
+        assert isinstance(greeting, Greeting)
+        await self._stream.send_all(self._conn.negotiate())
+        while self._conn.state is QmpState.NEGOTIATING:
+            msg = await self._next_message()
+            if isinstance(msg, Event):
+                self._dispatch_event(msg)
+
+    async def _next_message(self) -> Greeting | Return | ErrorReply | Event:
+        """Used only during the handshake, before the reader runs."""
+        while True:
+            msg = self._conn.next_event()
+            if msg is NEED_DATA:
+                self._conn.receive_data(await self._stream.receive_some(_RECEIVE_SIZE))
+                continue
+            if isinstance(msg, Closed):
+                raise ConnectionLost("the monitor closed during the handshake")
+            return msg
+
+    async def _reader(self) -> None:
+        try:
+            while True:
+                msg = self._conn.next_event()
+                if msg is NEED_DATA:
+                    self._conn.receive_data(await self._stream.receive_some(_RECEIVE_SIZE))
+                elif isinstance(msg, Return | ErrorReply):
+                    self._route_reply(msg)
+                elif isinstance(msg, Event):
+                    self._dispatch_event(msg)
+                elif isinstance(msg, Closed):
+                    self._close(ConnectionLost("the monitor closed the connection (EOF)"))
+                    return
+        except RemoteProtocolError as exc:
+            self._close(ConnectionLost(f"the monitor broke the protocol: {exc}"))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._close(ConnectionLost(f"the monitor connection failed: {exc!r}"))
+
+    async def _writer(self) -> None:
+        try:
+            async for first in self._send_in:
+                chunks = [first]
+                while True:
+                    try:
+                        chunks.append(self._send_in.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                await self._stream.send_all(b"".join(chunks))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._close(ConnectionLost(f"writing to the monitor failed: {exc!r}"))
+
+    def _route_reply(self, reply: Return | ErrorReply) -> None:
+        waiter = self._pending.pop(reply.id, None) if isinstance(reply.id, int) else None
+        if waiter is None:
+            self._replies_dropped += 1
+            logger.debug("dropping QMP reply with unknown id %r (caller cancelled?)", reply.id)
+            return
+        waiter.result = reply
+        waiter.done.set()
+
+    def _dispatch_event(self, event: Event) -> None:
+        self._events_received += 1
+        for handler in self._handlers:
+            try:
+                handler(event)
+            except Exception:
+                logger.exception("QMP event handler failed on %s", event.name)
+        for sub in self._subscribers:
+            try:
+                sub._send_channel.send_nowait(event)
+            except trio.WouldBlock:
+                sub.dropped += 1
+                self._events_dropped += 1
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    def _close(self, why: ConnectionLost) -> None:
+        """Fail every waiter at once and end every subscription."""
+        if self._closed is None:
+            self._closed = why
+            logger.debug("monitor closed: %s", why.message)
+        for waiter in self._pending.values():
+            waiter.error = why
+            waiter.done.set()
+        self._pending.clear()
+        for sub in self._subscribers:
+            sub._send_channel.close()
+        self._send_out.close()
+
+
+@asynccontextmanager
+async def open_monitor(path: str, *, handshake_timeout: float = 10.0) -> AsyncIterator[Monitor]:
+    """Connect to the QMP UNIX socket at ``path`` and negotiate capabilities.
+
+    The monitor lives as long as the block. Leaving the block closes the
+    connection; commands still waiting get :class:`~trioctl.ConnectionLost`.
+
+    Args:
+        path: the QMP socket (QEMU's ``-qmp unix:PATH,server=on,wait=off``).
+        handshake_timeout: how long the greeting and negotiation may take.
+
+    Raises:
+        OSError: the socket cannot be connected (no such file, refused).
+        MonitorTimeout: no greeting or negotiation within ``handshake_timeout``
+            (a hung QEMU accepts connections but never greets).
+        ConnectionLost: the peer closed during the handshake.
+        RemoteProtocolError: the peer does not speak QMP.
+    """
+    stream = await trio.open_unix_socket(path)
+    async with open_monitor_stream(
+        stream, handshake_timeout=handshake_timeout, peer=path
+    ) as monitor:
+        yield monitor
+
+
+@asynccontextmanager
+async def open_monitor_stream(
+    stream: trio.abc.Stream, *, handshake_timeout: float = 10.0, peer: str = "stream"
+) -> AsyncIterator[Monitor]:
+    """Like :func:`open_monitor`, over a stream that is already connected.
+
+    The monitor owns ``stream`` from here on and closes it on exit.
+    """
+    monitor = Monitor(stream, QmpConnection())
+    try:
+        with trio.move_on_after(handshake_timeout) as scope:
+            await monitor._handshake()
+        if scope.cancelled_caught:
+            raise MonitorTimeout(
+                f"no QMP handshake on {peer} within {handshake_timeout:g} s", peer=peer
+            )
+        async with open_service_nursery() as nursery:
+            nursery.start_soon(monitor._reader)
+            nursery.start_soon(monitor._writer)
+            try:
+                yield monitor
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        monitor._close(ConnectionLost("the monitor was closed"))
+        with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT):
+            await stream.aclose()
