@@ -113,6 +113,7 @@ class QemuProcess:
         """The process's start time in clock ticks since boot (``/proc``):
         with the pid, it identifies the process across a daemon restart."""
         self._pidfd = pidfd
+        self._watch_done: trio.Event | None = None
 
     @classmethod
     def attach(cls, pid: int, start_ticks: int | None = None) -> QemuProcess:
@@ -164,9 +165,24 @@ class QemuProcess:
         return True
 
     async def wait(self) -> None:
-        """Return when the process exits."""
-        if self._pidfd >= 0 and not self.exited():
-            await trio.lowlevel.wait_readable(self._pidfd)
+        """Return when the process exits. Any number of tasks may wait.
+
+        Trio lets one task at a time wait on a file descriptor: the first
+        waiter watches the pidfd and the others wait for it to finish (if it
+        is cancelled, one of them takes over).
+        """
+        while not self.exited():
+            if self._watch_done is None:
+                done = self._watch_done = trio.Event()
+                try:
+                    await trio.lowlevel.wait_readable(self._pidfd)
+                except trio.ClosedResourceError:
+                    return
+                finally:
+                    self._watch_done = None
+                    done.set()
+            else:
+                await self._watch_done.wait()
 
     async def kill(self, grace: float = 1.0) -> None:
         """Make the process exit, fast, even if it is hung.

@@ -109,6 +109,7 @@ class Monitor:
         self._subscribers: list[Subscription] = []
         self._handlers: list[Callable[[Event], None]] = []
         self._closed: ConnectionLost | None = None
+        self._closed_event = trio.Event()
         self._commands_sent = 0
         self._replies_dropped = 0
         self._events_received = 0
@@ -157,6 +158,10 @@ class Monitor:
             raise QmpCommandError(command, reply.error_class, reply.desc)
         assert isinstance(reply, Return)
         return reply.value
+
+    async def wait_closed(self) -> None:
+        """Return once the connection is lost or the monitor closed."""
+        await self._closed_event.wait()
 
     @contextmanager
     def subscribe(self, max_buffer: int = 256) -> Iterator[Subscription]:
@@ -278,6 +283,7 @@ class Monitor:
         """Fail every waiter at once and end every subscription."""
         if self._closed is None:
             self._closed = why
+            self._closed_event.set()
             logger.debug("monitor closed: %s", why.message)
         for waiter in self._pending.values():
             waiter.error = why

@@ -1,0 +1,868 @@
+"""The domain driver: definitions, lifecycle, monitors, jobs, reconnect.
+
+Shape (one nursery per running domain, inside the driver's nursery)::
+
+    open_driver(config)                       the driver nursery
+    └── supervisor of domain D                one task per running domain
+        └── domain nursery                    cancelled when D's process exits
+            ├── exit watcher                  pidfd readable -> shutoff/crashed
+            ├── monitor loop                  open_monitor(...); reconnect with backoff
+            │   └── monitor nursery           QMP reader + writer tasks
+            ├── reconnect job holder          (after a daemon restart only)
+            └── probe                         while the monitor is unresponsive
+
+A failure inside a domain's nursery is logged and ends that domain's
+supervision; it never reaches the driver nursery.
+
+Operations come in two forms. ``*_locked`` methods expect the caller to hold
+the domain's job already: the RPC dispatcher takes the job first, in the
+domain's bounded queue, and only then runs the operation on a pool worker
+(see docs/design.md). The plain methods (``start``, ``suspend``...) take the
+job themselves, for embedding. Queries (``list_domains``, ``get_info``) read
+cached state and never wait for anything.
+
+Every monitor command runs under ``monitor_timeout``. When it expires the
+caller gets :class:`~trioctl.MonitorTimeout`, the domain's monitor is marked
+unresponsive (an event), and a probe sends ``query-status`` every
+``probe_interval`` until QEMU answers again. Meanwhile monitor calls fail at
+once with :class:`~trioctl.MonitorUnresponsive` (``monitor_fail_fast``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import attrs
+import trio
+
+from ._errors import (
+    ConnectionLost,
+    DomainDestroyed,
+    DomainExists,
+    LaunchError,
+    MonitorError,
+    MonitorTimeout,
+    MonitorUnresponsive,
+    NoDomain,
+    OperationInvalid,
+    RemoteProtocolError,
+)
+from ._jobs import DEFAULT_MAX_QUEUED, DomainJobs, JobKind
+from ._jobs import JobInfo as _HeldJob
+from ._launcher import LaunchSpec, QemuProcess, launch
+from ._models import (
+    DomainDefinition,
+    DomainEvent,
+    DomainInfo,
+    DomainState,
+    DomainStats,
+    JobInfo,
+    MonitorState,
+)
+from ._monitor import Monitor, open_monitor
+from ._sansio.qmp import Event
+from ._store import LoadProblem, RuntimeRecord, Store
+from ._util import open_service_nursery
+
+__all__ = ["Driver", "DriverConfig", "EventSubscription", "open_driver"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_RECONNECT_BACKOFF_MIN = 0.05
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+@attrs.frozen
+class DriverConfig:
+    """The driver's settings (the ``[driver]`` table of the daemon's config)."""
+
+    state_dir: Path
+    run_dir: Path | None = None
+    """Runtime records and QMP sockets; ``state_dir/run`` by default. UNIX
+    socket paths are limited to 107 bytes: keep this short."""
+    max_queued: int = DEFAULT_MAX_QUEUED
+    """Callers that may wait for one domain's job (0: unbounded, as libvirt)."""
+    job_wait_timeout: float | None = 30.0
+    """How long a caller waits for a domain's job (None: forever)."""
+    monitor_timeout: float | None = 5.0
+    """Deadline of every monitor command (None: wait forever, as libvirt)."""
+    monitor_fail_fast: bool = True
+    """While a monitor is unresponsive, refuse monitor calls at once."""
+    probe_interval: float = 1.0
+    """How often an unresponsive monitor is probed with ``query-status``."""
+    destroy_grace: float = 1.0
+    """SIGTERM grace before SIGKILL on destroy (a stopped process gets SIGKILL at once)."""
+    shutdown_timeout: float = 30.0
+    """How long ``shutdown`` waits for the guest to power off."""
+    start_timeout: float = 10.0
+    """How long a start may take until the monitor is negotiated."""
+    reconnect: Literal["parallel", "serial"] = "parallel"
+    """``parallel``: each domain reconnects in its own task and the driver
+    serves at once (the seed's fix). ``serial``: reconnect one by one before
+    serving, with no deadline (pre-patch libvirt, for the benchmarks)."""
+    reconnect_timeout: float = 10.0
+    """How long a reconnecting domain holds its job before it is declared
+    monitor-unresponsive (reconnect attempts continue in the background)."""
+    event_buffer: int = 1024
+    """Each event subscriber's buffer; events beyond it are dropped and counted."""
+
+    @property
+    def runtime_dir(self) -> Path:
+        return self.run_dir if self.run_dir is not None else self.state_dir / "run"
+
+
+@attrs.define(eq=False)
+class _Run:
+    """One run of a domain's process, from start (or reconnect) to exit."""
+
+    proc: QemuProcess
+    record: RuntimeRecord
+    monitor: Monitor | None = None
+    nursery: trio.Nursery | None = None
+    """The domain nursery, while the run is supervised."""
+    exited: trio.Event = attrs.Factory(trio.Event)
+    connected: trio.Event = attrs.Factory(trio.Event)
+    shutdown_reason: str | None = None
+    destroying: bool = False
+    probing: bool = False
+
+
+@attrs.define(eq=False)
+class _Domain:
+    definition: DomainDefinition
+    state: DomainState = DomainState.SHUTOFF
+    reason: str = "defined"
+    monitor_state: MonitorState = MonitorState.NONE
+    run: _Run | None = None
+
+
+@attrs.define(eq=False)
+class EventSubscription:
+    """A bounded stream of :class:`DomainEvent` (dropped beyond the buffer)."""
+
+    receive_channel: trio.MemoryReceiveChannel[DomainEvent]
+    _send: trio.MemorySendChannel[DomainEvent]
+    domains: frozenset[str] | None
+    dropped: int = 0
+
+    def __aiter__(self) -> AsyncIterator[DomainEvent]:
+        return self.receive_channel.__aiter__()
+
+
+class Driver:
+    """The registry of domains. Create it with :func:`open_driver`."""
+
+    def __init__(self, config: DriverConfig, nursery: trio.Nursery) -> None:
+        self.config = config
+        self.store = Store(config.state_dir, config.runtime_dir)
+        self.jobs = DomainJobs(max_queued=config.max_queued, wait_timeout=config.job_wait_timeout)
+        self.load_problems: list[LoadProblem] = []
+        self._nursery = nursery
+        self._domains: dict[str, _Domain] = {}
+        self._subscribers: list[EventSubscription] = []
+        self._define_lock = trio.Lock()
+        self.events_dropped = 0
+
+    # -- queries: cached state only, never wait -------------------------------------
+
+    def list_domains(self, state: DomainState | None = None) -> list[DomainInfo]:
+        """Every domain (or those in ``state``), sorted by name."""
+        return [
+            self._info(dom)
+            for name, dom in sorted(self._domains.items())
+            if state is None or dom.state is state
+        ]
+
+    def get_info(self, name: str) -> DomainInfo:
+        """Cached state of one domain; never touches the monitor.
+
+        Raises:
+            NoDomain: no domain has that name.
+        """
+        return self._info(self._get(name))
+
+    def list_jobs(self) -> list[JobInfo]:
+        """Every held domain job: holder, for how long, how many wait."""
+        return [_job_record(j) for j in self.jobs.list_jobs()]
+
+    def _get(self, name: str) -> _Domain:
+        try:
+            return self._domains[name]
+        except KeyError:
+            raise NoDomain(f"no domain named {name!r}", domain=name) from None
+
+    def _info(self, dom: _Domain) -> DomainInfo:
+        d = dom.definition
+        run = dom.run
+        job = self.jobs.job_info(d.name)
+        return DomainInfo(
+            name=d.name,
+            uuid=d.uuid,
+            state=dom.state,
+            reason=dom.reason,
+            monitor=dom.monitor_state,
+            pid=run.proc.pid if run else None,
+            memory_mib=d.memory_mib,
+            vcpus=d.vcpus,
+            emulator=d.emulator,
+            autostart=d.autostart,
+            started_at=run.record.started_at if run else None,
+            job=_job_record(job) if job is not None else None,
+        )
+
+    # -- events --------------------------------------------------------------------
+
+    @contextmanager
+    def subscribe(
+        self, domains: frozenset[str] | None = None, max_buffer: int | None = None
+    ) -> Iterator[EventSubscription]:
+        """Receive domain events (optionally only for ``domains``) while the block lasts.
+
+        Overflow policy: the driver never waits for a subscriber; an event that
+        does not fit in its buffer is dropped for it and counted in ``dropped``.
+        """
+        send, receive = trio.open_memory_channel[DomainEvent](
+            max_buffer if max_buffer is not None else self.config.event_buffer
+        )
+        sub = EventSubscription(receive, send, domains)
+        self._subscribers.append(sub)
+        try:
+            yield sub
+        finally:
+            self._subscribers.remove(sub)
+            send.close()
+
+    def _emit(self, domain: str, kind: str, detail: str, **data: Any) -> None:
+        event = DomainEvent(domain, kind, detail, time.time(), data)
+        logger.debug("event %s %s %s %s", domain, kind, detail, data)
+        for sub in self._subscribers:
+            if sub.domains is not None and domain not in sub.domains:
+                continue
+            try:
+                sub._send.send_nowait(event)
+            except trio.WouldBlock:
+                sub.dropped += 1
+                self.events_dropped += 1
+
+    def _set_state(self, dom: _Domain, state: DomainState, reason: str, detail: str) -> None:
+        dom.state = state
+        dom.reason = reason
+        self._emit(dom.definition.name, "lifecycle", detail, state=state.value, reason=reason)
+
+    def _change_state(self, dom: _Domain, state: DomainState, reason: str, detail: str) -> None:
+        """Like _set_state, but only if the state differs (no duplicate events)."""
+        if dom.state is not state:
+            self._set_state(dom, state, reason, detail)
+
+    def _set_monitor(self, dom: _Domain, state: MonitorState, why: str = "") -> None:
+        if dom.monitor_state is state:
+            return
+        old = dom.monitor_state
+        dom.monitor_state = state
+        if state is MonitorState.UNRESPONSIVE:
+            self._emit(dom.definition.name, "monitor", "unresponsive", reason=why)
+        elif state is MonitorState.OK and old is MonitorState.UNRESPONSIVE:
+            self._emit(dom.definition.name, "monitor", "responsive")
+
+    # -- jobs ----------------------------------------------------------------------
+
+    async def run_job(
+        self,
+        name: str,
+        kind: JobKind,
+        fn: Callable[..., Awaitable[T]],
+        *args: Any,
+        procedure: str,
+        client: str = "local",
+    ) -> T:
+        """Take ``name``'s job, then run ``fn(*args)`` holding it.
+
+        Raises:
+            NoDomain, JobQueueFull, JobTimeout, DomainDestroyed: and whatever
+            ``fn`` raises.
+        """
+        self._get(name)
+        async with self.jobs.job(name, kind, procedure=procedure, client=client):
+            return await fn(*args)
+
+    # -- definitions ----------------------------------------------------------------
+
+    async def define(self, definition: DomainDefinition) -> DomainInfo:
+        """Add a domain, or replace the definition of an existing one.
+
+        A running domain keeps its current process; the new definition applies
+        at its next start. Written to disk atomically before it takes effect.
+
+        Raises:
+            DomainExists: another domain already has this uuid.
+        """
+        async with self._define_lock:
+            for other in self._domains.values():
+                if (
+                    other.definition.uuid == definition.uuid
+                    and other.definition.name != definition.name
+                ):
+                    raise DomainExists(
+                        f"domain {other.definition.name!r} already has uuid {definition.uuid}",
+                        domain=other.definition.name,
+                    )
+            await trio.to_thread.run_sync(self.store.save_definition, definition)
+            dom = self._domains.get(definition.name)
+            if dom is None:
+                self._domains[definition.name] = _Domain(definition)
+            else:
+                dom.definition = definition
+        self._emit(definition.name, "lifecycle", "defined")
+        return self.get_info(definition.name)
+
+    async def undefine_locked(self, name: str) -> None:
+        """Remove a domain's definition. Refused while it runs."""
+        dom = self._get(name)
+        if dom.run is not None:
+            raise OperationInvalid(f"domain {name!r} is running: destroy or shut it down first")
+        async with self._define_lock:
+            await trio.to_thread.run_sync(self.store.delete_definition, name)
+            del self._domains[name]
+        self._emit(name, "lifecycle", "undefined")
+
+    async def undefine(self, name: str, *, client: str = "local") -> None:
+        await self.run_job(
+            name,
+            JobKind.MODIFY,
+            self.undefine_locked,
+            name,
+            procedure="domain.undefine",
+            client=client,
+        )
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start_locked(self, name: str, paused: bool = False) -> DomainInfo:
+        """Launch the domain's emulator and connect its monitor.
+
+        Raises:
+            OperationInvalid: it is already running.
+            LaunchError: the emulator failed to start or its monitor to answer.
+        """
+        dom = self._get(name)
+        if dom.run is not None:
+            raise OperationInvalid(f"domain {name!r} is already running")
+        d = dom.definition
+        run_dir = self.config.runtime_dir
+        spec = LaunchSpec(
+            name=d.name,
+            qmp_path=str(run_dir / f"{d.name}.qmp"),
+            pidfile=str(run_dir / f"{d.name}.pid"),
+            emulator=d.emulator,
+            memory_mib=d.memory_mib,
+            vcpus=d.vcpus,
+            machine=d.machine,
+            paused=paused,
+            extra_args=d.extra_args,
+            sim_control_path=str(run_dir / f"{d.name}.ctl") if d.emulator == "sim" else None,
+        )
+        proc = await launch(spec, startup_timeout=self.config.start_timeout)
+        record = RuntimeRecord(
+            name=d.name,
+            pid=proc.pid,
+            start_ticks=proc.start_ticks,
+            qmp_path=spec.qmp_path,
+            pidfile=spec.pidfile,
+            emulator=d.emulator,
+            started_at=time.time(),
+            control_path=spec.sim_control_path,
+        )
+        run = _Run(proc, record)
+        try:
+            await trio.to_thread.run_sync(self.store.save_record, record)
+            dom.run = run
+            dom.monitor_state = MonitorState.CONNECTING
+            await self._nursery.start(self._supervise, dom, run, False)
+        except BaseException:
+            dom.run = None
+            dom.monitor_state = MonitorState.NONE
+            with trio.CancelScope(shield=True):
+                await proc.kill(grace=0)
+            proc.close()
+            self.store.delete_record(name)
+            raise
+        if paused:
+            self._set_state(dom, DomainState.PAUSED, "user", "started")
+        else:
+            self._set_state(dom, DomainState.RUNNING, "booted", "started")
+        return self._info(dom)
+
+    async def start(self, name: str, paused: bool = False, *, client: str = "local") -> DomainInfo:
+        return await self.run_job(
+            name,
+            JobKind.MODIFY,
+            self.start_locked,
+            name,
+            paused,
+            procedure="domain.start",
+            client=client,
+        )
+
+    async def suspend(self, name: str, *, client: str = "local") -> DomainInfo:
+        return await self._job("domain.suspend", self.suspend_locked, name, client)
+
+    async def resume(self, name: str, *, client: str = "local") -> DomainInfo:
+        return await self._job("domain.resume", self.resume_locked, name, client)
+
+    async def reset(self, name: str, *, client: str = "local") -> DomainInfo:
+        return await self._job("domain.reset", self.reset_locked, name, client)
+
+    async def shutdown(self, name: str, *, client: str = "local") -> DomainInfo:
+        return await self._job("domain.shutdown", self.shutdown_locked, name, client)
+
+    async def get_stats(self, name: str, *, client: str = "local") -> DomainStats:
+        return await self._job(
+            "domain.get_stats", self.get_stats_locked, name, client, JobKind.QUERY
+        )
+
+    async def monitor_command(
+        self,
+        name: str,
+        command: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        client: str = "local",
+    ) -> Any:
+        return await self.run_job(
+            name,
+            JobKind.MODIFY,
+            self.monitor_command_locked,
+            name,
+            command,
+            arguments,
+            procedure="domain.monitor_command",
+            client=client,
+        )
+
+    async def _job(
+        self,
+        procedure: str,
+        fn: Callable[[str], Awaitable[T]],
+        name: str,
+        client: str,
+        kind: JobKind = JobKind.MODIFY,
+    ) -> T:
+        return await self.run_job(name, kind, fn, name, procedure=procedure, client=client)
+
+    async def suspend_locked(self, name: str) -> DomainInfo:
+        dom = self._running(name)
+        if dom.state is DomainState.PAUSED:
+            raise OperationInvalid(f"domain {name!r} is already paused")
+        await self._monitor_call(dom, "stop")
+        # The STOP event usually came before the reply and did this already.
+        self._change_state(dom, DomainState.PAUSED, "user", "suspended")
+        return self._info(dom)
+
+    async def resume_locked(self, name: str) -> DomainInfo:
+        dom = self._running(name)
+        if dom.state is not DomainState.PAUSED:
+            raise OperationInvalid(f"domain {name!r} is not paused")
+        await self._monitor_call(dom, "cont")
+        self._change_state(dom, DomainState.RUNNING, "unpaused", "resumed")
+        return self._info(dom)
+
+    async def reset_locked(self, name: str) -> DomainInfo:
+        dom = self._running(name)
+        await self._monitor_call(dom, "system_reset")
+        return self._info(dom)
+
+    async def shutdown_locked(self, name: str) -> DomainInfo:
+        """Press the power button (``system_powerdown``) and wait for the exit.
+
+        Raises:
+            OperationInvalid: not running, or the guest did not power off
+                within ``shutdown_timeout``; destroy it then.
+        """
+        dom = self._running(name)
+        run = dom.run
+        assert run is not None
+        await self._monitor_call(dom, "system_powerdown")
+        limit = self.config.shutdown_timeout
+        with trio.move_on_after(limit):
+            await run.exited.wait()
+        if not run.exited.is_set():
+            raise OperationInvalid(
+                f"domain {name!r} did not power off within {limit:g} s "
+                "(the guest may ignore the power button); destroy it instead",
+                domain=name,
+            )
+        return self._info(dom)
+
+    async def get_stats_locked(self, name: str) -> DomainStats:
+        dom = self._running(name)
+        run = dom.run
+        assert run is not None
+        status = await self._monitor_call(dom, "query-status")
+        cpus = await self._monitor_call(dom, "query-cpus-fast")
+        cpu_seconds, rss_kib = _proc_usage(run.proc.pid)
+        return DomainStats(
+            name=name,
+            status=str(status.get("status", "unknown")),
+            running=bool(status.get("running", False)),
+            vcpus=len(cpus) if isinstance(cpus, list) else 0,
+            cpu_seconds=cpu_seconds,
+            rss_kib=rss_kib,
+        )
+
+    async def monitor_command_locked(
+        self, name: str, command: str, arguments: dict[str, Any] | None = None
+    ) -> Any:
+        """QMP passthrough: run ``command`` and return QEMU's return value.
+
+        Raises:
+            OperationInvalid: not running, or ``qmp_capabilities`` (the driver
+                negotiates itself).
+            QmpCommandError: QEMU answered with an error.
+        """
+        dom = self._running(name)
+        if command == "qmp_capabilities":
+            raise OperationInvalid("the driver negotiates capabilities itself")
+        return await self._monitor_call(dom, command, arguments)
+
+    async def destroy(
+        self, name: str, *, client: str = "local", procedure: str = "domain.destroy"
+    ) -> DomainInfo:
+        """Kill the domain's process at once, even if it is hung.
+
+        A stopped (SIGSTOPped) process gets SIGKILL at once; otherwise SIGTERM
+        and ``destroy_grace`` seconds, then SIGKILL. The holder of the
+        domain's job is interrupted (its call ends with DomainDestroyed). The
+        kill comes first and needs no job; then the destroy takes the job,
+        exempt from the queue bound, to settle the state.
+
+        Raises:
+            OperationInvalid: the domain is not running.
+        """
+        dom = self._get(name)
+        run = dom.run
+        if run is None:
+            raise OperationInvalid(f"domain {name!r} is not running")
+        run.destroying = True
+        await run.proc.kill(grace=self.config.destroy_grace)
+        await run.exited.wait()
+        async with self.jobs.job(name, JobKind.DESTROY, procedure=procedure, client=client):
+            pass
+        return self._info(dom)
+
+    # -- monitor access --------------------------------------------------------------
+
+    def _running(self, name: str) -> _Domain:
+        dom = self._get(name)
+        if dom.run is None or dom.state not in (DomainState.RUNNING, DomainState.PAUSED):
+            raise OperationInvalid(f"domain {name!r} is not running", domain=name)
+        return dom
+
+    async def _monitor_call(
+        self, dom: _Domain, command: str, arguments: dict[str, Any] | None = None
+    ) -> Any:
+        name = dom.definition.name
+        run = dom.run
+        if run is None:
+            raise OperationInvalid(f"domain {name!r} is not running", domain=name)
+        if dom.monitor_state is MonitorState.UNRESPONSIVE and self.config.monitor_fail_fast:
+            raise MonitorUnresponsive(
+                f"the monitor of domain {name!r} is not responding; "
+                "calls fail at once until it answers a probe (destroy works)",
+                domain=name,
+            )
+        monitor = run.monitor
+        if monitor is None:
+            raise MonitorUnresponsive(f"the monitor of domain {name!r} is not connected")
+        limit = self.config.monitor_timeout
+        try:
+            with trio.move_on_after(math.inf if limit is None else limit) as scope:
+                return await monitor.execute(command, arguments)
+        except ConnectionLost:
+            if run.destroying:
+                raise DomainDestroyed(f"domain {name!r} was destroyed", domain=name) from None
+            raise
+        assert limit is not None and scope.cancelled_caught
+        self._mark_unresponsive(dom, run, f"{command} did not answer within {limit:g} s")
+        raise MonitorTimeout(
+            f"the monitor of domain {name!r} did not answer {command} within {limit:g} s; "
+            "it is now marked unresponsive",
+            domain=name,
+            command=command,
+        )
+
+    def _mark_unresponsive(self, dom: _Domain, run: _Run, why: str) -> None:
+        self._set_monitor(dom, MonitorState.UNRESPONSIVE, why)
+        if not run.probing and run.nursery is not None and not run.exited.is_set():
+            run.probing = True
+            run.nursery.start_soon(self._probe, dom, run)
+
+    async def _probe(self, dom: _Domain, run: _Run) -> None:
+        """Send ``query-status`` every probe_interval until the monitor answers."""
+        try:
+            while dom.monitor_state is MonitorState.UNRESPONSIVE:
+                await trio.sleep(self.config.probe_interval)
+                monitor = run.monitor
+                if monitor is None or monitor.closed:
+                    continue  # the monitor loop is reconnecting; it sets OK itself
+                with trio.move_on_after(self.config.monitor_timeout or self.config.probe_interval):
+                    try:
+                        await monitor.execute("query-status")
+                    except MonitorError:
+                        continue
+                    self._set_monitor(dom, MonitorState.OK)
+        finally:
+            run.probing = False
+
+    # -- supervision of one running domain -------------------------------------------
+
+    async def _supervise(
+        self,
+        dom: _Domain,
+        run: _Run,
+        reconnecting: bool,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Own one run of a domain: its nursery, monitor, exit watcher."""
+        started = False
+        name = dom.definition.name
+        try:
+            async with open_service_nursery() as nursery:
+                run.nursery = nursery
+                nursery.start_soon(self._watch_exit, dom, run)
+                if reconnecting and self.config.reconnect == "parallel":
+                    await nursery.start(self._hold_reconnect_job, dom, run)
+                    task_status.started()
+                    started = True
+                    nursery.start_soon(self._monitor_loop, dom, run, True)
+                else:
+                    # A fresh start (or a serial reconnect) reports back once
+                    # the monitor is negotiated, or fails.
+                    await nursery.start(self._monitor_loop, dom, run, reconnecting)
+                    task_status.started()
+                    started = True
+        except Exception:
+            if not started:
+                raise
+            logger.exception("supervision of domain %s failed", name)
+        finally:
+            run.nursery = None
+            run.monitor = None
+        if not started:
+            # The process exited before the monitor came up.
+            if not reconnecting:
+                raise LaunchError(f"domain {name!r} exited while starting", domain=name)
+            task_status.started()
+
+    async def _watch_exit(self, dom: _Domain, run: _Run) -> None:
+        await run.proc.wait()
+        name = dom.definition.name
+        if run.destroying:
+            state, reason, detail = DomainState.SHUTOFF, "destroyed", "destroyed"
+        elif run.shutdown_reason is not None:
+            state, reason, detail = DomainState.SHUTOFF, "shutdown", "shutdown"
+        else:
+            state, reason, detail = DomainState.CRASHED, "crashed", "crashed"
+        if dom.run is run:
+            dom.run = None
+            dom.monitor_state = MonitorState.NONE
+            self.store.delete_record(name)
+            self._set_state(dom, state, reason, detail)
+        run.proc.close()
+        run.exited.set()
+        assert run.nursery is not None
+        run.nursery.cancel_scope.cancel()
+
+    async def _hold_reconnect_job(
+        self,
+        dom: _Domain,
+        run: _Run,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        name = dom.definition.name
+        try:
+            async with self.jobs.job(
+                name, JobKind.RECONNECT, procedure="reconnect", client="daemon"
+            ):
+                task_status.started()
+                with trio.move_on_after(self.config.reconnect_timeout):
+                    await run.connected.wait()
+                if not run.connected.is_set() and not run.exited.is_set():
+                    self._mark_unresponsive(
+                        dom,
+                        run,
+                        f"no monitor handshake within {self.config.reconnect_timeout:g} s "
+                        "of reconnecting",
+                    )
+        except DomainDestroyed:
+            pass
+
+    async def _monitor_loop(
+        self,
+        dom: _Domain,
+        run: _Run,
+        reconnecting: bool,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Keep a monitor connected for as long as the process lives."""
+        name = dom.definition.name
+        first = True
+        backoff = _RECONNECT_BACKOFF_MIN
+        serial = reconnecting and self.config.reconnect == "serial"
+        while not run.exited.is_set():
+            if serial or self.config.monitor_timeout is None:
+                handshake = math.inf  # pre-patch libvirt: wait as long as it takes
+            elif first and not reconnecting:
+                handshake = self.config.start_timeout
+            else:
+                handshake = self.config.monitor_timeout
+            try:
+                async with open_monitor(run.record.qmp_path, handshake_timeout=handshake) as mon:
+                    run.monitor = mon
+                    mon.add_event_handler(functools.partial(self._on_qmp_event, dom, run))
+                    if reconnecting or not first:
+                        await self._sync_state(dom, mon)
+                    self._set_monitor(dom, MonitorState.OK)
+                    run.connected.set()
+                    if first:
+                        task_status.started()
+                        first = False
+                    backoff = _RECONNECT_BACKOFF_MIN
+                    await mon.wait_closed()
+                run.monitor = None
+                logger.info("monitor of %s closed; reconnecting", name)
+            except (OSError, MonitorError, MonitorTimeout, RemoteProtocolError) as exc:
+                run.monitor = None
+                if first and not reconnecting:
+                    raise LaunchError(
+                        f"the monitor of domain {name!r} did not come up: {exc}", domain=name
+                    ) from None
+                if run.exited.is_set():
+                    return
+                if dom.monitor_state is not MonitorState.UNRESPONSIVE and not (
+                    reconnecting and first
+                ):
+                    self._mark_unresponsive(dom, run, f"cannot connect the monitor: {exc}")
+                logger.debug("monitor of %s: %s; retrying in %.2f s", name, exc, backoff)
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, self.config.probe_interval)
+
+    async def _sync_state(self, dom: _Domain, mon: Monitor) -> None:
+        """After a (re)connect, learn whether the VM runs or is paused."""
+        limit = self.config.monitor_timeout
+        with trio.move_on_after(math.inf if limit is None else limit):
+            status = await mon.execute("query-status")
+            running = bool(status.get("running"))
+            if running and dom.state is not DomainState.RUNNING:
+                dom.state, dom.reason = DomainState.RUNNING, "unpaused"
+            elif not running and dom.state is not DomainState.PAUSED:
+                dom.state, dom.reason = DomainState.PAUSED, "user"
+
+    def _on_qmp_event(self, dom: _Domain, run: _Run, event: Event) -> None:
+        name = dom.definition.name
+        self._emit(name, "qmp", event.name, **event.data)
+        if dom.run is not run:
+            return
+        if event.name == "STOP":
+            self._change_state(dom, DomainState.PAUSED, "user", "suspended")
+        elif event.name == "RESUME":
+            self._change_state(dom, DomainState.RUNNING, "unpaused", "resumed")
+        elif event.name == "RESET":
+            self._emit(name, "lifecycle", "reset")
+        elif event.name == "SHUTDOWN":
+            run.shutdown_reason = str(event.data.get("reason", "shutdown"))
+
+    # -- open/close --------------------------------------------------------------------
+
+    async def _load(self) -> None:
+        definitions, problems = await trio.to_thread.run_sync(self.store.load_definitions)
+        records, record_problems = await trio.to_thread.run_sync(self.store.load_records)
+        self.load_problems = problems + record_problems
+        for d in definitions:
+            self._domains[d.name] = _Domain(d)
+        for name, record in records.items():
+            dom = self._domains.get(name)
+            if dom is None:
+                logger.warning("runtime record for undefined domain %s left in place", name)
+                continue
+            try:
+                proc = QemuProcess.attach(record.pid, record.start_ticks)
+                if proc.exited():  # a zombie that init has not reaped yet
+                    proc.close()
+                    raise ProcessLookupError(record.pid)
+            except (ProcessLookupError, OSError):
+                self.store.delete_record(name)
+                self._set_state(dom, DomainState.CRASHED, "crashed", "crashed")
+                continue
+            run = _Run(proc, record)
+            dom.run = run
+            dom.state, dom.reason = DomainState.RUNNING, "booted"
+            dom.monitor_state = MonitorState.CONNECTING
+            await self._nursery.start(self._supervise, dom, run, True)
+
+    async def _autostart(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for dom in list(self._domains.values()):
+                if dom.definition.autostart and dom.run is None:
+                    nursery.start_soon(self._autostart_one, dom.definition.name)
+
+    async def _autostart_one(self, name: str) -> None:
+        try:
+            await self.start(name, client="daemon")
+        except Exception as exc:
+            logger.error("autostart of %s failed: %s", name, exc)
+
+
+def _job_record(job: _HeldJob) -> JobInfo:
+    return JobInfo(
+        domain=job.domain,
+        kind=job.kind.value,
+        procedure=job.owner.procedure,
+        client=job.owner.client,
+        held_seconds=round(job.held_seconds, 3),
+        queued=job.queued,
+    )
+
+
+def _proc_usage(pid: int) -> tuple[float, int]:
+    """CPU seconds and resident KiB of ``pid`` from /proc (0 if unreadable)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        cpu = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE_KIB
+    except (OSError, ValueError, IndexError):
+        return 0.0, 0
+    return cpu, rss
+
+
+@asynccontextmanager
+async def open_driver(config: DriverConfig) -> AsyncIterator[Driver]:
+    """Load the domains and run the driver while the block lasts.
+
+    Returns at once: each running domain found in the runtime records
+    reconnects in its own task, holding its job until its monitor answers
+    (``reconnect = "parallel"``). Leaving the block stops supervision; the
+    QEMU processes keep running and are reconnected next time.
+    """
+    async with open_service_nursery() as nursery:
+        driver = Driver(config, nursery)
+        await driver._load()
+        nursery.start_soon(driver._autostart)
+        try:
+            yield driver
+        finally:
+            nursery.cancel_scope.cancel()
