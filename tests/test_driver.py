@@ -224,7 +224,10 @@ async def test_hung_monitor_timeout_probe_and_fast_destroy(sock_dir: Path, emula
                     took = trio.current_time() - start
                 assert took < 0.5
                 assert (info.state, info.reason) == (DomainState.SHUTOFF, "destroyed")
-                assert outcome and type(outcome[0]).__name__ in ("DomainDestroyed", "MonitorTimeout")
+                assert outcome and type(outcome[0]).__name__ in (
+                    "DomainDestroyed",
+                    "MonitorTimeout",
+                )
                 assert driver.get_info("ok").state is DomainState.RUNNING
             finally:
                 kill_all(driver)
@@ -286,10 +289,9 @@ async def test_restart_after_sigcont_reconnects_hung_domain(sock_dir: Path) -> N
         assert pid is not None
         try:
             os.kill(pid, signal.SIGSTOP)
-            async with driver_at(sock_dir) as driver, trio.open_nursery() as nursery:
+            async with driver_at(sock_dir) as driver:
                 with driver.subscribe() as sub:
                     await wait_event(sub, lambda e: e.detail == "unresponsive")
-                    nursery.start_soon(lambda: None)
                     os.kill(pid, signal.SIGCONT)
                     await wait_event(sub, lambda e: e.detail == "responsive")
                 assert (await driver.get_stats("h")).status == "running"

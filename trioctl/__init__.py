@@ -14,6 +14,7 @@ from ._errors import (
     ConnectionLost as ConnectionLost,
 )
 from ._errors import (
+    DeadlineExceeded as DeadlineExceeded,
     DomainDestroyed as DomainDestroyed,
 )
 from ._errors import (

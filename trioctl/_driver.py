@@ -116,6 +116,8 @@ class DriverConfig:
     monitor-unresponsive (reconnect attempts continue in the background)."""
     event_buffer: int = 1024
     """Each event subscriber's buffer; events beyond it are dropped and counted."""
+    backend: str = "sim"
+    """The emulator of definitions that name none (``sim`` or ``qemu``)."""
 
     @property
     def runtime_dir(self) -> Path:
@@ -307,6 +309,8 @@ class Driver:
         Raises:
             DomainExists: another domain already has this uuid.
         """
+        if not definition.emulator:
+            definition = attrs.evolve(definition, emulator=self.config.backend)
         async with self._define_lock:
             for other in self._domains.values():
                 if (

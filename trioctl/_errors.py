@@ -34,6 +34,7 @@ trioctl never wraps :class:`trio.Cancelled` or a caller's own
           +-- ServerBusy                   SERVER_BUSY      -32010
           +-- AccessDenied                 ACCESS_DENIED    -32011
           +-- LaunchError                  LAUNCH_FAILED    -32012
+          +-- DeadlineExceeded             DEADLINE_EXCEEDED -32013
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from typing import Any, ClassVar
 __all__ = [
     "AccessDenied",
     "ConnectionLost",
+    "DeadlineExceeded",
     "DomainDestroyed",
     "DomainExists",
     "InternalError",
@@ -286,3 +288,12 @@ class LaunchError(TrioctlError):
 
     reason = "LAUNCH_FAILED"
     rpc_code = -32012
+
+
+class DeadlineExceeded(TrioctlError):
+    """A call did not finish within its procedure's deadline and was
+    cancelled. Monitor commands and job waits have shorter bounds of their
+    own, so this is a last resort; what the call had done may stand."""
+
+    reason = "DEADLINE_EXCEEDED"
+    rpc_code = -32013

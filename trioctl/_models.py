@@ -63,7 +63,7 @@ def _check_uuid(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
 
 
 def _check_emulator(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
-    if value not in EMULATORS and not value.startswith("/"):
+    if value and value not in EMULATORS and not value.startswith("/"):
         raise ValueError(f"'{attr.name}' must be 'sim', 'qemu' or an absolute path")
 
 
@@ -95,8 +95,10 @@ class DomainDefinition:
     )
     machine: str = attrs.field(default="none", validator=attrs.validators.min_len(1))
     """QEMU machine type (``-machine``); ``none`` has no guest at all."""
-    emulator: str = attrs.field(default="sim", validator=_check_emulator)
-    """``sim`` (the built-in simulator), ``qemu`` (qemu-system-x86_64) or a path."""
+    emulator: str = attrs.field(default="", validator=_check_emulator)
+    """``sim`` (the built-in simulator), ``qemu`` (qemu-system-x86_64) or an
+    absolute path to a QEMU binary; empty: the daemon's default backend,
+    filled in when the domain is defined."""
     extra_args: tuple[str, ...] = attrs.field(default=(), validator=_check_extra_args)
     """Extra emulator arguments, passed as a list (never through a shell)."""
     autostart: bool = False

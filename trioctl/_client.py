@@ -1,0 +1,409 @@
+"""The Trio client library: one typed method per procedure.
+
+::
+
+    async with trioctl.connect("ws://127.0.0.1:16509/") as client:
+        for info in await client.list_domains():
+            print(info.name, info.state.value)
+        await client.subscribe()
+        async for event in client.events():
+            ...
+
+Errors come back as the same exception classes the daemon raised
+(``NoDomain``, ``JobTimeout``, ...), with ``message`` and ``data``. Several
+calls may be in flight at once on one connection; replies are routed by id.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import ssl
+import urllib.parse
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import trio
+import trio_websocket
+
+from ._errors import ConnectionLost, RemoteProtocolError, TrioctlError
+from ._models import DomainDefinition, DomainEvent, DomainInfo, DomainState, DomainStats, JobInfo
+from ._models import converter as _converter
+from ._procedures import (
+    ClientInfo,
+    ClientLimits,
+    ServerStats,
+    ThreadpoolInfo,
+    VersionInfo,
+)
+from ._sansio import rpc
+from ._util import open_service_nursery
+
+__all__ = [
+    "DEFAULT_URL",
+    "TOKEN_ENV",
+    "URL_ENV",
+    "Client",
+    "connect",
+    "find_token",
+    "open_websocket",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_URL = "ws://127.0.0.1:16509/"
+URL_ENV = "TRIOCTL_URL"
+TOKEN_ENV = "TRIOCTL_TOKEN"
+
+
+def find_token(tokens_file: Path | None = None, *, admin: bool = False) -> str | None:
+    """The token to use when none is given.
+
+    Order: ``$TRIOCTL_TOKEN``; then the daemon's tokens file (``tokens_file``,
+    or the default one in the default state directory) if this user can read
+    it: its first admin token, else (unless ``admin``) its first token.
+    """
+    token = os.environ.get(TOKEN_ENV)
+    if token:
+        return token
+    if tokens_file is None:
+        from ._config import default_tokens_file
+
+        tokens_file = default_tokens_file()
+    try:
+        from ._server import Tokens
+
+        tokens = Tokens.load(tokens_file)
+    except (OSError, ValueError):
+        return None
+    by_role = sorted(tokens.roles.items(), key=lambda kv: -kv[1])
+    if not by_role:
+        return None
+    best, role = by_role[0]
+    if admin and role.name != "ADMIN":
+        return None
+    return best
+
+
+@attrs.define(eq=False)
+class _Waiter:
+    done: trio.Event = attrs.Factory(trio.Event)
+    response: rpc.Response | None = None
+    error: TrioctlError | None = None
+
+
+class Client:
+    """A connection to a trioctl daemon. Create it with :func:`connect`."""
+
+    def __init__(self, ws: trio_websocket.WebSocketConnection, event_buffer: int) -> None:
+        self._ws = ws
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Waiter] = {}
+        self._events_send, self._events_receive = trio.open_memory_channel[DomainEvent](
+            event_buffer
+        )
+        self.events_dropped = 0
+        self._closed: TrioctlError | None = None
+
+    # -- generic -------------------------------------------------------------------
+
+    async def call(self, method: str, params: Mapping[str, Any] | None = None) -> Any:
+        """Call ``method`` and return its JSON result.
+
+        Raises:
+            TrioctlError: the daemon's error, as its own class.
+            ConnectionLost: the connection closed before the reply.
+        """
+        if self._closed is not None:
+            raise ConnectionLost(self._closed.message)
+        call_id = next(self._ids)
+        waiter = _Waiter()
+        self._pending[call_id] = waiter
+        try:
+            await self._ws.send_message(rpc.encode_request(method, dict(params or {}), call_id))
+            await waiter.done.wait()
+        except trio_websocket.ConnectionClosed as exc:
+            raise ConnectionLost(f"the daemon closed the connection: {exc.reason}") from None
+        finally:
+            self._pending.pop(call_id, None)
+        if waiter.error is not None:
+            raise ConnectionLost(waiter.error.message)
+        assert waiter.response is not None
+        return waiter.response.unwrap()
+
+    async def _typed(self, cls: type[T], method: str, **params: Any) -> T:
+        raw = await self.call(method, {k: v for k, v in params.items() if v is not None})
+        try:
+            return _converter.structure(raw, cls)
+        except Exception as exc:
+            raise RemoteProtocolError(f"unexpected result of {method}: {exc}") from None
+
+    def events(self) -> trio.MemoryReceiveChannel[DomainEvent]:
+        """Events after :meth:`subscribe` (``async for event in client.events()``);
+        the iteration ends when the connection closes.
+
+        The buffer is bounded: events that do not fit while nobody reads are
+        dropped and counted in ``events_dropped``.
+        """
+        return self._events_receive
+
+    # -- connect.* / domain.* / events.* ---------------------------------------------
+
+    async def get_version(self) -> VersionInfo:
+        return await self._typed(VersionInfo, "connect.get_version")
+
+    async def list_domains(self, state: DomainState | str | None = None) -> list[DomainInfo]:
+        value = state.value if isinstance(state, DomainState) else state
+        raw = await self.call("connect.list_domains", {"state": value} if value else {})
+        return [_converter.structure(d, DomainInfo) for d in raw["domains"]]
+
+    async def lookup(self, name: str) -> DomainInfo:
+        return await self._typed(DomainInfo, "domain.lookup", name=name)
+
+    async def get_info(self, name: str) -> DomainInfo:
+        return await self._typed(DomainInfo, "domain.get_info", name=name)
+
+    async def define(self, definition: DomainDefinition | Mapping[str, Any]) -> DomainInfo:
+        raw = (
+            _converter.unstructure(definition)
+            if isinstance(definition, DomainDefinition)
+            else dict(definition)
+        )
+        return await self._typed(DomainInfo, "domain.define", definition=raw)
+
+    async def undefine(self, name: str) -> DomainInfo:
+        return await self._typed(DomainInfo, "domain.undefine", name=name)
+
+    async def start(self, name: str, *, paused: bool = False) -> DomainInfo:
+        return await self._typed(DomainInfo, "domain.start", name=name, paused=paused)
+
+    async def shutdown(self, name: str) -> DomainInfo:
+        return await self._typed(DomainInfo, "domain.shutdown", name=name)
+
+    async def suspend(self, name: str) -> DomainInfo:
+        return await self._typed(DomainInfo, "domain.suspend", name=name)
+
+    async def resume(self, name: str) -> DomainInfo:
+        return await self._typed(DomainInfo, "domain.resume", name=name)
+
+    async def reset(self, name: str) -> DomainInfo:
+        return await self._typed(DomainInfo, "domain.reset", name=name)
+
+    async def destroy(self, name: str) -> DomainInfo:
+        return await self._typed(DomainInfo, "domain.destroy", name=name)
+
+    async def get_stats(self, name: str) -> DomainStats:
+        return await self._typed(DomainStats, "domain.get_stats", name=name)
+
+    async def monitor_command(
+        self, name: str, command: str, arguments: Mapping[str, Any] | None = None
+    ) -> Any:
+        params: dict[str, Any] = {"name": name, "command": command}
+        if arguments is not None:
+            params["arguments"] = dict(arguments)
+        return await self.call("domain.monitor_command", params)
+
+    async def subscribe(self, domains: list[str] | None = None) -> None:
+        await self.call("events.subscribe", {"domains": domains} if domains else {})
+
+    async def unsubscribe(self) -> None:
+        await self.call("events.unsubscribe")
+
+    # -- admin.* (connect to the /admin endpoint) ------------------------------------------
+
+    async def get_threadpool(self) -> ThreadpoolInfo:
+        return await self._typed(ThreadpoolInfo, "admin.get_threadpool")
+
+    async def set_threadpool(
+        self,
+        *,
+        min_workers: int | None = None,
+        max_workers: int | None = None,
+        prio_workers: int | None = None,
+    ) -> ThreadpoolInfo:
+        return await self._typed(
+            ThreadpoolInfo,
+            "admin.set_threadpool",
+            min_workers=min_workers,
+            max_workers=max_workers,
+            prio_workers=prio_workers,
+        )
+
+    async def get_client_limits(self) -> ClientLimits:
+        return await self._typed(ClientLimits, "admin.get_client_limits")
+
+    async def set_client_limits(
+        self, *, max_clients: int | None = None, max_client_requests: int | None = None
+    ) -> ClientLimits:
+        return await self._typed(
+            ClientLimits,
+            "admin.set_client_limits",
+            max_clients=max_clients,
+            max_client_requests=max_client_requests,
+        )
+
+    async def list_clients(self) -> list[ClientInfo]:
+        raw = await self.call("admin.list_clients")
+        return [_converter.structure(c, ClientInfo) for c in raw["clients"]]
+
+    async def disconnect_client(self, client_id: str) -> None:
+        await self.call("admin.disconnect_client", {"id": client_id})
+
+    async def list_jobs(self) -> list[JobInfo]:
+        raw = await self.call("admin.list_jobs")
+        return [_converter.structure(j, JobInfo) for j in raw["jobs"]]
+
+    async def get_server_stats(self) -> ServerStats:
+        return await self._typed(ServerStats, "admin.get_stats")
+
+    # -- the reader ------------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        try:
+            while True:
+                text = await self._ws.get_message()
+                for msg in rpc.parse_response_text(text):
+                    if isinstance(msg, rpc.ServerNotification):
+                        self._on_notification(msg)
+                        continue
+                    waiter = self._pending.get(msg.id) if isinstance(msg.id, int) else None
+                    if waiter is None:
+                        logger.debug("dropping reply with unknown id %r", msg.id)
+                        continue
+                    waiter.response = msg
+                    waiter.done.set()
+        except trio_websocket.ConnectionClosed as exc:
+            self._close(ConnectionLost(f"the daemon closed the connection ({exc.reason})"))
+        except RemoteProtocolError as exc:
+            self._close(ConnectionLost(f"the daemon broke the protocol: {exc.message}"))
+
+    def _on_notification(self, msg: rpc.ServerNotification) -> None:
+        if msg.method != "events.event":
+            return
+        try:
+            event = _converter.structure(msg.params, DomainEvent)
+        except Exception:
+            logger.warning("malformed event: %r", msg.params)
+            return
+        try:
+            self._events_send.send_nowait(event)
+        except trio.WouldBlock:
+            self.events_dropped += 1
+
+    def _close(self, why: TrioctlError) -> None:
+        if self._closed is None:
+            self._closed = why
+        for waiter in self._pending.values():
+            waiter.error = why
+            waiter.done.set()
+        self._events_send.close()
+
+
+@asynccontextmanager
+async def connect(
+    url: str | None = None,
+    token: str | None = None,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    tokens_file: Path | None = None,
+    event_buffer: int = 1024,
+    connect_timeout: float = 10.0,
+) -> AsyncIterator[Client]:
+    """Connect to a daemon (``url`` defaults to ``$TRIOCTL_URL`` or the local one).
+
+    With no ``token``, :func:`find_token` looks for one (``$TRIOCTL_TOKEN``,
+    then the daemon's tokens file), so local use needs no setup.
+
+    Raises:
+        trio_websocket.ConnectionRejected: refused (401 bad token, 403 role,
+            503 too many clients); ``status_code`` says which.
+        trio_websocket.ConnectionTimeout: no handshake within ``connect_timeout``.
+        OSError: nothing listens there.
+    """
+    url = url or os.environ.get(URL_ENV) or DEFAULT_URL
+    if token is None:
+        token = find_token(tokens_file, admin=url.rstrip("/").endswith("/admin"))
+    async with open_websocket(
+        url,
+        token,
+        ssl_context=ssl_context,
+        connect_timeout=connect_timeout,
+        max_message_size=64 * 1024 * 1024,
+    ) as ws:
+        client = Client(ws, event_buffer)
+        async with open_service_nursery() as nursery:
+            nursery.start_soon(client._reader)
+            try:
+                yield client
+            finally:
+                client._close(ConnectionLost("the client closed the connection"))
+                nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def open_websocket(
+    url: str,
+    token: str | None,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    connect_timeout: float = 10.0,
+    max_message_size: int = 64 * 1024 * 1024,
+) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    """A raw WebSocket to a daemon, with the bearer token; it owns its socket.
+
+    trio-websocket's own ``open_websocket_url`` can leave the socket open when
+    the handshake is refused; here the TCP (or TLS) stream is ours and is
+    closed whatever happens.
+
+    Raises:
+        trio_websocket.ConnectionRejected: see :func:`connect`.
+        trio_websocket.ConnectionTimeout: no handshake within ``connect_timeout``.
+        ValueError: ``url`` is not a ws:// or wss:// URL.
+    """
+    headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
+    secure = parts.scheme == "wss"
+    port = parts.port or (443 if secure else 80)
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    host_header = parts.netloc.rpartition("@")[2]
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] | None = None
+    try:
+        async with open_service_nursery() as nursery:
+            with trio.move_on_after(connect_timeout) as scope:
+                if secure:
+                    stream = await trio.open_ssl_over_tcp_stream(
+                        parts.hostname,
+                        port,
+                        ssl_context=ssl_context or ssl.create_default_context(),
+                        https_compatible=True,
+                    )
+                else:
+                    stream = await trio.open_tcp_stream(parts.hostname, port)
+                ws = await trio_websocket.wrap_client_stream(
+                    nursery,
+                    stream,
+                    host_header,
+                    resource,
+                    extra_headers=headers,
+                    max_message_size=max_message_size,
+                )
+            if scope.cancelled_caught:
+                raise trio_websocket.ConnectionTimeout
+            try:
+                yield ws
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+    finally:
+        if stream is not None:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()

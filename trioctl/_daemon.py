@@ -1,0 +1,147 @@
+"""The whole daemon as one async context manager, for embedding.
+
+::
+
+    async with trioctl.open_daemon(config) as daemon:
+        print(daemon.url, daemon.token)
+        async with trioctl.connect(daemon.url, daemon.token) as client:
+            ...
+
+``trioctl daemon`` is a thin wrapper over :func:`open_daemon`. The nursery
+tree::
+
+    open_daemon
+    ├── driver nursery           one nursery per running domain inside
+    ├── worker pools nursery     general + priority workers
+    └── server nursery           listener + one nursery per client session
+
+Leaving the block stops accepting clients, gives calls in flight
+``server.shutdown_grace`` seconds, then cancels everything. QEMU processes keep
+running; the next daemon reconnects to them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import attrs
+import trio
+
+from ._config import DaemonConfig
+from ._dispatch import Dispatcher, DispatchMode
+from ._driver import Driver, open_driver
+from ._pools import WorkerPools, open_worker_pools
+from ._server import Server, Tokens, serve
+from ._store import write_atomic
+
+__all__ = ["DaemonHandle", "ensure_tokens_file", "open_daemon"]
+
+logger = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class DaemonHandle:
+    """A running daemon."""
+
+    url: str
+    """The API endpoint, e.g. ``ws://127.0.0.1:16509/``."""
+    admin_url: str
+    token: str | None
+    """An admin token (None when auth is not required)."""
+    tokens_file: Path | None
+    port: int
+    driver: Driver
+    pools: WorkerPools
+    dispatcher: Dispatcher
+    server: Server
+    config: DaemonConfig
+
+
+def ensure_tokens_file(path: Path) -> None:
+    """Create ``path`` with one admin token, readable only by its owner, if absent."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    body = {"tokens": [{"token": secrets.token_urlsafe(32), "role": "admin", "name": "local"}]}
+    write_atomic(path, json.dumps(body, indent=2).encode() + b"\n")
+    os.chmod(path, 0o600)
+    logger.info("created %s with an admin token", path)
+
+
+def _lock_state_dir(state_dir: Path) -> int:
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RuntimeError(f"another trioctl daemon uses {state_dir}") from None
+    return fd
+
+
+@asynccontextmanager
+async def open_daemon(config: DaemonConfig) -> AsyncIterator[DaemonHandle]:
+    """Run the daemon (driver, pools, server) while the block lasts.
+
+    Raises:
+        RuntimeError: another daemon holds the state directory.
+        OSError: the listen address cannot be bound.
+        ValueError: the tokens file is malformed.
+    """
+    driver_config = config.driver_config()
+    lock_fd = _lock_state_dir(driver_config.state_dir)
+    try:
+        tokens: Tokens | None = None
+        token: str | None = None
+        tokens_file: Path | None = None
+        if config.auth.required:
+            tokens_file = config.auth.tokens_file
+            ensure_tokens_file(tokens_file)
+            tokens = Tokens.load(tokens_file)
+            token = next((t for t, r in tokens.roles.items() if r.name == "ADMIN"), None)
+        mode = DispatchMode.LEGACY if config.mode == "legacy" else DispatchMode.DEFAULT
+        host, port = config.server.host, config.server.port
+        async with (
+            open_driver(driver_config) as driver,
+            open_worker_pools(config.pools.limits()) as pools,
+        ):
+            dispatcher = Dispatcher(pools, driver.jobs, mode=mode)
+            async with serve(
+                config.server,
+                driver,
+                dispatcher,
+                tokens=tokens,
+                host=host,
+                port=port,
+                ssl_context=config.tls.server_context(),
+                backend=config.driver.backend,
+            ) as server:
+                scheme = "wss" if config.tls.enabled else "ws"
+                shown = f"[{host}]" if ":" in host else host
+                url = f"{scheme}://{shown}:{server.port}/"
+                handle = DaemonHandle(
+                    url=url,
+                    admin_url=url + "admin",
+                    token=token,
+                    tokens_file=tokens_file,
+                    port=server.port,
+                    driver=driver,
+                    pools=pools,
+                    dispatcher=dispatcher,
+                    server=server,
+                    config=config,
+                )
+                try:
+                    yield handle
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await server.drain(config.server.shutdown_grace)
+    finally:
+        os.close(lock_fd)
