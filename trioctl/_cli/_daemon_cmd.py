@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import logging
+import os
 import signal
 import sys
 import time
