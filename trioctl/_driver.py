@@ -175,6 +175,10 @@ class Driver:
         self._subscribers: list[EventSubscription] = []
         self._define_lock = trio.Lock()
         self.events_dropped = 0
+        # Processes by (pid, start ticks), with how many runs use each: the
+        # simulator's many-VMs mode serves thousands of domains from one
+        # process, and one pidfd each would exhaust the open-file limit.
+        self._procs: dict[tuple[int, int], tuple[QemuProcess, int]] = {}
 
     # -- queries: cached state only, never wait -------------------------------------
 
@@ -376,7 +380,7 @@ class Driver:
             extra_args=d.extra_args,
             sim_control_path=str(run_dir / f"{d.name}.ctl") if d.emulator == "sim" else None,
         )
-        proc = await launch(spec, startup_timeout=self.config.start_timeout)
+        proc = self._hold_process(await launch(spec, startup_timeout=self.config.start_timeout))
         record = RuntimeRecord(
             name=d.name,
             pid=proc.pid,
@@ -398,7 +402,7 @@ class Driver:
             dom.monitor_state = MonitorState.NONE
             with trio.CancelScope(shield=True):
                 await proc.kill(grace=0)
-            proc.close()
+            self._release_process(proc)
             self.store.delete_record(name)
             raise
         if paused:
@@ -557,6 +561,13 @@ class Driver:
         run = dom.run
         if run is None:
             raise OperationInvalid(f"domain {name!r} is not running")
+        users = self._procs.get((run.proc.pid, run.proc.start_ticks), (run.proc, 1))[1]
+        if users > 1:
+            raise OperationInvalid(
+                f"domain {name!r} shares its process (pid {run.proc.pid}) with {users - 1} "
+                "other domains (the simulator's many-VMs mode); destroy would kill them all",
+                domain=name,
+            )
         run.destroying = True
         await run.proc.kill(grace=self.config.destroy_grace)
         await run.exited.wait()
@@ -683,7 +694,7 @@ class Driver:
             dom.monitor_state = MonitorState.NONE
             self.store.delete_record(name)
             self._set_state(dom, state, reason, detail)
-        run.proc.close()
+        self._release_process(run.proc)
         run.exited.set()
         assert run.nursery is not None
         run.nursery.cancel_scope.cancel()
@@ -789,6 +800,23 @@ class Driver:
         elif event.name == "SHUTDOWN":
             run.shutdown_reason = str(event.data.get("reason", "shutdown"))
 
+    def _hold_process(self, proc: QemuProcess) -> QemuProcess:
+        key = (proc.pid, proc.start_ticks)
+        held, users = self._procs.get(key, (proc, 0))
+        if held is not proc:
+            proc.close()  # already watched: share the first pidfd
+        self._procs[key] = (held, users + 1)
+        return held
+
+    def _release_process(self, proc: QemuProcess) -> None:
+        key = (proc.pid, proc.start_ticks)
+        held, users = self._procs.get(key, (proc, 1))
+        if users <= 1:
+            self._procs.pop(key, None)
+            held.close()
+        else:
+            self._procs[key] = (held, users - 1)
+
     # -- open/close --------------------------------------------------------------------
 
     async def _load(self) -> None:
@@ -803,9 +831,12 @@ class Driver:
                 logger.warning("runtime record for undefined domain %s left in place", name)
                 continue
             try:
-                proc = QemuProcess.attach(record.pid, record.start_ticks)
+                shared = self._procs.get((record.pid, record.start_ticks))
+                proc = self._hold_process(
+                    shared[0] if shared else QemuProcess.attach(record.pid, record.start_ticks)
+                )
                 if proc.exited():  # a zombie that init has not reaped yet
-                    proc.close()
+                    self._release_process(proc)
                     raise ProcessLookupError(record.pid)
             except (ProcessLookupError, OSError):
                 self.store.delete_record(name)
@@ -870,3 +901,7 @@ async def open_driver(config: DriverConfig) -> AsyncIterator[Driver]:
             yield driver
         finally:
             nursery.cancel_scope.cancel()
+    # Supervision has ended; the processes run on, unwatched.
+    for proc, _users in driver._procs.values():
+        proc.close()
+    driver._procs.clear()
