@@ -893,15 +893,19 @@ async def open_driver(config: DriverConfig) -> AsyncIterator[Driver]:
     (``reconnect = "parallel"``). Leaving the block stops supervision; the
     QEMU processes keep running and are reconnected next time.
     """
-    async with open_service_nursery() as nursery:
-        driver = Driver(config, nursery)
-        await driver._load()
-        nursery.start_soon(driver._autostart)
-        try:
-            yield driver
-        finally:
-            nursery.cancel_scope.cancel()
-    # Supervision has ended; the processes run on, unwatched.
-    for proc, _users in driver._procs.values():
-        proc.close()
-    driver._procs.clear()
+    driver: Driver | None = None
+    try:
+        async with open_service_nursery() as nursery:
+            driver = Driver(config, nursery)
+            await driver._load()
+            nursery.start_soon(driver._autostart)
+            try:
+                yield driver
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        # Supervision has ended; the processes run on, unwatched.
+        if driver is not None:
+            for proc, _users in driver._procs.values():
+                proc.close()
+            driver._procs.clear()
