@@ -1,0 +1,183 @@
+"""The procedure table: declared once, consistent, and its generated files current."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+from typing import Any
+
+import attrs
+import jsonschema
+import pytest
+import trio
+
+from trioctl._client import connect
+from trioctl._errors import _BY_REASON, TrioctlError
+from trioctl._jobs import JobKind
+from trioctl._pools import Priority
+from trioctl._procedures import PROCEDURES, Procedure, ProcedureTable
+from trioctl._tools import gen_schemas
+
+from .helpers import running_daemon
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Procedures whose handler reaches a QEMU monitor: libvirt's rule makes them LOW.
+TOUCHES_MONITOR = {
+    "domain.start",
+    "domain.shutdown",
+    "domain.suspend",
+    "domain.resume",
+    "domain.reset",
+    "domain.get_stats",
+    "domain.monitor_command",
+}
+
+
+def test_names_are_unique_and_namespaced() -> None:
+    names = [p.name for p in PROCEDURES]
+    assert len(names) == len(set(names)) == len(PROCEDURES)
+    for proc in PROCEDURES:
+        prefix = proc.name.split(".")[0]
+        assert prefix in {"connect", "domain", "events", "admin"}
+        assert (prefix == "admin") == (proc.endpoint == "admin")
+
+
+def test_table_refuses_duplicates_and_reserved_names() -> None:
+    proc = PROCEDURES.get("connect.get_version")
+    assert proc is not None
+    with pytest.raises(ValueError, match="duplicate"):
+        ProcedureTable([proc, proc])
+    with pytest.raises(ValueError, match="reserved"):
+        ProcedureTable([attrs.evolve(proc, name="rpc.x")])
+    with pytest.raises(ValueError, match="name"):
+        ProcedureTable([attrs.evolve(proc, job=JobKind.QUERY)])
+
+
+def test_error_codes_and_reasons_are_unique() -> None:
+    codes = [cls.rpc_code for cls in _BY_REASON.values()]
+    assert len(codes) == len(set(codes))
+    for reason, cls in _BY_REASON.items():
+        assert cls.reason == reason
+        assert issubclass(cls, TrioctlError)
+    for required in [
+        "PARSE_ERROR",
+        "INVALID_REQUEST",
+        "METHOD_NOT_FOUND",
+        "INVALID_PARAMS",
+        "INTERNAL_ERROR",
+        "NO_DOMAIN",
+        "DOMAIN_EXISTS",
+        "OPERATION_INVALID",
+        "JOB_TIMEOUT",
+        "JOB_QUEUE_FULL",
+        "MONITOR_TIMEOUT",
+        "MONITOR_UNRESPONSIVE",
+        "MONITOR_ERROR",
+        "DOMAIN_DESTROYED",
+        "SERVER_BUSY",
+        "ACCESS_DENIED",
+    ]:
+        assert required in _BY_REASON
+
+
+def test_priorities_follow_libvirts_rule() -> None:
+    for proc in PROCEDURES:
+        expected = Priority.LOW if proc.name in TOUCHES_MONITOR else Priority.HIGH
+        assert proc.priority is expected, proc.name
+
+
+def _driver_calls(proc: Procedure) -> set[str]:
+    """Names of ``ctx.services.driver.X`` attributes the handler uses."""
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(proc.handler)))
+    return {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Attribute)
+        and node.value.attr == "driver"
+    }
+
+
+def test_handlers_that_take_a_job_use_locked_operations() -> None:
+    # The dispatcher holds the job: a handler taking it again would deadlock.
+    for proc in PROCEDURES:
+        calls = _driver_calls(proc)
+        if proc.job is not None:
+            assert any(c.endswith("_locked") for c in calls), proc.name
+        assert not (calls & {"start", "suspend", "resume", "reset", "shutdown", "get_stats"})
+
+
+def test_generated_files_are_current() -> None:
+    files = gen_schemas.generate()
+    for path, text in files.items():
+        assert path.exists(), f"missing {path}: run python -m trioctl._tools.gen_schemas"
+        assert path.read_text() == text, f"stale {path}: run python -m trioctl._tools.gen_schemas"
+    assert gen_schemas.main(["--check"]) == 0
+
+
+def _schema(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((ROOT / "schemas" / name).read_text())
+    return loaded
+
+
+def test_domain_schema_agrees_with_the_converter() -> None:
+    schema = _schema("domain.json")
+    jsonschema.Draft202012Validator.check_schema(schema)
+    good = {"name": "vm-1.a_b", "memory_mib": 256, "vcpus": 2, "extra_args": ["-S"]}
+    jsonschema.validate(good, schema)
+    for bad in ({"name": "no spaces"}, {"name": "x", "bogus": 1}, {"name": "x", "vcpus": 0}, {}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
+
+
+async def test_live_results_match_their_schemas(sock_dir: Path) -> None:
+    """Run every procedure and validate params and results against schemas/."""
+    calls: list[tuple[str, dict[str, Any], str]] = [
+        ("connect.get_version", {}, "/"),
+        ("domain.define", {"definition": {"name": "s1"}}, "/"),
+        ("connect.list_domains", {}, "/"),
+        ("domain.lookup", {"name": "s1"}, "/"),
+        ("events.subscribe", {"domains": ["s1"]}, "/"),
+        ("domain.start", {"name": "s1", "paused": False}, "/"),
+        ("domain.get_info", {"name": "s1"}, "/"),
+        ("domain.get_stats", {"name": "s1"}, "/"),
+        ("domain.suspend", {"name": "s1"}, "/"),
+        ("domain.resume", {"name": "s1"}, "/"),
+        ("domain.reset", {"name": "s1"}, "/"),
+        ("domain.monitor_command", {"name": "s1", "command": "query-status"}, "/"),
+        ("domain.shutdown", {"name": "s1"}, "/"),
+        ("domain.start", {"name": "s1"}, "/"),
+        ("domain.destroy", {"name": "s1"}, "/"),
+        ("domain.undefine", {"name": "s1"}, "/"),
+        ("events.unsubscribe", {}, "/"),
+        ("admin.get_threadpool", {}, "admin"),
+        ("admin.set_threadpool", {"max_workers": 25}, "admin"),
+        ("admin.get_client_limits", {}, "admin"),
+        ("admin.set_client_limits", {"max_client_requests": 6}, "admin"),
+        ("admin.list_clients", {}, "admin"),
+        ("admin.list_jobs", {}, "admin"),
+        ("admin.get_stats", {}, "admin"),
+    ]
+    seen = set()
+    with trio.fail_after(60):
+        async with (
+            running_daemon(sock_dir) as daemon,
+            connect(daemon.url, daemon.token) as api,
+            connect(daemon.admin_url, daemon.token) as admin,
+        ):
+            for method, params, endpoint in calls:
+                jsonschema.validate(params, _schema(f"{method}.params.json"))
+                client = admin if endpoint == "admin" else api
+                result = await client.call(method, params)
+                jsonschema.validate(result, _schema(f"{method}.result.json"))
+                seen.add(method)
+            clients = await admin.list_clients()
+            disconnect = {"id": clients[0].id}
+            jsonschema.validate(disconnect, _schema("admin.disconnect_client.params.json"))
+            seen.add("admin.disconnect_client")
+    assert seen == {p.name for p in PROCEDURES}

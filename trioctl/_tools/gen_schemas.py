@@ -1,0 +1,298 @@
+"""Generate ``schemas/`` and ``docs/procedures.md`` from the procedure table.
+
+Usage::
+
+    python -m trioctl._tools.gen_schemas          # write the files
+    python -m trioctl._tools.gen_schemas --check  # exit 1 if any is stale (CI)
+
+Each procedure gets ``schemas/NAME.params.json`` and ``schemas/NAME.result.json``
+(JSON Schema draft 2020-12); the domain definition gets
+``schemas/domain.json``. Field descriptions come from the attribute
+docstrings of the attrs classes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import enum
+import functools
+import inspect
+import json
+import sys
+import textwrap
+import types
+import typing
+from pathlib import Path
+from typing import Any, Final, Union
+
+import attrs
+
+from .._models import DomainDefinition
+from .._procedures import PROCEDURES, PROTOCOL_VERSION, Procedure
+
+ROOT: Final = Path(__file__).resolve().parents[2]
+DRAFT: Final = "https://json-schema.org/draft/2020-12/schema"
+
+#: Constraints the validators enforce, stated for schema readers.
+EXTRAS: Final[dict[tuple[str, str], dict[str, Any]]] = {
+    ("DomainDefinition", "name"): {"pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+    ("DomainDefinition", "uuid"): {"format": "uuid"},
+    ("DomainDefinition", "memory_mib"): {"minimum": 1, "maximum": 1 << 20},
+    ("DomainDefinition", "vcpus"): {"minimum": 1, "maximum": 255},
+    ("DomainDefinition", "machine"): {"minLength": 1},
+    ("DomainDefinition", "emulator"): {"pattern": "^(|sim|qemu|/.*)$"},
+}
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings (a string literal right after a field) of ``cls``."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    docs: dict[str, str] = {}
+    for node, after in zip(body, [*body[1:], None], strict=True):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(inspect.cleandoc(after.value.value).split())
+    return docs
+
+
+def schema_for(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
+    """The JSON Schema of type ``tp``; attrs classes go to ``defs``."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return {}
+    if tp is type(None):
+        return {"type": "null"}
+    if tp is bool:
+        return {"type": "boolean"}
+    if tp is int:
+        return {"type": "integer"}
+    if tp is float:
+        return {"type": "number"}
+    if tp is str:
+        return {"type": "string"}
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return {"type": "string", "enum": [m.value for m in tp]}
+    if origin in (Union, types.UnionType):
+        return {"anyOf": [schema_for(arg, defs) for arg in typing.get_args(tp)]}
+    if origin in (list, tuple):
+        args = typing.get_args(tp)
+        return {"type": "array", "items": schema_for(args[0], defs)}
+    if origin is dict:
+        return {"type": "object", "additionalProperties": schema_for(typing.get_args(tp)[1], defs)}
+    if attrs.has(tp):
+        name = tp.__name__
+        if name not in defs:
+            defs[name] = {}  # placeholder against recursion
+            defs[name] = object_schema(tp, defs)
+        return {"$ref": f"#/$defs/{name}"}
+    raise TypeError(f"no JSON Schema for {tp!r}")
+
+
+def object_schema(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    for field in attrs.fields(cls):
+        prop = schema_for(hints[field.name], defs)
+        prop.update(EXTRAS.get((cls.__name__, field.name), {}))
+        if field.name in docs:
+            prop["description"] = docs[field.name]
+        if field.default is attrs.NOTHING:
+            required.append(field.name)
+        elif not isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
+            default = field.default
+            prop["default"] = (
+                default.value
+                if isinstance(default, enum.Enum)
+                else (list(default) if isinstance(default, tuple) else default)
+            )
+        properties[field.name] = prop
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": False,
+    }
+    if required:
+        schema["required"] = required
+    doc = inspect.getdoc(cls)
+    if doc and not doc.startswith(f"{cls.__name__}("):
+        schema["description"] = " ".join(doc.split())
+    return schema
+
+
+def document(title: str, tp: Any, description: str = "") -> dict[str, Any]:
+    defs: dict[str, Any] = {}
+    body = schema_for(tp, defs)
+    schema: dict[str, Any] = {"$schema": DRAFT, "title": title}
+    if description:
+        schema["description"] = description
+    if "$ref" in body and len(defs) >= 1:
+        # Inline the top-level object, keep the rest in $defs.
+        name = body["$ref"].rsplit("/", 1)[1]
+        schema.update(defs.pop(name))
+    else:
+        schema.update(body)
+    if defs:
+        schema["$defs"] = dict(sorted(defs.items()))
+    return schema
+
+
+def _dump(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=False) + "\n"
+
+
+def generate() -> dict[Path, str]:
+    """Every generated file and its content."""
+    out: dict[Path, str] = {}
+    out[ROOT / "schemas" / "domain.json"] = _dump(
+        document("DomainDefinition", DomainDefinition, "A domain's persistent definition.")
+    )
+    for proc in PROCEDURES:
+        out[ROOT / "schemas" / f"{proc.name}.params.json"] = _dump(
+            document(f"{proc.name} params", proc.params, proc.doc)
+        )
+        out[ROOT / "schemas" / f"{proc.name}.result.json"] = _dump(
+            document(f"{proc.name} result", proc.result if proc.result else Any, proc.doc)
+        )
+    out[ROOT / "docs" / "procedures.md"] = procedures_markdown()
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return "any"
+    if tp is type(None):
+        return "null"
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return f"object of {_type_name(typing.get_args(tp)[1])}"
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return " \\| ".join(f"`{m.value}`" for m in tp)
+    if isinstance(tp, type):
+        return {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}.get(
+            tp.__name__, tp.__name__
+        )
+    return str(tp)
+
+
+def _fields_table(cls: type) -> list[str]:
+    fields = attrs.fields(cls)
+    if not fields:
+        return ["(none)", ""]
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    rows = ["| field | type | default | meaning |", "|---|---|---|---|"]
+    for field in fields:
+        if field.default is attrs.NOTHING:
+            default = "required"
+        elif isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
+            default = "generated" if field.name == "uuid" else "empty"
+        else:
+            value = field.default
+            value = value.value if isinstance(value, enum.Enum) else value
+            default = f"`{json.dumps(list(value) if isinstance(value, tuple) else value)}`"
+        rows.append(
+            f"| `{field.name}` | {_type_name(hints[field.name])} | {default} | "
+            f"{docs.get(field.name, '')} |"
+        )
+    return [*rows, ""]
+
+
+def procedures_markdown() -> str:
+    lines = [
+        "# Procedures",
+        "",
+        "<!-- Generated by `python -m trioctl._tools.gen_schemas` from",
+        "     trioctl/_procedures.py. Do not edit: CI fails when it is stale. -->",
+        "",
+        f"Protocol version {PROTOCOL_VERSION}. Transport: JSON-RPC 2.0 over WebSocket text",
+        "frames; `/` serves the API procedures, `/admin` the admin ones. Params are",
+        "always an object; unknown keys are refused (`INVALID_PARAMS`). Priority",
+        "follows libvirt's rule: a procedure that may touch a monitor is `low`;",
+        "destroy, lookups, listing and cached info are `high`. A procedure with a",
+        "job kind first waits for the domain's job in its bounded queue (holding",
+        "no worker), then runs on a worker of its priority. JSON Schemas for each",
+        "procedure are in `schemas/NAME.params.json` and `schemas/NAME.result.json`.",
+        "",
+        "| procedure | priority | role | domain job | deadline (s) | endpoint |",
+        "|---|---|---|---|---|---|",
+    ]
+    procs: list[Procedure] = list(PROCEDURES)
+    for p in procs:
+        lines.append(
+            f"| [`{p.name}`](#{p.name.replace('.', '')}) | {p.priority.value} | "
+            f"{p.role.name.lower()} | {p.job.value if p.job else '-'} | {p.deadline:g} | "
+            f"`{'/admin' if p.endpoint == 'admin' else '/'}` |"
+        )
+    lines.append("")
+    for p in procs:
+        lines += [f"## {p.name}", "", p.doc, "", "Params:", ""]
+        lines += _fields_table(p.params)
+        if p.result is None:
+            lines += ["Result: any JSON value.", ""]
+        else:
+            lines += [f"Result (`{p.result.__name__}`):", ""]
+            lines += _fields_table(p.result)
+    lines += [
+        "## Errors",
+        "",
+        "Every error object has `data.reason`, a stable name:",
+        "",
+        "| reason | code | meaning |",
+        "|---|---|---|",
+    ]
+    from .._errors import _BY_REASON
+
+    for reason, cls in sorted(_BY_REASON.items(), key=lambda kv: kv[1].rpc_code):
+        doc = " ".join((inspect.getdoc(cls) or "").split("\n\n")[0].split())
+        lines.append(f"| `{reason}` | {cls.rpc_code} | {doc} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--check", action="store_true", help="fail if a file is stale")
+    args = parser.parse_args(argv)
+    files = generate()
+    schema_dir = ROOT / "schemas"
+    extra = {p for p in schema_dir.glob("*.json")} - set(files) if schema_dir.exists() else set()
+    stale = [p for p, text in files.items() if not p.exists() or p.read_text() != text]
+    if args.check:
+        for path in stale:
+            print(f"stale: {path.relative_to(ROOT)}", file=sys.stderr)
+        for path in sorted(extra):
+            print(f"not generated: {path.relative_to(ROOT)}", file=sys.stderr)
+        if stale or extra:
+            print("run: python -m trioctl._tools.gen_schemas", file=sys.stderr)
+            return 1
+        print(f"{len(files)} generated files are current")
+        return 0
+    schema_dir.mkdir(exist_ok=True)
+    for path, text in files.items():
+        if path in stale:
+            path.write_text(text)
+    for path in extra:
+        path.unlink()
+    print(f"wrote {len(stale)} of {len(files)} files, removed {len(extra)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
