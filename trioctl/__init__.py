@@ -1,84 +1,74 @@
 """trioctl: supervise QEMU virtual machines through QMP, on Trio.
 
-Public API is re-exported here; everything else lives in ``_private`` modules.
+The public API is re-exported here; everything else lives in ``_private``
+modules. The main pieces, most important first: the whole daemon
+(:func:`open_daemon`), its configuration (:func:`load_config`), the client
+(:func:`connect`), the domain driver (:func:`open_driver`), the dispatch core
+(:func:`open_dispatcher`, :func:`open_worker_pools`, :class:`DomainJobs`) and
+one QMP monitor connection (:func:`open_monitor`). Errors, most generic first:
+see ``trioctl/_errors.py`` for the tree.
 """
 
 from __future__ import annotations
 
 import logging
 
+from ._client import Client as Client, connect as connect
+from ._config import (
+    ConfigError as ConfigError,
+    DaemonConfig as DaemonConfig,
+    load_config as load_config,
+)
+from ._daemon import DaemonHandle as DaemonHandle, open_daemon as open_daemon
+from ._dispatch import (
+    Dispatcher as Dispatcher,
+    DispatchMode as DispatchMode,
+    open_dispatcher as open_dispatcher,
+)
+from ._driver import Driver as Driver, DriverConfig as DriverConfig, open_driver as open_driver
 from ._errors import (
     AccessDenied as AccessDenied,
-)
-from ._errors import (
     ConnectionLost as ConnectionLost,
-)
-from ._errors import (
     DeadlineExceeded as DeadlineExceeded,
     DomainDestroyed as DomainDestroyed,
-)
-from ._errors import (
     DomainExists as DomainExists,
-)
-from ._errors import (
     InternalError as InternalError,
-)
-from ._errors import (
     InvalidParams as InvalidParams,
-)
-from ._errors import (
     InvalidRequest as InvalidRequest,
-)
-from ._errors import (
     JobQueueFull as JobQueueFull,
-)
-from ._errors import (
     JobTimeout as JobTimeout,
-)
-from ._errors import (
     LaunchError as LaunchError,
-)
-from ._errors import (
     LocalProtocolError as LocalProtocolError,
-)
-from ._errors import (
     MethodNotFound as MethodNotFound,
-)
-from ._errors import (
     MonitorError as MonitorError,
-)
-from ._errors import (
     MonitorTimeout as MonitorTimeout,
-)
-from ._errors import (
     MonitorUnresponsive as MonitorUnresponsive,
-)
-from ._errors import (
     NoDomain as NoDomain,
-)
-from ._errors import (
     OperationInvalid as OperationInvalid,
-)
-from ._errors import (
     ParseError as ParseError,
-)
-from ._errors import (
     ProtocolError as ProtocolError,
-)
-from ._errors import (
     QmpCommandError as QmpCommandError,
-)
-from ._errors import (
     RemoteProtocolError as RemoteProtocolError,
-)
-from ._errors import (
     ServerBusy as ServerBusy,
-)
-from ._errors import (
     TrioctlError as TrioctlError,
 )
-
-__version__ = "0.1.0"
+from ._jobs import DomainJobs as DomainJobs, JobKind as JobKind
+from ._models import (
+    DomainDefinition as DomainDefinition,
+    DomainEvent as DomainEvent,
+    DomainInfo as DomainInfo,
+    DomainState as DomainState,
+    DomainStats as DomainStats,
+    MonitorState as MonitorState,
+)
+from ._monitor import Monitor as Monitor, open_monitor as open_monitor
+from ._pools import (
+    PoolLimits as PoolLimits,
+    Priority as Priority,
+    WorkerPools as WorkerPools,
+    open_worker_pools as open_worker_pools,
+)
+from ._version import __version__ as __version__
 
 # Suppress logging unless an application engages it (as qemu.qmp does).
 logging.getLogger(__name__).addHandler(logging.NullHandler())

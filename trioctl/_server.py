@@ -42,7 +42,6 @@ import attrs
 import trio
 import trio_websocket
 
-from . import __version__
 from ._config import ServerConfig
 from ._dispatch import Dispatcher
 from ._driver import Driver, EventSubscription
@@ -76,6 +75,7 @@ from ._procedures import (
 )
 from ._sansio import rpc
 from ._util import open_service_nursery
+from ._version import __version__
 
 __all__ = ["Server", "Tokens", "serve"]
 
