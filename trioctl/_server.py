@@ -492,6 +492,11 @@ class Server:
                 await trio.sleep(0.01)
         for session in list(self._sessions.values()):
             session.scope.cancel()
+        # Let each session finish its closing handshake while the WebSocket
+        # reader tasks still run (they live in the server nursery).
+        with trio.move_on_after(1):
+            while self._sessions:
+                await trio.sleep(0.005)
 
 
 def _percentiles(samples: Sequence[float]) -> LatencyPercentiles:
