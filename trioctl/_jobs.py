@@ -1,0 +1,543 @@
+"""Per-domain job queues: one job at a time per domain, a bounded FIFO of waiters.
+
+This is libvirt's domain job (``virDomainObjBeginJob``) with its
+``max_queued`` bound, on Trio:
+
+* A domain has at most one **holder**. Everybody else waits in the domain's
+  queue, first come first served, for at most ``wait_timeout`` seconds
+  (:class:`~trioctl.JobTimeout` after that).
+* At most ``max_queued`` callers wait per domain; the next one is refused at
+  once with :class:`~trioctl.JobQueueFull`. ``0`` means unbounded (libvirt's
+  default); trioctl's default is :data:`DEFAULT_MAX_QUEUED`. Unlike libvirt,
+  the holder does not count against the bound: ``max_queued=1`` allows one
+  holder and one waiter.
+* Both errors name the holder: its procedure, its client and for how long it
+  has held the job (libvirt names only the procedure).
+* A :attr:`JobKind.DESTROY` caller is exempt from the bound, waits ahead of
+  every other kind (destroys among themselves in FIFO order) and interrupts
+  the holder: the holder's ``async with`` body is cancelled and the block
+  raises :class:`~trioctl.DomainDestroyed` instead of :class:`trio.Cancelled`.
+  Only that body is cancelled, nothing else of the holder's task. A destroy
+  never interrupts another destroy.
+
+The job is handed from the releasing holder to the next waiter directly, so
+nobody can barge in between, and a domain's entry exists only while someone
+holds its job: an idle domain costs nothing (no leak with many domains).
+
+Waiting costs the waiting task only; it holds no pool worker. Where the
+waiting happens relative to the worker pools is the dispatcher's business
+(see ``trioctl._dispatch``).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from types import TracebackType
+from typing import Any, Final
+
+import attrs
+import trio
+
+from ._errors import DomainDestroyed, InvalidParams, JobQueueFull, JobTimeout
+
+__all__ = [
+    "DEFAULT_MAX_QUEUED",
+    "DEFAULT_WAIT_TIMEOUT",
+    "DomainJobs",
+    "JobHandle",
+    "JobInfo",
+    "JobKind",
+    "JobOwner",
+    "JobStatistics",
+    "QueuedJob",
+]
+
+#: Waiters allowed per domain by default. A caller waiting here holds no
+#: worker, only its own task, so the bound is about feedback, not about
+#: resources: 32 covers six clients each with ``max_client_requests`` (5)
+#: calls on one domain, and a caller that would wait behind more than 32 jobs
+#: of a domain that is probably hung learns it at once instead of after 30 s.
+DEFAULT_MAX_QUEUED: Final = 32
+
+#: libvirt's wait for a domain's job (``VIR_JOB_WAIT_TIME``).
+DEFAULT_WAIT_TIMEOUT: Final = 30.0
+
+
+class JobKind(enum.Enum):
+    """What a domain job is for."""
+
+    QUERY = "query"
+    """Reads live state through the monitor (stats, status)."""
+    MODIFY = "modify"
+    """Changes the domain (start, shutdown, suspend, monitor commands)."""
+    DESTROY = "destroy"
+    """Kills the domain: exempt from ``max_queued``, first in line, and
+    interrupts the holder."""
+    RECONNECT = "reconnect"
+    """Held while the daemon reopens the monitor after a restart."""
+
+
+@attrs.frozen
+class JobOwner:
+    """Who holds a domain's job.
+
+    Attributes:
+        procedure: the procedure that took it, e.g. ``domain.monitor_command``.
+        client: the client's id.
+        started: ``trio.current_time()`` when it got the job.
+    """
+
+    procedure: str
+    client: str
+    started: float
+
+
+@attrs.frozen
+class QueuedJob:
+    """A caller waiting for a domain's job.
+
+    Attributes:
+        kind: the job kind it asked for.
+        procedure: its procedure.
+        client: its client's id.
+        since: ``trio.current_time()`` when it began to wait.
+        waited_seconds: how long it has waited so far.
+    """
+
+    kind: JobKind
+    procedure: str
+    client: str
+    since: float
+    waited_seconds: float
+
+
+@attrs.frozen
+class JobInfo:
+    """One domain's held job and its queue (``admin.list_jobs``).
+
+    Attributes:
+        domain: the domain's name.
+        kind: the held job's kind.
+        owner: who holds it.
+        held_seconds: for how long.
+        queued: how many callers wait for it.
+        waiters: the waiting callers, next first.
+        interrupted: a destroy (or :meth:`DomainJobs.interrupt`) has
+            interrupted the holder, which has not released the job yet.
+    """
+
+    domain: str
+    kind: JobKind
+    owner: JobOwner
+    held_seconds: float
+    queued: int
+    waiters: tuple[QueuedJob, ...]
+    interrupted: bool
+
+
+@attrs.frozen
+class JobStatistics:
+    """Counters of a :class:`DomainJobs` registry.
+
+    Attributes:
+        max_queued: the bound on waiters per domain (0: unbounded).
+        wait_timeout: the longest wait for a job, seconds (None: forever).
+        held: domains whose job is held now.
+        queued: callers waiting now, all domains together.
+        acquired: jobs granted so far.
+        rejected: callers refused with ``JOB_QUEUE_FULL``.
+        timeouts: callers that gave up with ``JOB_TIMEOUT``.
+        abandoned: waits ended by the caller's own cancellation.
+        interrupted: holders interrupted by a destroy or ``interrupt()``.
+    """
+
+    max_queued: int
+    wait_timeout: float | None
+    held: int
+    queued: int
+    acquired: int
+    rejected: int
+    timeouts: int
+    abandoned: int
+    interrupted: int
+
+
+class _Entry:
+    """One domain with a holder. Waiter dicts are insertion-ordered sets."""
+
+    __slots__ = ("destroyers", "holder", "waiters")
+
+    def __init__(self, holder: JobHandle) -> None:
+        self.holder = holder
+        self.destroyers: dict[JobHandle, None] = {}
+        self.waiters: dict[JobHandle, None] = {}
+
+    def queued(self) -> int:
+        return len(self.destroyers) + len(self.waiters)
+
+
+class JobHandle:
+    """One caller's claim on a domain's job; an async context manager.
+
+    Get it from :meth:`DomainJobs.job`; it can be entered once. Inside the
+    block the caller holds the job.
+    """
+
+    __slots__ = (
+        "_by",
+        "_client",
+        "_domain",
+        "_entered",
+        "_granted",
+        "_interrupted",
+        "_jobs",
+        "_kind",
+        "_owner",
+        "_procedure",
+        "_scope",
+        "_seen",
+        "_since",
+        "_task",
+    )
+
+    def __init__(
+        self, jobs: DomainJobs, domain: str, kind: JobKind, procedure: str, client: str
+    ) -> None:
+        self._jobs = jobs
+        self._domain = domain
+        self._kind = kind
+        self._procedure = procedure
+        self._client = client
+        self._entered = False
+        self._granted = False
+        self._interrupted = False
+        self._by: JobHandle | None = None
+        self._owner: JobOwner | None = None
+        self._scope = trio.CancelScope()
+        self._since = 0.0
+        self._task: trio.lowlevel.Task | None = None
+        # The holder as seen when this caller stopped waiting (for messages).
+        self._seen: tuple[str, JobOwner | None, float, int] | None = None
+
+    @property
+    def domain(self) -> str:
+        """The domain's name."""
+        return self._domain
+
+    @property
+    def kind(self) -> JobKind:
+        """The job kind asked for."""
+        return self._kind
+
+    @property
+    def owner(self) -> JobOwner | None:
+        """This caller as the job's owner, once it holds the job."""
+        return self._owner
+
+    @property
+    def interrupted(self) -> bool:
+        """A destroy or :meth:`DomainJobs.interrupt` interrupted this holder."""
+        return self._interrupted
+
+    async def __aenter__(self) -> JobHandle:
+        if self._entered:
+            raise RuntimeError("a JobHandle can be entered only once")
+        self._entered = True
+        await self._jobs._acquire(self)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._jobs._exit(self, exc_type, exc, tb)
+
+
+class DomainJobs:
+    """The job registry of every domain; see the module docs.
+
+    Args:
+        max_queued: callers that may wait per domain; 0 means unbounded
+            (libvirt's default, and trioctl's legacy mode).
+        wait_timeout: seconds a caller waits before ``JOB_TIMEOUT``; ``None``
+            waits forever; 0 refuses at once whenever the job is held.
+
+    Raises:
+        InvalidParams: ``max_queued`` is not a non-negative integer or
+            ``wait_timeout`` is negative or NaN.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_queued: int = DEFAULT_MAX_QUEUED,
+        wait_timeout: float | None = DEFAULT_WAIT_TIMEOUT,
+    ) -> None:
+        if isinstance(max_queued, bool) or not isinstance(max_queued, int) or max_queued < 0:
+            raise InvalidParams(
+                f"max_queued must be a non-negative integer, not {max_queued!r}",
+                field="max_queued",
+            )
+        if wait_timeout is not None and (math.isnan(wait_timeout) or wait_timeout < 0):
+            raise InvalidParams(
+                f"wait_timeout must be a non-negative number of seconds or None, "
+                f"not {wait_timeout!r}",
+                field="wait_timeout",
+            )
+        self._max_queued = max_queued
+        self._wait_timeout = wait_timeout
+        self._entries: dict[str, _Entry] = {}
+        self._queued = 0
+        self._acquired = 0
+        self._rejected = 0
+        self._timeouts = 0
+        self._abandoned = 0
+        self._interrupted = 0
+
+    @property
+    def max_queued(self) -> int:
+        """Callers that may wait per domain (0: unbounded)."""
+        return self._max_queued
+
+    @property
+    def wait_timeout(self) -> float | None:
+        """Seconds a caller waits for a job (None: forever)."""
+        return self._wait_timeout
+
+    def job(self, domain: str, kind: JobKind, *, procedure: str, client: str) -> JobHandle:
+        """Claim ``domain``'s job for the ``async with`` block::
+
+            async with jobs.job("vm1", JobKind.MODIFY, procedure="domain.reset",
+                                client="c7") as handle:
+                ...  # the only job running on vm1
+
+        Waits (FIFO) while another caller holds it. A DESTROY claim skips the
+        bound, waits ahead of other kinds and interrupts the holder.
+
+        Raises (on entering the block):
+            JobQueueFull: ``max_queued`` callers already wait; at once.
+            JobTimeout: waited ``wait_timeout`` seconds without getting it.
+            DomainDestroyed: the job was granted but interrupted before the
+                block started.
+
+        Raises (on leaving the block):
+            DomainDestroyed: the holder was interrupted and its body was
+                cancelled or failed (``__cause__`` is the body's exception). A
+                body that finished despite the interruption returns normally;
+                a cancellation from outside the block propagates unchanged.
+        """
+        return JobHandle(self, domain, kind, procedure, client)
+
+    def interrupt(self, domain: str) -> bool:
+        """Interrupt ``domain``'s holder as a destroy would.
+
+        Returns:
+            Whether there was a holder not yet interrupted.
+        """
+        entry = self._entries.get(domain)
+        if entry is None:
+            return False
+        return self._interrupt_holder(entry, by=None)
+
+    def job_info(self, domain: str) -> JobInfo | None:
+        """The held job of ``domain`` and its queue, or None if nobody holds it."""
+        entry = self._entries.get(domain)
+        if entry is None:
+            return None
+        return self._info(domain, entry, trio.current_time())
+
+    def list_jobs(self) -> list[JobInfo]:
+        """Every held job with its queue, ordered by domain name."""
+        now = trio.current_time()
+        return [self._info(domain, entry, now) for domain, entry in sorted(self._entries.items())]
+
+    def statistics(self) -> JobStatistics:
+        """Return a frozen snapshot of the counters."""
+        return JobStatistics(
+            max_queued=self._max_queued,
+            wait_timeout=self._wait_timeout,
+            held=len(self._entries),
+            queued=self._queued,
+            acquired=self._acquired,
+            rejected=self._rejected,
+            timeouts=self._timeouts,
+            abandoned=self._abandoned,
+            interrupted=self._interrupted,
+        )
+
+    # -- internals ----------------------------------------------------------------
+
+    @staticmethod
+    def _info(domain: str, entry: _Entry, now: float) -> JobInfo:
+        holder = entry.holder
+        assert holder._owner is not None
+        waiters = tuple(
+            QueuedJob(
+                kind=w._kind,
+                procedure=w._procedure,
+                client=w._client,
+                since=w._since,
+                waited_seconds=now - w._since,
+            )
+            for w in (*entry.destroyers, *entry.waiters)
+        )
+        return JobInfo(
+            domain=domain,
+            kind=holder._kind,
+            owner=holder._owner,
+            held_seconds=now - holder._owner.started,
+            queued=len(waiters),
+            waiters=waiters,
+            interrupted=holder._interrupted,
+        )
+
+    def _grant(self, claim: JobHandle, now: float) -> None:
+        claim._granted = True
+        claim._owner = JobOwner(procedure=claim._procedure, client=claim._client, started=now)
+        self._acquired += 1
+
+    async def _acquire(self, claim: JobHandle) -> None:
+        await trio.lowlevel.checkpoint()
+        domain = claim._domain
+        now = trio.current_time()
+        entry = self._entries.get(domain)
+        if entry is None:
+            self._entries[domain] = _Entry(claim)
+            self._grant(claim, now)
+            claim._scope.__enter__()
+            return
+
+        if claim._kind is JobKind.DESTROY:
+            queue = entry.destroyers
+            if entry.holder._kind is not JobKind.DESTROY:
+                self._interrupt_holder(entry, by=claim)
+        else:
+            queue = entry.waiters
+            if self._max_queued and len(entry.waiters) >= self._max_queued:
+                self._rejected += 1
+                message, data = self._refusal(
+                    domain,
+                    entry.holder._owner,
+                    now,
+                    entry.queued(),
+                    f"{entry.queued()} callers already wait (max_queued={self._max_queued})",
+                )
+                raise JobQueueFull(message, **data)
+        claim._task = trio.lowlevel.current_task()
+        claim._since = now
+        queue[claim] = None
+        self._queued += 1
+
+        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+            del queue[claim]
+            self._queued -= 1
+            claim._seen = (domain, entry.holder._owner, trio.current_time(), entry.queued())
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        try:
+            if self._wait_timeout is None:
+                await trio.lowlevel.wait_task_rescheduled(abort)
+            else:
+                with trio.move_on_after(self._wait_timeout):
+                    await trio.lowlevel.wait_task_rescheduled(abort)
+        except BaseException:
+            self._abandoned += 1
+            raise
+        if not claim._granted:
+            # The wait timed out (move_on_after caught its own cancellation).
+            self._timeouts += 1
+            assert claim._seen is not None
+            seen_domain, holder, at, queued = claim._seen
+            message, data = self._refusal(
+                seen_domain, holder, at, queued, f"waited {self._wait_timeout:g} s"
+            )
+            raise JobTimeout(message, **data)
+        if claim._interrupted:
+            # Granted, then interrupted before this task even resumed.
+            self._release(claim)
+            raise self._destroyed(claim)
+        claim._scope.__enter__()
+
+    @staticmethod
+    def _refusal(
+        domain: str, holder: JobOwner | None, now: float, queued: int, why: str
+    ) -> tuple[str, dict[str, Any]]:
+        assert holder is not None
+        held = now - holder.started
+        message = (
+            f"cannot acquire job for domain {domain!r}: held by {holder.procedure} "
+            f"for client {holder.client} for {held:.1f} s; {why}"
+        )
+        data = {
+            "domain": domain,
+            "holder": {
+                "procedure": holder.procedure,
+                "client": holder.client,
+                "held_seconds": round(held, 3),
+            },
+            "queued": queued,
+        }
+        return message, data
+
+    def _interrupt_holder(self, entry: _Entry, by: JobHandle | None) -> bool:
+        holder = entry.holder
+        if holder._interrupted:
+            return False
+        holder._interrupted = True
+        holder._by = by
+        holder._scope.cancel()
+        self._interrupted += 1
+        return True
+
+    def _release(self, claim: JobHandle) -> None:
+        domain = claim._domain
+        entry = self._entries[domain]
+        assert entry.holder is claim
+        queue = entry.destroyers or entry.waiters
+        if not queue:
+            del self._entries[domain]
+            return
+        nxt = next(iter(queue))
+        del queue[nxt]
+        self._queued -= 1
+        entry.holder = nxt
+        self._grant(nxt, trio.current_time())
+        assert nxt._task is not None
+        trio.lowlevel.reschedule(nxt._task)
+
+    def _destroyed(self, claim: JobHandle) -> DomainDestroyed:
+        by = claim._by
+        who = (
+            f" by {by._procedure} for client {by._client}"
+            if by is not None
+            else " (job interrupted)"
+        )
+        return DomainDestroyed(
+            f"domain {claim._domain!r} was destroyed{who} while "
+            f"{claim._procedure} for client {claim._client} held its job",
+            domain=claim._domain,
+            procedure=claim._procedure,
+            client=claim._client,
+            by=None if by is None else {"procedure": by._procedure, "client": by._client},
+        )
+
+    def _exit(
+        self,
+        claim: JobHandle,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            # __exit__ returns True for "no exception left", also when there
+            # was none to begin with.
+            swallowed = claim._scope.__exit__(exc_type, exc, tb) and exc is not None
+        finally:
+            self._release(claim)
+        # Only an interruption cancels the holder's scope, so a swallowed
+        # Cancelled always means "destroyed": the block never swallows.
+        if swallowed or (claim._interrupted and isinstance(exc, Exception)):
+            raise self._destroyed(claim) from (None if swallowed else exc)
