@@ -23,8 +23,7 @@ import attrs
 import pytest
 import trustme
 from cryptography.hazmat.primitives import serialization
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from trioctl import TrioctlError
 from trioctl._config import (

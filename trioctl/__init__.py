@@ -23,6 +23,7 @@ from ._daemon import DaemonHandle as DaemonHandle, open_daemon as open_daemon
 from ._dispatch import (
     Dispatcher as Dispatcher,
     DispatchMode as DispatchMode,
+    legacy_limits as legacy_limits,
     open_dispatcher as open_dispatcher,
 )
 from ._driver import Driver as Driver, DriverConfig as DriverConfig, open_driver as open_driver
@@ -52,7 +53,7 @@ from ._errors import (
     ServerBusy as ServerBusy,
     TrioctlError as TrioctlError,
 )
-from ._jobs import DomainJobs as DomainJobs, JobKind as JobKind
+from ._jobs import DomainJobs as DomainJobs, JobKind as JobKind, JobOwner as JobOwner
 from ._models import (
     DomainDefinition as DomainDefinition,
     DomainEvent as DomainEvent,
@@ -64,9 +65,11 @@ from ._models import (
 from ._monitor import Monitor as Monitor, open_monitor as open_monitor
 from ._pools import (
     PoolLimits as PoolLimits,
+    PoolStatistics as PoolStatistics,
     Priority as Priority,
     WorkerPools as WorkerPools,
     open_worker_pools as open_worker_pools,
+    serve_worker_pools as serve_worker_pools,
 )
 from ._version import __version__ as __version__
 

@@ -7,12 +7,73 @@ from pathlib import Path
 
 import click
 
+from .._client import DEFAULT_URL, TOKEN_ENV, URL_ENV
+from ._client_cmds import register
 from ._daemon_cmd import daemon_main
+from ._output import CliGroup, Settings
+from ._sim_cmds import sim
+
+#: The environment variable for ``--tokens-file``.
+TOKENS_FILE_ENV = "TRIOCTL_TOKENS_FILE"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def cli() -> None:
-    """trioctl: supervise QEMU VMs through QMP; stays responsive when they hang."""
+@click.group(cls=CliGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-c",
+    "--connect",
+    "url",
+    envvar=URL_ENV,
+    default=DEFAULT_URL,
+    show_default=True,
+    show_envvar=True,
+    metavar="URL",
+    help="The daemon's WebSocket URL (admin commands use its /admin path).",
+)
+@click.option(
+    "--token",
+    envvar=TOKEN_ENV,
+    show_envvar=True,
+    help="Bearer token. Default: the best one in the daemon's tokens file, if readable.",
+)
+@click.option(
+    "--tokens-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar=TOKENS_FILE_ENV,
+    show_envvar=True,
+    help="Where to look for a token (default: tokens.json in the default state directory).",
+)
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the connection and handshake.",
+)
+@click.option("--json", "json_output", is_flag=True, help="Machine-readable output (JSON).")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    url: str,
+    token: str | None,
+    tokens_file: Path | None,
+    connect_timeout: float,
+    json_output: bool,
+) -> None:
+    """trioctl: supervise QEMU VMs through QMP; stays responsive when they hang.
+
+    Client commands connect to a daemon (-c, $TRIOCTL_URL). Exit status: 0 on
+    success; 1 when the operation failed (stderr: "error: REASON: message");
+    2 on bad usage or when the daemon cannot be reached or refuses the
+    connection; 130 on Ctrl-C. With --json, stdout holds one JSON document:
+    the result, or {"error": {"reason", "message", "data"}}.
+    """
+    ctx.obj = Settings(
+        url=url,
+        token=token or None,
+        tokens_file=tokens_file,
+        json=json_output,
+        connect_timeout=connect_timeout,
+    )
 
 
 @cli.command()
@@ -38,6 +99,10 @@ def daemon(
 ) -> None:
     """Run the daemon until SIGTERM or SIGINT."""
     sys.exit(daemon_main(config_file, listen, state_dir, backend, mode, print_config, ready_file))
+
+
+register(cli)
+cli.add_command(sim)
 
 
 def main() -> None:
