@@ -56,7 +56,7 @@ async def apply(driver: Driver, model: dict[str, DomainState], op: str, name: st
         "resume": state is DomainState.PAUSED,
         "reset": up,
         "destroy": up,
-        "shutdown": up,
+        "shutdown": state is DomainState.RUNNING,
         "kill": up,
     }[op]
     if op == "kill":

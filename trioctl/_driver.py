@@ -55,8 +55,7 @@ from ._errors import (
     OperationInvalid,
     RemoteProtocolError,
 )
-from ._jobs import DEFAULT_MAX_QUEUED, DomainJobs, JobKind
-from ._jobs import JobInfo as _HeldJob
+from ._jobs import DEFAULT_MAX_QUEUED, DomainJobs, JobInfo as _HeldJob, JobKind
 from ._launcher import LaunchSpec, QemuProcess, launch
 from ._models import (
     DomainDefinition,
@@ -494,12 +493,18 @@ class Driver:
         """Press the power button (``system_powerdown``) and wait for the exit.
 
         Raises:
-            OperationInvalid: not running, or the guest did not power off
-                within ``shutdown_timeout``; destroy it then.
+            OperationInvalid: not running, paused, or the guest did not power
+                off within ``shutdown_timeout``; destroy it then.
         """
         dom = self._running(name)
         run = dom.run
         assert run is not None
+        if dom.state is DomainState.PAUSED:
+            raise OperationInvalid(
+                f"domain {name!r} is paused: a guest with stopped CPUs cannot react to the "
+                "power button; resume it first, or destroy it",
+                domain=name,
+            )
         await self._monitor_call(dom, "system_powerdown")
         limit = self.config.shutdown_timeout
         with trio.move_on_after(limit):
