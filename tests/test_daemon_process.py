@@ -87,7 +87,7 @@ async def daemon_process(
     config.write_text(CONFIG)
     ready = state / "ready.json"
     ready.unlink(missing_ok=True)
-    proc = subprocess.Popen(
+    proc = await trio.lowlevel.open_process(
         [
             sys.executable,
             "-m",
@@ -101,20 +101,18 @@ async def daemon_process(
             str(ready),
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
     )
     try:
         with trio.fail_after(20):
             while not ready.exists():
-                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert proc.poll() is None, "the daemon exited before it was ready"
                 await trio.sleep(0.02)
         yield proc, json.loads(ready.read_text())
     finally:
         if proc.poll() is None:
             proc.kill()
-        proc.wait(timeout=10)
-        if proc.stderr:
-            proc.stderr.close()
+        with trio.CancelScope(shield=True), trio.fail_after(10):
+            await proc.wait()
 
 
 async def test_sigterm_with_calls_on_hung_domains_stops_within_grace(sock_dir: Path) -> None:

@@ -31,8 +31,15 @@ import trio
 import trio_websocket
 
 from ._errors import ConnectionLost, RemoteProtocolError, TrioctlError
-from ._models import DomainDefinition, DomainEvent, DomainInfo, DomainState, DomainStats, JobInfo
-from ._models import converter as _converter
+from ._models import (
+    DomainDefinition,
+    DomainEvent,
+    DomainInfo,
+    DomainState,
+    DomainStats,
+    JobInfo,
+    converter as _converter,
+)
 from ._procedures import (
     ClientInfo,
     ClientLimits,
