@@ -82,7 +82,7 @@ def test_print_config_round_trips(tmp_path: Path) -> None:
 @asynccontextmanager
 async def daemon_process(
     state: Path,
-) -> AsyncIterator[tuple[subprocess.Popen[bytes], dict[str, Any]]]:
+) -> AsyncIterator[tuple[trio.Process, dict[str, Any]]]:
     config = state / "trioctl.toml"
     config.write_text(CONFIG)
     ready = state / "ready.json"
