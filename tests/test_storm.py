@@ -44,6 +44,20 @@ async def hammer(
                 nursery.start_soon(one, hung[i % len(hung)])
 
 
+async def start_and_hang(client: Client) -> tuple[list[str], list[str]]:
+    """Define and start N domains, SIGSTOP the first K: (hung, healthy)."""
+    names = [f"vm{i}" for i in range(N)]
+    async with trio.open_nursery() as nursery:
+        for name in names:
+            await client.define({"name": name})
+            nursery.start_soon(client.start, name)
+    for name in names[:K]:
+        pid = (await client.get_info(name)).pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+    return names[:K], names[K:]
+
+
 @pytest.mark.parametrize("monitor_timeout", [30.0, 0.5])
 async def test_storm_does_not_starve_healthy_domains(
     sock_dir: Path, monitor_timeout: float
@@ -52,17 +66,8 @@ async def test_storm_does_not_starve_healthy_domains(
         async with running_daemon(
             sock_dir, driver__monitor_timeout=monitor_timeout, driver__job_wait_timeout=30
         ) as daemon:
-            names = [f"vm{i}" for i in range(N)]
             async with connect(daemon.url, daemon.token) as client:
-                async with trio.open_nursery() as nursery:
-                    for name in names:
-                        await client.define({"name": name})
-                        nursery.start_soon(client.start, name)
-                hung, healthy = names[:K], names[K:]
-                for name in hung:
-                    pid = (await client.get_info(name)).pid
-                    assert pid is not None
-                    os.kill(pid, signal.SIGSTOP)
+                hung, healthy = await start_and_hang(client)
 
                 outcomes: collections.Counter[str] = collections.Counter()
                 async with trio.open_nursery() as storm:
@@ -112,24 +117,16 @@ async def test_legacy_mode_starves_healthy_domains(sock_dir: Path) -> None:
         async with running_daemon(
             sock_dir, mode="legacy", driver__monitor_timeout=None, driver__job_wait_timeout=30
         ) as daemon:
-            names = [f"vm{i}" for i in range(N)]
             async with connect(daemon.url, daemon.token) as client:
-                async with trio.open_nursery() as nursery:
-                    for name in names:
-                        await client.define({"name": name})
-                        nursery.start_soon(client.start, name)
-                for name in names[:K]:
-                    pid = (await client.get_info(name)).pid
-                    assert pid is not None
-                    os.kill(pid, signal.SIGSTOP)
+                hung, healthy = await start_and_hang(client)
                 outcomes: collections.Counter[str] = collections.Counter()
                 async with trio.open_nursery() as storm:
                     for _ in range(CLIENTS):
-                        storm.start_soon(hammer, daemon.url, daemon.token, names[:K], outcomes)
+                        storm.start_soon(hammer, daemon.url, daemon.token, hung, outcomes)
                     await trio.sleep(1.0)
                     async with connect(daemon.url, daemon.token) as prober:
                         with trio.move_on_after(2) as starved:
-                            await prober.get_stats(names[K])
+                            await prober.get_stats(healthy[0])
                     assert starved.cancelled_caught
                     pools = daemon.pools.statistics()
                     assert pools.free_workers == 0
