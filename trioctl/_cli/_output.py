@@ -1,0 +1,382 @@
+"""What every client command shares: settings, running a call, output, errors.
+
+Exit codes:
+
+* 0: done.
+* 1: the operation failed (the daemon's error, or the simulator's); stderr
+  reads ``error: REASON: message``.
+* 2: bad usage (click's), or no usable connection: nothing listens, the
+  handshake was refused (bad token: 401, role: 403, too many clients or
+  shutting down: 503), no handshake in time, or the connection was lost.
+* 130: interrupted (Ctrl-C).
+
+With ``--json``, stdout holds exactly one JSON document, the result, or
+``{"error": {"reason", "message", "data"}}`` on failure (``events`` prints
+one document per line instead).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import attrs
+import click
+import trio
+import trio_websocket
+
+from .._client import DEFAULT_URL, Client, connect
+from .._errors import ConnectionLost, TrioctlError
+from .._models import DomainInfo, JobInfo, converter
+
+__all__ = [
+    "EXIT_CONNECTION",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "CliFailure",
+    "CliGroup",
+    "Settings",
+    "classify",
+    "duration",
+    "echo_json",
+    "fail",
+    "format_domain_info",
+    "format_job",
+    "json_option",
+    "keyvalues",
+    "run_client",
+    "run_trio",
+    "table",
+    "timestamp",
+    "unstructure",
+]
+
+T = TypeVar("T")
+
+#: Exit code of an operation the daemon (or simulator) refused or failed.
+EXIT_FAILED = 1
+#: Exit code of bad usage and of connection failures.
+EXIT_CONNECTION = 2
+#: Exit code after Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
+
+
+@attrs.define
+class Settings:
+    """The group's global options, shared by every client command."""
+
+    url: str = DEFAULT_URL
+    token: str | None = None
+    tokens_file: Path | None = None
+    json: bool = False
+    connect_timeout: float = 10.0
+
+    @property
+    def admin_url(self) -> str:
+        """The same daemon's ``/admin`` endpoint."""
+        parts = urllib.parse.urlsplit(self.url)
+        return urllib.parse.urlunsplit(parts._replace(path="/admin"))
+
+    def checked_url(self, admin: bool) -> str:
+        """The URL to use, or a usage error if it is not ws:// or wss://."""
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise click.BadParameter(
+                f"{self.url!r} is not a ws:// or wss:// URL", param_hint="'-c' / '--connect'"
+            )
+        return self.admin_url if admin else self.url
+
+
+def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.ensure_object(Settings).json = True
+
+
+def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--json`` on a command too (``trioctl list --json``), as on the group."""
+    return click.option(
+        "--json",
+        "json_output",
+        is_flag=True,
+        expose_value=False,
+        callback=_set_json,
+        help="Machine-readable output: one JSON document on stdout.",
+    )(f)
+
+
+class CliFailure(Exception):
+    """An error the command line reports itself (not one of the daemon's).
+
+    Attributes:
+        reason: a stable name, like the daemon's reasons (``CONNECTION_FAILED``...).
+        message: what happened, in words.
+        exit_code: 1 for a failed operation, 2 for a connection problem.
+        data: extra detail for ``--json``.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        *,
+        exit_code: int = EXIT_FAILED,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.exit_code = exit_code
+        self.data = data or {}
+
+
+def fail(settings: Settings, failure: CliFailure) -> NoReturn:
+    """Report ``failure`` (stderr, and stdout with ``--json``) and exit."""
+    if settings.json:
+        error = {"reason": failure.reason, "message": failure.message, "data": failure.data}
+        _echo_safely(json.dumps({"error": error}), err=False)
+    _echo_safely(f"error: {failure.reason}: {failure.message}", err=True)
+    sys.exit(failure.exit_code)
+
+
+class CliGroup(click.Group):
+    """A group that reports a :class:`CliFailure` raised by any command under
+    it, and exits quietly when stdout's reader has gone (``| head``)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CliFailure as failure:
+            fail(ctx.find_object(Settings) or Settings(), failure)
+        except BrokenPipeError:
+            _silence_stdout()
+            sys.exit(EXIT_FAILED)
+
+
+def _echo_safely(text: str, *, err: bool) -> None:
+    try:
+        click.echo(text, err=err)
+    except BrokenPipeError:
+        _silence_stdout()
+
+
+def _silence_stdout() -> None:
+    # The reader went away (``trioctl events | head -1``): stop writing to it,
+    # and let the interpreter's final flush go nowhere instead of failing.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            yield from _leaves(sub)
+    else:
+        yield exc
+
+
+def _rejected_message(exc: trio_websocket.ConnectionRejected, url: str) -> str:
+    body = (exc.body or b"").decode("utf-8", "replace").strip()
+    hint = {
+        401: "give a token with --token or $TRIOCTL_TOKEN, or --tokens-file "
+        "(the daemon's STATE_DIR/tokens.json)",
+        403: "this token's role does not allow that endpoint",
+        503: "the daemon is busy or stopping; try again later",
+    }.get(exc.status_code, "")
+    text = f"{url} refused the connection (HTTP {exc.status_code})"
+    if body:
+        text += f": {body}"
+    if hint:
+        text += f"; {hint}"
+    return text
+
+
+def classify(exc: BaseException, url: str | None) -> CliFailure | None:
+    """The failure to report for an expected exception; None for a bug."""
+    where = url or "the daemon"
+    if isinstance(exc, CliFailure):
+        return exc
+    if isinstance(exc, ConnectionLost) and url is not None:
+        # Raised by the client library itself: the daemon's own errors come
+        # back as the class of their reason, never as ConnectionLost.
+        return CliFailure("CONNECTION_LOST", f"{where}: {exc.message}", exit_code=EXIT_CONNECTION)
+    if isinstance(exc, TrioctlError):
+        reason = exc.reason
+        wire_reason = exc.data.get("reason")
+        if type(exc) is TrioctlError and isinstance(wire_reason, str):
+            reason = wire_reason  # a reason this client does not know: keep it
+        return CliFailure(reason, exc.message, data=dict(exc.data))
+    if isinstance(exc, trio_websocket.ConnectionRejected):
+        return CliFailure(
+            "CONNECTION_REJECTED",
+            _rejected_message(exc, where),
+            exit_code=EXIT_CONNECTION,
+            data={"url": url, "status_code": exc.status_code},
+        )
+    if isinstance(exc, trio_websocket.ConnectionTimeout):
+        return CliFailure(
+            "CONNECTION_TIMEOUT",
+            f"{where} did not complete the WebSocket handshake in time",
+            exit_code=EXIT_CONNECTION,
+            data={"url": url},
+        )
+    if isinstance(exc, trio_websocket.HandshakeError | trio_websocket.ConnectionClosed):
+        return CliFailure(
+            "CONNECTION_FAILED",
+            f"{where}: the WebSocket handshake failed: {exc!r}",
+            exit_code=EXIT_CONNECTION,
+            data={"url": url},
+        )
+    if isinstance(exc, OSError) and url is not None:
+        detail = exc.strerror or str(exc)
+        return CliFailure(
+            "CONNECTION_FAILED",
+            f"cannot connect to {where}: {detail} (is `trioctl daemon` running there?)",
+            exit_code=EXIT_CONNECTION,
+            data={"url": url},
+        )
+    return None
+
+
+def run_trio(settings: Settings, main: Callable[[], Awaitable[T]], *, url: str | None) -> T:
+    """``trio.run(main)``, turning every expected failure into a report and
+    an exit code. ``url`` is what ``main`` connects to, for the messages."""
+    try:
+        return trio.run(main)
+    except BaseException as exc:
+        if isinstance(exc, SystemExit | click.exceptions.Exit | click.ClickException):
+            raise
+        leaves = list(_leaves(exc))
+        if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+            _echo_safely("", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        if any(isinstance(leaf, BrokenPipeError) for leaf in leaves):
+            _silence_stdout()
+            sys.exit(EXIT_FAILED)
+        for leaf in leaves:
+            failure = classify(leaf, url)
+            if failure is not None:
+                fail(settings, failure)
+        raise
+
+
+def run_client(
+    settings: Settings, fn: Callable[[Client], Awaitable[T]], *, admin: bool = False
+) -> T:
+    """Connect (to ``/admin`` if ``admin``), run ``fn(client)``, return its result."""
+    url = settings.checked_url(admin)
+
+    async def main() -> T:
+        async with connect(
+            url,
+            settings.token,
+            tokens_file=settings.tokens_file,
+            connect_timeout=settings.connect_timeout,
+        ) as client:
+            return await fn(client)
+
+    return run_trio(settings, main, url=url)
+
+
+# -- output -------------------------------------------------------------------------------
+
+
+def unstructure(value: Any) -> Any:
+    """The JSON form of a result (attrs classes, enums, lists of them)."""
+    return converter.unstructure(value)
+
+
+def echo_json(value: Any, *, pretty: bool = False) -> None:
+    """Print one JSON document on stdout."""
+    text = json.dumps(value, indent=2 if pretty else None, sort_keys=False)
+    click.echo(text)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Columns aligned on two spaces; the last column is not padded."""
+    cells = [list(headers)] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = []
+    for row in cells:
+        padded = [c.ljust(w) for c, w in zip(row[:-1], widths[:-1], strict=True)]
+        lines.append("  ".join([*padded, row[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+def keyvalues(pairs: Sequence[tuple[str, object]]) -> str:
+    """``Key:   value`` lines, the values aligned."""
+    width = max((len(k) for k, _ in pairs), default=0) + 1
+    return "\n".join(f"{k + ':':<{width}}  {_cell(v)}".rstrip() for k, v in pairs)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def duration(seconds: float) -> str:
+    """``0.4 s``, ``12 s``, ``3 min 20 s``, ``2 h 5 min``."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+def timestamp(epoch: float, *, millis: bool = False) -> str:
+    """Local time, ``YYYY-MM-DD HH:MM:SS`` (``.mmm`` with ``millis``)."""
+    moment = datetime.datetime.fromtimestamp(epoch)
+    text = moment.strftime("%Y-%m-%d %H:%M:%S")
+    if millis:
+        text += f".{moment.microsecond // 1000:03d}"
+    return text
+
+
+def format_job(job: JobInfo | None) -> str:
+    """A domain job in words: ``domain.start (modify) by c3 for 0.2 s, 1 queued``."""
+    if job is None:
+        return "none"
+    return (
+        f"{job.procedure} ({job.kind}) by {job.client} for {duration(job.held_seconds)}, "
+        f"{job.queued} queued"
+    )
+
+
+def format_domain_info(info: DomainInfo) -> str:
+    """``dominfo``'s key-value block."""
+    started = None
+    if info.started_at is not None:
+        started = (
+            f"{timestamp(info.started_at)} (up {duration(max(0.0, time.time() - info.started_at))})"
+        )
+    return keyvalues(
+        [
+            ("Name", info.name),
+            ("UUID", info.uuid),
+            ("State", f"{info.state.value} ({info.reason})" if info.reason else info.state.value),
+            ("Monitor", info.monitor.value),
+            ("PID", info.pid),
+            ("Memory", f"{info.memory_mib} MiB"),
+            ("vCPUs", info.vcpus),
+            ("Emulator", info.emulator),
+            ("Autostart", info.autostart),
+            ("Started", started),
+            ("Job", format_job(info.job)),
+        ]
+    )
