@@ -351,3 +351,17 @@ async def test_corrupt_files_are_set_aside(sock_dir: Path) -> None:
     for name in ("torn", "wrong", "bad"):
         assert (domains / f"{name}.json.corrupt").exists()  # never deleted
     assert (domains / "good.json").exists()
+
+
+async def test_destroy_removes_runtime_files(sock_dir: Path) -> None:
+    with trio.fail_after(20):
+        async with driver_at(sock_dir) as driver:
+            await driver.define(DomainDefinition(name="f", emulator="sim"))
+            await driver.start("f")
+            run_dir = sock_dir / "run"
+            assert {p.name for p in run_dir.iterdir()} >= {"f.json", "f.qmp", "f.pid", "f.ctl"}
+            pid = driver.get_info("f").pid
+            assert pid is not None
+            os.kill(pid, signal.SIGSTOP)
+            await driver.destroy("f")
+            assert not [p.name for p in run_dir.iterdir() if p.name.startswith("f.")]

@@ -698,6 +698,7 @@ class Driver:
             dom.run = None
             dom.monitor_state = MonitorState.NONE
             self.store.delete_record(name)
+            _remove_runtime_files(run.record)
             self._set_state(dom, state, reason, detail)
         self._release_process(run.proc)
         run.exited.set()
@@ -864,6 +865,16 @@ class Driver:
             await self.start(name, client="daemon")
         except Exception as exc:
             logger.error("autostart of %s failed: %s", name, exc)
+
+
+def _remove_runtime_files(record: RuntimeRecord) -> None:
+    """The sockets and pidfile a killed emulator could not remove itself."""
+    for path in (record.qmp_path, record.pidfile, record.control_path):
+        if path:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
 
 def _job_record(job: _HeldJob) -> JobInfo:

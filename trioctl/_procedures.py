@@ -312,7 +312,8 @@ async def _define(ctx: CallContext, p: DefineParams) -> DomainInfo:
 
 
 async def _undefine(ctx: CallContext, p: DomainRef) -> DomainInfo:
-    info = ctx.services.driver.get_info(p.name)
+    # The last state of the domain, without this call's own job.
+    info = attrs.evolve(ctx.services.driver.get_info(p.name), job=None)
     await ctx.services.driver.undefine_locked(p.name)
     return info
 
