@@ -53,19 +53,26 @@ def running_connection() -> QmpConnection:
 
 def test_states_change_in_order() -> None:
     conn = QmpConnection()
-    assert conn.state is QmpState.GREETING
+    seen = [conn.state]
     assert conn.next_event() is NEED_DATA
     conn.receive_data(GREETING)
     drain(conn)
-    assert conn.state is QmpState.CAPABILITIES
+    seen.append(conn.state)
     conn.negotiate()
-    assert conn.state is QmpState.NEGOTIATING
+    seen.append(conn.state)
     conn.receive_data(b'{"return": {}, "id": "trioctl-negotiate"}\r\n')
     drain(conn)
-    assert conn.state is QmpState.RUNNING
+    seen.append(conn.state)
     conn.receive_data(b"")
     assert drain(conn) == [Closed()]
-    assert conn.state is QmpState.CLOSED
+    seen.append(conn.state)
+    assert seen == [
+        QmpState.GREETING,
+        QmpState.CAPABILITIES,
+        QmpState.NEGOTIATING,
+        QmpState.RUNNING,
+        QmpState.CLOSED,
+    ]
     assert conn.next_event() == Closed()
 
 

@@ -137,6 +137,8 @@ class _Run:
     shutdown_reason: str | None = None
     destroying: bool = False
     probing: bool = False
+    released: bool = False
+    """The run's hold on its process (pidfd) has been given back."""
 
 
 @attrs.define(eq=False)
@@ -248,8 +250,10 @@ class Driver:
             self._subscribers.remove(sub)
             send.close()
 
-    def _emit(self, domain: str, kind: str, detail: str, **data: Any) -> None:
-        event = DomainEvent(domain, kind, detail, time.time(), data)
+    def _emit(
+        self, domain: str, kind: str, detail: str, data: dict[str, Any] | None = None
+    ) -> None:
+        event = DomainEvent(domain, kind, detail, time.time(), data or {})
         logger.debug("event %s %s %s %s", domain, kind, detail, data)
         for sub in self._subscribers:
             if sub.domains is not None and domain not in sub.domains:
@@ -263,7 +267,9 @@ class Driver:
     def _set_state(self, dom: _Domain, state: DomainState, reason: str, detail: str) -> None:
         dom.state = state
         dom.reason = reason
-        self._emit(dom.definition.name, "lifecycle", detail, state=state.value, reason=reason)
+        self._emit(
+            dom.definition.name, "lifecycle", detail, {"state": state.value, "reason": reason}
+        )
 
     def _change_state(self, dom: _Domain, state: DomainState, reason: str, detail: str) -> None:
         """Like _set_state, but only if the state differs (no duplicate events)."""
@@ -276,7 +282,7 @@ class Driver:
         old = dom.monitor_state
         dom.monitor_state = state
         if state is MonitorState.UNRESPONSIVE:
-            self._emit(dom.definition.name, "monitor", "unresponsive", reason=why)
+            self._emit(dom.definition.name, "monitor", "unresponsive", {"reason": why})
         elif state is MonitorState.OK and old is MonitorState.UNRESPONSIVE:
             self._emit(dom.definition.name, "monitor", "responsive")
 
@@ -396,13 +402,18 @@ class Driver:
             dom.run = run
             dom.monitor_state = MonitorState.CONNECTING
             await self._nursery.start(self._supervise, dom, run, False)
+            if dom.run is not run or run.exited.is_set():
+                raise LaunchError(f"domain {name!r} exited while starting", domain=name)
         except BaseException:
-            dom.run = None
-            dom.monitor_state = MonitorState.NONE
+            if dom.run is run:
+                dom.run = None
+                dom.monitor_state = MonitorState.NONE
             with trio.CancelScope(shield=True):
                 await proc.kill(grace=0)
-            self._release_process(proc)
+            run.exited.set()
+            self._release_run(run)
             self.store.delete_record(name)
+            _remove_runtime_files(record)
             raise
         if paused:
             self._set_state(dom, DomainState.PAUSED, "user", "started")
@@ -574,8 +585,13 @@ class Driver:
                 domain=name,
             )
         run.destroying = True
-        await run.proc.kill(grace=self.config.destroy_grace)
-        await run.exited.wait()
+        # Once begun, a destroy finishes even if its caller goes away: a
+        # half-done one (SIGTERM sent, no SIGKILL) would leave the domain
+        # marked as destroying. It is bounded by the grace and a SIGKILL.
+        with trio.CancelScope(shield=True):
+            await run.proc.kill(grace=self.config.destroy_grace)
+            with trio.move_on_after(5):
+                await run.exited.wait()
         async with self.jobs.job(name, JobKind.DESTROY, procedure=procedure, client=client):
             pass
         return self._info(dom)
@@ -603,7 +619,9 @@ class Driver:
             )
         monitor = run.monitor
         if monitor is None:
-            raise MonitorUnresponsive(f"the monitor of domain {name!r} is not connected")
+            raise MonitorUnresponsive(
+                f"the monitor of domain {name!r} is not connected (reconnecting)", domain=name
+            )
         limit = self.config.monitor_timeout
         try:
             with trio.move_on_after(math.inf if limit is None else limit) as scope:
@@ -700,7 +718,7 @@ class Driver:
             self.store.delete_record(name)
             _remove_runtime_files(run.record)
             self._set_state(dom, state, reason, detail)
-        self._release_process(run.proc)
+        self._release_run(run)
         run.exited.set()
         assert run.nursery is not None
         run.nursery.cancel_scope.cancel()
@@ -764,9 +782,17 @@ class Driver:
                     backoff = _RECONNECT_BACKOFF_MIN
                     await mon.wait_closed()
                 run.monitor = None
+                if not run.exited.is_set() and dom.monitor_state is MonitorState.OK:
+                    dom.monitor_state = MonitorState.CONNECTING
                 logger.info("monitor of %s closed; reconnecting", name)
-            except (OSError, MonitorError, MonitorTimeout, RemoteProtocolError) as exc:
+            except Exception as exc:
+                # Whatever the peer did, this loop must not end the domain's
+                # supervision (and with it the exit watcher).
                 run.monitor = None
+                if not isinstance(
+                    exc, OSError | MonitorError | MonitorTimeout | RemoteProtocolError
+                ):
+                    logger.exception("unexpected failure of the monitor of %s", name)
                 if first and not reconnecting:
                     raise LaunchError(
                         f"the monitor of domain {name!r} did not come up: {exc}", domain=name
@@ -786,6 +812,8 @@ class Driver:
         limit = self.config.monitor_timeout
         with trio.move_on_after(math.inf if limit is None else limit):
             status = await mon.execute("query-status")
+            if not isinstance(status, dict):
+                return
             running = bool(status.get("running"))
             if running and dom.state is not DomainState.RUNNING:
                 dom.state, dom.reason = DomainState.RUNNING, "unpaused"
@@ -794,7 +822,7 @@ class Driver:
 
     def _on_qmp_event(self, dom: _Domain, run: _Run, event: Event) -> None:
         name = dom.definition.name
-        self._emit(name, "qmp", event.name, **event.data)
+        self._emit(name, "qmp", event.name, dict(event.data))
         if dom.run is not run:
             return
         if event.name == "STOP":
@@ -813,6 +841,11 @@ class Driver:
             proc.close()  # already watched: share the first pidfd
         self._procs[key] = (held, users + 1)
         return held
+
+    def _release_run(self, run: _Run) -> None:
+        if not run.released:
+            run.released = True
+            self._release_process(run.proc)
 
     def _release_process(self, proc: QemuProcess) -> None:
         key = (proc.pid, proc.start_ticks)

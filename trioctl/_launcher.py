@@ -230,39 +230,44 @@ async def launch(spec: LaunchSpec, *, startup_timeout: float = 10.0) -> QemuProc
     for stale in (spec.qmp_path, spec.pidfile):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(stale)
-    with trio.move_on_after(startup_timeout) as scope:
-        try:
-            result = await trio.run_process(
-                argv,
-                check=False,
-                stdin=subprocess.DEVNULL,
-                capture_stdout=True,
-                capture_stderr=True,
+    name = Path(argv[0]).name
+    # Until we hold a pidfd for the daemonized emulator, a cancellation would
+    # orphan it: this part is shielded, and bounded by startup_timeout.
+    with trio.CancelScope(shield=True):
+        with trio.move_on_after(startup_timeout) as scope:
+            try:
+                result = await trio.run_process(
+                    argv,
+                    check=False,
+                    stdin=subprocess.DEVNULL,
+                    capture_stdout=True,
+                    capture_stderr=True,
+                )
+            except OSError as exc:
+                raise LaunchError(f"cannot run {argv[0]}: {exc}", argv=argv) from None
+        if scope.cancelled_caught:
+            raise LaunchError(f"{name} did not daemonize within {startup_timeout:g} s", argv=argv)
+        if result.returncode != 0:
+            err = result.stderr.decode(errors="replace").strip()
+            raise LaunchError(
+                f"{name} exited with status {result.returncode}: {err}", argv=argv, stderr=err
             )
-        except OSError as exc:
-            raise LaunchError(f"cannot run {argv[0]}: {exc}", argv=argv) from None
-    if scope.cancelled_caught:
-        raise LaunchError(f"{argv[0]} did not daemonize within {startup_timeout:g} s", argv=argv)
-    if result.returncode != 0:
-        err = result.stderr.decode(errors="replace").strip()
-        raise LaunchError(
-            f"{Path(argv[0]).name} exited with status {result.returncode}: {err}",
-            argv=argv,
-            stderr=err,
-        )
+        try:
+            pid = int((await trio.Path(spec.pidfile).read_text()).strip())
+            proc = QemuProcess.attach(pid)
+        except (OSError, ValueError) as exc:
+            raise LaunchError(f"no usable pidfile at {spec.pidfile}: {exc}") from None
     try:
-        pid = int((await trio.Path(spec.pidfile).read_text()).strip())
-        proc = QemuProcess.attach(pid)
-    except (OSError, ValueError) as exc:
-        raise LaunchError(f"no usable pidfile at {spec.pidfile}: {exc}") from None
-    with trio.move_on_after(startup_timeout) as scope:
-        while not await trio.Path(spec.qmp_path).exists():
-            if proc.exited():
-                proc.close()
-                raise LaunchError(f"{Path(argv[0]).name} exited before its monitor was ready")
-            await trio.sleep(_SOCKET_POLL)
-    if scope.cancelled_caught:
-        await proc.kill(grace=0)
+        with trio.move_on_after(startup_timeout) as scope:
+            while not await trio.Path(spec.qmp_path).exists():
+                if proc.exited():
+                    raise LaunchError(f"{name} exited before its monitor was ready")
+                await trio.sleep(_SOCKET_POLL)
+        if scope.cancelled_caught:
+            raise LaunchError(f"no QMP socket at {spec.qmp_path} within {startup_timeout:g} s")
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await proc.kill(grace=0)
         proc.close()
-        raise LaunchError(f"no QMP socket at {spec.qmp_path} within {startup_timeout:g} s")
+        raise
     return proc

@@ -204,13 +204,19 @@ class Monitor:
     # -- service tasks (run in the monitor's nursery) -------------------------------
 
     async def _handshake(self) -> None:
-        greeting = await self._next_message()
-        assert isinstance(greeting, Greeting)
-        await self._stream.send_all(self._conn.negotiate())
-        while self._conn.state is QmpState.NEGOTIATING:
-            msg = await self._next_message()
-            if isinstance(msg, Event):
-                self._dispatch_event(msg)
+        try:
+            greeting = await self._next_message()
+            assert isinstance(greeting, Greeting)
+            await self._stream.send_all(self._conn.negotiate())
+            while self._conn.state is QmpState.NEGOTIATING:
+                msg = await self._next_message()
+                if isinstance(msg, Event):
+                    self._dispatch_event(msg)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # A reset (ECONNRESET, EPIPE) is not an OSError in Trio.
+            raise ConnectionLost(
+                f"the monitor connection failed during the handshake: {exc!r}"
+            ) from None
 
     async def _next_message(self) -> Greeting | Return | ErrorReply | Event:
         """Used only during the handshake, before the reader runs."""

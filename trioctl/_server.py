@@ -124,6 +124,18 @@ class Tokens:
 
 
 @attrs.define(eq=False)
+class _Batch:
+    """One incoming message's calls: their replies go out together."""
+
+    replies: list[rpc.Response | None]
+    pending: int = 0
+    """Calls not finished yet."""
+    held: int = 0
+    """In-flight slots held until the reply is written (one per request)."""
+    done: trio.Event = attrs.Factory(trio.Event)
+
+
+@attrs.define(eq=False)
 class _Session:
     id: str
     role: Role
@@ -145,16 +157,22 @@ class _Session:
     def subscribe(self, domains: list[str] | None) -> None:
         self.unsubscribe()
         assert self.nursery is not None
-        self.nursery.start_soon(self._forward_events, frozenset(domains) if domains else None)
+        # The scope exists before the forwarder runs, so an unsubscribe (or
+        # another subscribe) right after this one always finds it.
+        scope = self.events_scope = trio.CancelScope()
+        self.nursery.start_soon(
+            self._forward_events, scope, frozenset(domains) if domains else None
+        )
 
     def unsubscribe(self) -> None:
         if self.events_scope is not None:
             self.events_scope.cancel()
             self.events_scope = None
 
-    async def _forward_events(self, domains: frozenset[str] | None) -> None:
-        with trio.CancelScope() as scope:
-            self.events_scope = scope
+    async def _forward_events(
+        self, scope: trio.CancelScope, domains: frozenset[str] | None
+    ) -> None:
+        with scope:
             driver = self.server.driver
             with driver.subscribe(domains, self.server.config.event_queue) as sub:
                 self.events = sub
@@ -208,6 +226,7 @@ class Server:
         self._errors: collections.Counter[str] = collections.Counter()
         self._latency = {p: collections.deque[float](maxlen=_LATENCY_WINDOW) for p in Priority}
         self._accepting = True
+        self._handshaking = 0
 
     # -- the Services protocol of _procedures ----------------------------------------
 
@@ -303,7 +322,7 @@ class Server:
         if not self._accepting:
             await request.reject(503, body=b"the daemon is shutting down\n")
             return
-        if len(self._sessions) >= self.max_clients:
+        if len(self._sessions) + self._handshaking >= self.max_clients:
             await request.reject(503, body=b"too many clients (max_clients)\n")
             return
         role = self._authenticate(request)
@@ -314,7 +333,13 @@ class Server:
         if endpoint == "admin" and role < Role.ADMIN:
             await request.reject(403, body=b"/admin needs an admin token\n")
             return
-        ws = await request.accept()
+        # Count this client from here on: concurrent handshakes must not all
+        # pass the max_clients check while none is registered yet.
+        self._handshaking += 1
+        try:
+            ws = await request.accept()
+        finally:
+            self._handshaking -= 1
         remote = request.remote
         peer = str(remote) if isinstance(remote, str) else f"{remote.address}:{remote.port}"
         session = _Session(f"c{next(self._ids)}", role, endpoint, peer, ws, self)
@@ -363,80 +388,81 @@ class Server:
             except trio_websocket.ConnectionClosed:
                 return
             incoming = rpc.parse_request_text(message, max_size=self.config.max_message_size)
-            replies: list[rpc.Response | None] = [None] * len(incoming.items)
-            done = trio.Event()
-            pending = [0]
+            batch = _Batch([None] * len(incoming.items))
             for index, item in enumerate(incoming.items):
                 if isinstance(item, rpc.Invalid):
-                    replies[index] = item.response()
+                    batch.replies[index] = item.response()
                     continue
-                # Backpressure: beyond max_client_requests, stop reading.
+                # Backpressure: a call holds its slot until its reply is
+                # written; beyond max_client_requests, stop reading.
                 while session.in_flight >= self.max_client_requests:
                     session.slot_free = trio.Event()
                     await session.slot_free.wait()
                 session.in_flight += 1
-                pending[0] += 1
-                nursery.start_soon(self._call, session, item, replies, index, pending, done)
-            if pending[0] == 0:
-                done.set()
+                batch.pending += 1
+                if isinstance(item, rpc.Request):
+                    batch.held += 1
+                nursery.start_soon(self._call, session, item, batch, index)
+            if batch.pending == 0:
+                batch.done.set()
             if incoming.expects_reply:
-                nursery.start_soon(self._reply_when_done, session, incoming, replies, done)
+                nursery.start_soon(self._reply_when_done, session, incoming, batch)
+
+    def _release(self, session: _Session, slots: int) -> None:
+        session.in_flight -= slots
+        session.slot_free.set()
 
     async def _reply_when_done(
-        self,
-        session: _Session,
-        incoming: rpc.Incoming,
-        replies: list[rpc.Response | None],
-        done: trio.Event,
+        self, session: _Session, incoming: rpc.Incoming, batch: _Batch
     ) -> None:
-        await done.wait()
-        answers = [r for r in replies if r is not None]
-        text = rpc.encode_responses(
-            answers if incoming.batch else (answers[0] if answers else None)
-        )
-        if text is not None:
-            with suppress(trio_websocket.ConnectionClosed):
-                await session.ws.send_message(text)
+        try:
+            await batch.done.wait()
+            answers = [r for r in batch.replies if r is not None]
+            text = rpc.encode_responses(
+                answers if incoming.batch else (answers[0] if answers else None)
+            )
+            if text is not None:
+                with suppress(trio_websocket.ConnectionClosed):
+                    await session.ws.send_message(text)
+        finally:
+            self._release(session, batch.held)
 
     async def _call(
         self,
         session: _Session,
         item: rpc.Request | rpc.Notification,
-        replies: list[rpc.Response | None],
+        batch: _Batch,
         index: int,
-        pending: list[int],
-        done: trio.Event,
     ) -> None:
         start = time.perf_counter()
-        proc = None
+        call_id = item.id if isinstance(item, rpc.Request) else None
         try:
-            proc = self._lookup(session, item.method)
-            result = await self._invoke(session, proc, item.params)
-            response = rpc.Response.result(
-                item.id if isinstance(item, rpc.Request) else None, result
-            )
-        except TrioctlError as exc:
-            self._errors[exc.reason] += 1
-            response = rpc.Response.error(item.id if isinstance(item, rpc.Request) else None, exc)
-        except Exception as exc:
-            logger.exception("internal error in %s", item.method)
-            self._errors[InternalError.reason] += 1
-            response = rpc.Response.error(
-                item.id if isinstance(item, rpc.Request) else None,
-                InternalError(f"internal error: {type(exc).__name__}: {exc}"),
-            )
+            proc = None
+            try:
+                proc = self._lookup(session, item.method)
+                result = await self._invoke(session, proc, item.params)
+                response = rpc.Response.result(call_id, result)
+            except TrioctlError as exc:
+                self._errors[exc.reason] += 1
+                response = rpc.Response.error(call_id, exc)
+            except Exception as exc:
+                logger.exception("internal error in %s", item.method)
+                self._errors[InternalError.reason] += 1
+                response = rpc.Response.error(
+                    call_id, InternalError(f"internal error: {type(exc).__name__}: {exc}")
+                )
+            if proc is not None:
+                self._calls[proc.name] += 1
+                self._latency[proc.priority].append(time.perf_counter() - start)
+            if isinstance(item, rpc.Request):
+                batch.replies[index] = response
         finally:
-            session.in_flight -= 1
             session.calls += 1
-            session.slot_free.set()
-            pending[0] -= 1
-            if pending[0] == 0:
-                done.set()
-        if proc is not None:
-            self._calls[proc.name] += 1
-            self._latency[proc.priority].append(time.perf_counter() - start)
-        if isinstance(item, rpc.Request):
-            replies[index] = response
+            if isinstance(item, rpc.Notification):
+                self._release(session, 1)  # nothing to write back
+            batch.pending -= 1
+            if batch.pending == 0:
+                batch.done.set()
 
     def _lookup(self, session: _Session, method: str) -> Procedure:
         proc = self.table.get(method)
