@@ -361,25 +361,30 @@ class Server:
             logger.info("client %s disconnected", session.id)
 
     async def _keepalive(self, session: _Session) -> None:
+        """A ping every ``keepalive_interval``; ``keepalive_count`` pings in a
+        row without a pong close the connection: a silent peer is gone after
+        ``interval * (count + 1)`` seconds, as with libvirt's keepalive."""
         interval = self.config.keepalive_interval
         missed = 0
+        await trio.sleep(interval)
         while True:
-            await trio.sleep(interval)
-            with trio.move_on_after(interval) as scope:
+            deadline = trio.current_time() + interval
+            with trio.move_on_at(deadline) as scope:
                 try:
                     await session.ws.ping()
                 except trio_websocket.ConnectionClosed:
                     return
-            if scope.cancelled_caught:
-                missed += 1
-                if missed >= self.config.keepalive_count:
-                    logger.info("client %s missed %d keepalive pongs: closing", session.id, missed)
-                    with trio.move_on_after(1):
-                        await session.ws.aclose(_CLOSE_POLICY, "keepalive timeout")
-                    session.scope.cancel()
-                    return
-            else:
+            if not scope.cancelled_caught:
                 missed = 0
+                await trio.sleep_until(deadline)
+                continue
+            missed += 1
+            if missed >= self.config.keepalive_count:
+                logger.info("client %s missed %d keepalive pongs: closing", session.id, missed)
+                with trio.move_on_after(1):
+                    await session.ws.aclose(_CLOSE_POLICY, "keepalive timeout")
+                session.scope.cancel()
+                return
 
     async def _read_loop(self, session: _Session, nursery: trio.Nursery) -> None:
         while True:

@@ -1,0 +1,122 @@
+"""Server timing rules in virtual time: the WebSocket endpoint runs over
+in-memory streams (a listener that hands out ``memory_stream_pair`` ends),
+so ``autojump_clock`` makes keepalive deadlines exact."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.testing
+import trio_websocket
+
+from trioctl._config import load_config
+from trioctl._dispatch import Dispatcher
+from trioctl._driver import open_driver
+from trioctl._pools import open_worker_pools
+from trioctl._server import Server
+
+
+class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
+    """Connections are in-memory stream pairs; ``connect()`` is the client side."""
+
+    def __init__(self) -> None:
+        self._send, self._receive = trio.open_memory_channel[trio.abc.Stream](8)
+
+    async def accept(self) -> trio.abc.Stream:
+        return await self._receive.receive()
+
+    async def aclose(self) -> None:
+        await self._receive.aclose()
+
+    async def connect(self) -> trio.abc.Stream:
+        client, server = trio.testing.memory_stream_pair()
+        await self._send.send(server)
+        return client
+
+
+@asynccontextmanager
+async def memory_server(
+    state_dir: Path, **settings: object
+) -> AsyncIterator[tuple[Server, MemoryListener]]:
+    config = load_config(
+        None,
+        overrides={
+            "driver.state_dir": str(state_dir),
+            **{f"server.{k}": v for k, v in settings.items()},
+        },
+    )
+    listener = MemoryListener()
+    async with (
+        open_driver(config.driver_config()) as driver,
+        open_worker_pools(config.pools.limits()) as pools,
+        trio.open_nursery() as nursery,
+    ):
+        server = Server(config.server, driver, Dispatcher(pools, driver.jobs), tokens=None)
+        # trio-websocket's annotation names socket listeners; any Listener works.
+        listeners: list[Any] = [listener]
+        ws_server = trio_websocket.WebSocketServer(
+            server._handle_connection, listeners, handler_nursery=nursery
+        )
+        await nursery.start(ws_server.run)
+        yield server, listener
+        nursery.cancel_scope.cancel()
+
+
+UPGRADE = (
+    b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+async def test_silent_peer_is_closed_after_interval_times_count_plus_one(
+    autojump_clock: trio.testing.MockClock, sock_dir: Path
+) -> None:
+    async with memory_server(sock_dir, keepalive_interval=5, keepalive_count=5) as (
+        server,
+        listener,
+    ):
+        stream = await listener.connect()
+        await stream.send_all(UPGRADE)
+        assert b" 101 " in await stream.receive_some()
+        start = trio.current_time()
+        assert len(server._sessions) == 1
+        # Never read again, never answer a ping: 5 s * (5 + 1), libvirt's rule,
+        # plus at most the 1 s the server gives the closing handshake.
+        await trio.sleep_until(start + 29.99)
+        assert len(server._sessions) == 1
+        while server._sessions:
+            await trio.sleep(0.01)
+        assert 30.0 <= trio.current_time() - start <= 31.0
+
+
+async def test_answering_peer_stays_connected(
+    autojump_clock: trio.testing.MockClock, sock_dir: Path
+) -> None:
+    async with memory_server(sock_dir, keepalive_interval=5, keepalive_count=2) as (
+        server,
+        listener,
+    ):
+        stream = await listener.connect()
+        async with trio.open_nursery() as nursery:
+            ws = await trio_websocket.wrap_client_stream(nursery, stream, "x", "/")  # type: ignore[arg-type]
+            await trio.sleep(300)  # 60 keepalive rounds, each answered by the client
+            assert len(server._sessions) == 1
+            await ws.send_message('{"jsonrpc": "2.0", "id": 1, "method": "connect.get_version"}')
+            assert '"protocol":1' in str(await ws.get_message())
+            await ws.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_keepalive_disabled_with_zero_interval(
+    autojump_clock: trio.testing.MockClock, sock_dir: Path
+) -> None:
+    async with memory_server(sock_dir, keepalive_interval=0) as (server, listener):
+        stream = await listener.connect()
+        await stream.send_all(UPGRADE)
+        await stream.receive_some()
+        await trio.sleep(3600)
+        assert len(server._sessions) == 1
