@@ -44,6 +44,7 @@ __all__ = [
 DEFAULT_QEMU: Final = "qemu-system-x86_64"
 
 _SOCKET_POLL = 0.005
+_STOPPED_POLL = 0.02
 
 
 def emulator_argv(emulator: str) -> list[str]:
@@ -198,7 +199,11 @@ class QemuProcess:
         else:
             self.send_signal(signal.SIGTERM)
             with trio.move_on_after(grace):
-                await self.wait()
+                # A SIGSTOP may land just now: look again every few ms rather
+                # than give a stopped process the whole grace.
+                while not self.exited() and not self.stopped():
+                    with trio.move_on_after(_STOPPED_POLL):
+                        await self.wait()
             if self.exited():
                 return
             self.send_signal(signal.SIGKILL)
