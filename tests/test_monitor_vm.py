@@ -188,3 +188,15 @@ def test_argv_is_a_list_without_shell() -> None:
     assert argv[argv.index("-name") + 1] == "guest=vm; rm -rf /"
     assert argv[argv.index("-qmp") + 1] == "unix:/run/x.qmp,server=on,wait=off"
     assert "-daemonize" in argv and "-S" in argv and argv[-1] == "-snapshot"
+
+
+async def test_kill_of_process_stopped_during_the_grace_is_fast(vm: Vm) -> None:
+    # The process ignores SIGTERM while stopped: kill() must notice the stop
+    # and send SIGKILL instead of waiting out the whole grace.
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(vm.proc.kill, 4.0)
+            vm.proc.send_signal(signal.SIGSTOP)
+            start = trio.current_time()
+            await vm.proc.wait()
+        assert trio.current_time() - start < 1.0
