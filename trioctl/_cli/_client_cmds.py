@@ -32,6 +32,7 @@ from ._output import (
     json_option,
     keyvalues,
     run_client,
+    show,
     table,
     timestamp,
     unstructure,
@@ -246,10 +247,7 @@ def start(settings: Settings, domain: str, paused: bool) -> None:
 def dominfo(settings: Settings, domain: str) -> None:
     """DOMAIN's cached state: answers at once, even when the VM is hung."""
     info = run_client(settings, lambda c: c.get_info(domain))
-    if settings.json:
-        echo_json(unstructure(info))
-    else:
-        click.echo(format_domain_info(info))
+    show(settings, info, format_domain_info)
 
 
 @click.command()
@@ -396,10 +394,7 @@ def _threadpool_text(info: ThreadpoolInfo) -> str:
 def threadpool_info(settings: Settings) -> None:
     """Worker pool limits, workers alive and free, queue depth."""
     info = run_client(settings, lambda c: c.get_threadpool(), admin=True)
-    if settings.json:
-        echo_json(unstructure(info))
-    else:
-        click.echo(_threadpool_text(info))
+    show(settings, info, _threadpool_text)
 
 
 @admin.command("threadpool-set")
@@ -424,10 +419,7 @@ def threadpool_set(
         ),
         admin=True,
     )
-    if settings.json:
-        echo_json(unstructure(info))
-    else:
-        click.echo(_threadpool_text(info))
+    show(settings, info, _threadpool_text)
 
 
 @admin.command("client-limits")
@@ -489,10 +481,7 @@ def _clients_table(clients: list[ClientInfo]) -> str:
 def clients(settings: Settings) -> None:
     """Connected clients (this command's own connection included)."""
     found = run_client(settings, lambda c: c.list_clients(), admin=True)
-    if settings.json:
-        echo_json(unstructure(found))
-    else:
-        click.echo(_clients_table(found))
+    show(settings, found, _clients_table)
 
 
 @admin.command("client-disconnect")
@@ -555,7 +544,4 @@ def _stats_text(stats: ServerStats) -> str:
 def stats(settings: Settings) -> None:
     """Calls per procedure, errors per reason, latency per priority."""
     found = run_client(settings, lambda c: c.get_server_stats(), admin=True)
-    if settings.json:
-        echo_json(unstructure(found))
-    else:
-        click.echo(_stats_text(found))
+    show(settings, found, _stats_text)

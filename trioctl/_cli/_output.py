@@ -299,6 +299,14 @@ def echo_json(value: Any, *, pretty: bool = False) -> None:
     click.echo(text)
 
 
+def show(settings: Settings, value: T, render: Callable[[T], str]) -> None:
+    """Print ``value``: its JSON form with ``--json``, else ``render(value)``."""
+    if settings.json:
+        echo_json(unstructure(value))
+    else:
+        click.echo(render(value))
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """Columns aligned on two spaces; the last column is not padded."""
     cells = [list(headers)] + [[_cell(v) for v in row] for row in rows]
