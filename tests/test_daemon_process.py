@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -175,3 +176,40 @@ async def _swallow(coro: Any) -> None:
         await coro
     except Exception:
         pass
+
+
+async def test_sigterm_during_a_blocked_start_up(sock_dir: Path) -> None:
+    """Legacy mode reconnects serially with no deadline: a hung QEMU blocks the
+    start-up for good, and SIGTERM must still stop the daemon at once."""
+    pid = None
+    try:
+        async with daemon_process(sock_dir) as (_proc, ready):
+            async with connect(ready["url"], ready["token"]) as client:
+                await client.define({"name": "h"})
+                pid = (await client.start("h")).pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        (sock_dir / "trioctl.toml").write_text('mode = "legacy"\n' + CONFIG)
+        proc = await trio.lowlevel.open_process(
+            [
+                sys.executable,
+                *("-m", "trioctl", "daemon", "--config", str(sock_dir / "trioctl.toml")),
+                *("--state-dir", str(sock_dir)),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            await trio.sleep(1.5)  # well into the blocked serial reconnect
+            assert proc.poll() is None
+            start = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            with trio.fail_after(5):
+                await proc.wait()
+            assert time.monotonic() - start < 1.0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    finally:
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

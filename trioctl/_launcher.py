@@ -144,8 +144,11 @@ class QemuProcess:
         """True once the process has exited (a zombie counts as exited)."""
         if self._pidfd < 0:
             return True
-        readable, _, _ = select.select([self._pidfd], [], [], 0)
-        return bool(readable)
+        # poll(), not select(): a daemon with thousands of domains has pidfds
+        # numbered past select()'s limit of 1024.
+        poller = select.poll()
+        poller.register(self._pidfd, select.POLLIN)
+        return bool(poller.poll(0))
 
     def stopped(self) -> bool:
         """True if the process is stopped (SIGSTOP: state ``T`` in /proc)."""

@@ -354,10 +354,12 @@ class Server:
                     await self._read_loop(session, nursery)
                     nursery.cancel_scope.cancel()
         finally:
-            del self._sessions[session.id]
             session.unsubscribe()
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await ws.aclose(_CLOSE_GOING_AWAY if session.scope.cancel_called else 1000)
+            # Only now: drain() waits for this, while the WebSocket readers
+            # that complete the closing handshake still run.
+            del self._sessions[session.id]
             logger.info("client %s disconnected", session.id)
 
     async def _keepalive(self, session: _Session) -> None:

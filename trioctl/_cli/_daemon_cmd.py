@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from .._config import ConfigError, DaemonConfig, load_config
-from .._daemon import open_daemon
+from .._daemon import DaemonHandle, open_daemon
 from .._store import write_atomic
 
 logger = logging.getLogger("trioctl.daemon")
@@ -78,36 +78,60 @@ def build_config(
 
 
 async def run_daemon(config: DaemonConfig, *, ready_file: Path | None = None) -> None:
-    """Run until SIGTERM or SIGINT."""
+    """Run until SIGTERM or SIGINT.
+
+    A signal while serving stops gracefully (calls in flight get
+    ``shutdown_grace``); a signal during start-up (loading thousands of
+    domains, or a legacy serial reconnect blocked on a hung QEMU) abandons the
+    start at once.
+    """
+    stop = trio.Event()
+    serving = False
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with open_daemon(config) as daemon:
-            print(f"trioctl daemon listening on {daemon.url} (admin: {daemon.admin_url})")
-            if daemon.tokens_file is not None:
-                print(f"tokens file: {daemon.tokens_file}")
-            print(f"state directory: {config.driver.state_dir}", flush=True)
-            logger.info("serving %d domains", len(daemon.driver.list_domains()))
-            if ready_file is not None:
-                # It holds the token: written like every state file, mode 0600.
-                write_atomic(
-                    ready_file,
-                    json.dumps(
-                        {
-                            "url": daemon.url,
-                            "admin_url": daemon.admin_url,
-                            "token": daemon.token,
-                            "pid": os.getpid(),
-                            "ready_at": time.time(),
-                        }
-                    ).encode(),
-                )
-            async for signum in signals:
-                logger.info(
-                    "%s: stopping within %.1f s",
-                    signal.Signals(signum).name,
-                    config.server.shutdown_grace,
-                )
-                break
-        logger.info("stopped")
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals(run_scope: trio.CancelScope) -> None:
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if serving:
+                        grace = config.server.shutdown_grace
+                        logger.info("%s: stopping within %.1f s", name, grace)
+                        stop.set()
+                    else:
+                        logger.info("%s during start-up: stopping now", name)
+                        run_scope.cancel()
+                    return
+
+            with trio.CancelScope() as run_scope:
+                nursery.start_soon(watch_signals, run_scope)
+                async with open_daemon(config) as daemon:
+                    serving = True
+                    _announce(config, daemon, ready_file)
+                    await stop.wait()
+            nursery.cancel_scope.cancel()
+    logger.info("stopped")
+
+
+def _announce(config: DaemonConfig, daemon: DaemonHandle, ready_file: Path | None) -> None:
+    print(f"trioctl daemon listening on {daemon.url} (admin: {daemon.admin_url})")
+    if daemon.tokens_file is not None:
+        print(f"tokens file: {daemon.tokens_file}")
+    print(f"state directory: {config.driver.state_dir}", flush=True)
+    logger.info("serving %d domains", len(daemon.driver.list_domains()))
+    if ready_file is not None:
+        # It holds the token: written like every state file, mode 0600.
+        write_atomic(
+            ready_file,
+            json.dumps(
+                {
+                    "url": daemon.url,
+                    "admin_url": daemon.admin_url,
+                    "token": daemon.token,
+                    "pid": os.getpid(),
+                    "ready_at": time.time(),
+                }
+            ).encode(),
+        )
 
 
 def daemon_main(
