@@ -669,11 +669,27 @@ class Driver:
         dom: _Domain,
         run: _Run,
         reconnecting: bool,
+        on_ready: Callable[[], None] | None = None,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Own one run of a domain: its nursery, monitor, exit watcher."""
+        """Own one run of a domain: its nursery, monitor, exit watcher.
+
+        Reports back (``task_status``, ``on_ready``) once the run can be
+        served: after a fresh start or a serial reconnect when the monitor
+        is negotiated; after a parallel reconnect as soon as the domain's job
+        is held. A fresh start that fails raises to its ``nursery.start``;
+        a reconnect never raises.
+        """
         started = False
+
+        def ready() -> None:
+            nonlocal started
+            started = True
+            task_status.started()
+            if on_ready is not None:
+                on_ready()
+
         name = dom.definition.name
         try:
             async with open_service_nursery() as nursery:
@@ -681,17 +697,15 @@ class Driver:
                 nursery.start_soon(self._watch_exit, dom, run)
                 if reconnecting and self.config.reconnect == "parallel":
                     await nursery.start(self._hold_reconnect_job, dom, run)
-                    task_status.started()
-                    started = True
+                    ready()
                     nursery.start_soon(self._monitor_loop, dom, run, True)
                 else:
                     # A fresh start (or a serial reconnect) reports back once
                     # the monitor is negotiated, or fails.
                     await nursery.start(self._monitor_loop, dom, run, reconnecting)
-                    task_status.started()
-                    started = True
+                    ready()
         except Exception:
-            if not started:
+            if not started and not reconnecting:
                 raise
             logger.exception("supervision of domain %s failed", name)
         finally:
@@ -701,7 +715,7 @@ class Driver:
             # The process exited before the monitor came up.
             if not reconnecting:
                 raise LaunchError(f"domain {name!r} exited while starting", domain=name)
-            task_status.started()
+            ready()
 
     async def _watch_exit(self, dom: _Domain, run: _Run) -> None:
         await run.proc.wait()
@@ -864,6 +878,7 @@ class Driver:
         self.load_problems = problems + record_problems
         for d in definitions:
             self._domains[d.name] = _Domain(d)
+        reconnecting: list[tuple[_Domain, _Run]] = []
         for name, record in records.items():
             dom = self._domains.get(name)
             if dom is None:
@@ -885,7 +900,25 @@ class Driver:
             dom.run = run
             dom.state, dom.reason = DomainState.RUNNING, "booted"
             dom.monitor_state = MonitorState.CONNECTING
-            await self._nursery.start(self._supervise, dom, run, True)
+            if self.config.reconnect == "serial":
+                await self._nursery.start(self._supervise, dom, run, True)
+            else:
+                reconnecting.append((dom, run))
+        # Parallel: spawn every supervisor at once, and serve as soon as each
+        # holds its domain's job (one scheduler pass, not one per domain).
+        if reconnecting:
+            left = len(reconnecting)
+            all_held = trio.Event()
+
+            def held() -> None:
+                nonlocal left
+                left -= 1
+                if left == 0:
+                    all_held.set()
+
+            for dom, run in reconnecting:
+                self._nursery.start_soon(self._supervise, dom, run, True, held)
+            await all_held.wait()
 
     async def _autostart(self) -> None:
         async with trio.open_nursery() as nursery:
