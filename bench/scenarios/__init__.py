@@ -1,0 +1,22 @@
+"""The scenarios, by name, in the order ``all`` runs them."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from .._context import Scenario
+from . import destroy, restart, scale, stop, storm, throughput
+
+__all__ = ["SCENARIOS"]
+
+SCENARIOS: Final[dict[str, Scenario]] = {
+    s.name: s
+    for s in (
+        storm.SCENARIO,
+        destroy.SCENARIO,
+        restart.SCENARIO,
+        stop.SCENARIO,
+        throughput.SCENARIO,
+        scale.SCENARIO,
+    )
+}

@@ -1,0 +1,446 @@
+"""restart: N domains, K of them hung, the daemon restarted. How soon is the
+first call served, and when does every healthy domain answer a monitor call?
+
+Per mode and variant: a first daemon runs the N domains; K are SIGSTOPped; it
+is stopped (SIGTERM) and a second daemon is started on the same state
+directory and port. From the moment the second is spawned, a client tries to
+connect and list the domains (every 5 ms until it works: the first served
+call); then it calls ``monitor_command query-status`` on every healthy domain
+until each has answered once, reads ``get_info`` of a hung domain, and sends
+one monitor call to a hung domain to see how and when it fails.
+
+Variants:
+
+* ``per-vm``: one simulator (or QEMU) process per domain, started by the
+  first daemon (8 domains, 4 hung: the libvirt reference's set-up);
+* ``many``: the simulator's many-VMs mode (``--n``, default 1,000, of which
+  ``--k``, default 500, hung): two processes, one for the healthy VMs and one
+  for the hung ones, SIGSTOPped whole. Their definitions and runtime records
+  are written as a daemon would have left them.
+
+A ``baseline`` measures the same first call with no domain at all: the cost
+of starting the interpreter and the daemon, which every figure includes.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio_websocket
+
+from trioctl._client import Client
+from trioctl._errors import TrioctlError
+
+from .._conn import connect
+from .._context import Context, Goal, Scenario
+from .._load import hang, outcome_of, start_domains, wait_monitors
+from .._output import fmt_s, md_table
+from .._plot import MODE_COLORS, grid, save
+from .._procs import (
+    MODES,
+    Mode,
+    daemon_ready,
+    free_port,
+    start_daemon,
+    start_many_sim,
+    write_many_domains,
+)
+from .._reference import LIBVIRT
+from .._stats import OK
+
+__all__ = ["SCENARIO"]
+
+RETRY = 0.005
+HEALTHY_CONNECTIONS = 8
+PER_CONNECTION = 4
+
+
+async def _first_call(url: str, token: str, launched: float) -> tuple[float, int]:
+    """Connect and list until it works; (seconds since launch, domains listed)."""
+    while True:
+        try:
+            async with connect(url, token, connect_timeout=2) as client:
+                domains = await client.list_domains()
+                return time.perf_counter() - launched, len(domains)
+        except (OSError, TrioctlError, trio_websocket.HandshakeError):
+            await trio.sleep(RETRY)  # not listening yet, or not answering yet
+
+
+async def _healthy_calls(
+    url: str, token: str, names: list[str], launched: float, answered: dict[str, float]
+) -> None:
+    """A monitor call on each of ``names`` until it succeeds; records when."""
+
+    async def one(client: Client, name: str, limiter: trio.CapacityLimiter) -> None:
+        async with limiter:
+            while True:
+                try:
+                    with trio.fail_after(10):
+                        await client.monitor_command(name, "query-status")
+                    answered[name] = time.perf_counter() - launched
+                    return
+                except (TrioctlError, trio.TooSlowError):
+                    await trio.sleep(0.02)
+
+    async def connection(part: list[str]) -> None:
+        async with connect(url, token) as client:
+            limiter = trio.CapacityLimiter(PER_CONNECTION)
+            async with trio.open_nursery() as nursery:
+                for name in part:
+                    nursery.start_soon(one, client, name, limiter)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(HEALTHY_CONNECTIONS):
+            part = names[i::HEALTHY_CONNECTIONS]
+            if part:
+                nursery.start_soon(connection, part)
+
+
+async def _hung_calls(url: str, token: str, name: str, out: dict[str, Any]) -> None:
+    async with connect(url, token) as client:
+        t0 = time.perf_counter()
+        await client.get_info(name)
+        out["info_hung_ms"] = round((time.perf_counter() - t0) * 1000, 3)
+        t0 = time.perf_counter()
+        outcome = OK
+        try:
+            await client.monitor_command(name, "query-status")
+        except TrioctlError as exc:
+            outcome = outcome_of(exc)
+        except trio.Cancelled:
+            out["monitor_hung"] = {
+                "outcome": "UNFINISHED",
+                "after_s": round(time.perf_counter() - t0, 3),
+            }
+            raise
+        out["monitor_hung"] = {"outcome": outcome, "after_s": round(time.perf_counter() - t0, 3)}
+
+
+async def _watch_ok(
+    url: str, token: str, names: set[str], launched: float, out: list[list[float]]
+) -> None:
+    """(seconds since launch, healthy monitors ok) every 50 ms, from listings."""
+    async with connect(url, token) as client:
+        while True:
+            domains = await client.list_domains()
+            ok = sum(1 for d in domains if d.name in names and d.monitor.value == "ok")
+            out.append([round(time.perf_counter() - launched, 4), ok])
+            await trio.sleep(0.05)
+
+
+async def measure_restart(
+    ctx: Context,
+    state: Path,
+    mode: Mode,
+    port: int,
+    token: str,
+    healthy: list[str],
+    hung: list[str],
+    limit: float,
+) -> dict[str, Any]:
+    """Start the second daemon and measure; everything bounded by ``limit`` s."""
+    reg = ctx.registry
+    daemon = await start_daemon(
+        reg, state, mode, port=port, backend=ctx.options.backend, wait_ready=False
+    )
+    url = f"ws://127.0.0.1:{port}/"
+    result: dict[str, Any] = {"limit_s": limit}
+    answered: dict[str, float] = {}
+    ok_curve: list[list[float]] = []
+    with trio.move_on_after(limit):
+        async with trio.open_nursery() as nursery:
+
+            async def ready() -> None:
+                await daemon_ready(daemon)
+
+            nursery.start_soon(ready)
+            first, listed = await _first_call(url, token, daemon.launched_at)
+            result["first_call_s"] = round(first, 4)
+            result["listed"] = listed
+            ctx.progress.say(f"first call served {fmt_s(first)} after launch")
+            watch_scope = trio.CancelScope()
+
+            async def watch() -> None:
+                with watch_scope:
+                    await _watch_ok(url, token, set(healthy), daemon.launched_at, ok_curve)
+
+            nursery.start_soon(watch)
+            if hung:
+                nursery.start_soon(_hung_calls, url, token, hung[0], result)
+            await _healthy_calls(url, token, healthy, daemon.launched_at, answered)
+            result["all_healthy_s"] = round(max(answered.values(), default=first), 4)
+            ctx.progress.say(
+                f"all {len(healthy)} healthy domains answered {fmt_s(result['all_healthy_s'])} "
+                "after launch"
+            )
+            watch_scope.cancel()
+    if daemon.ready_at is not None:
+        result["ready_file_s"] = round(daemon.ready_at - daemon.launched_at, 4)
+    result["healthy_answered"] = len(answered)
+    result["answered_s"] = sorted(round(v, 4) for v in answered.values())
+    result["ok_curve"] = ok_curve
+    if "first_call_s" not in result:
+        ctx.progress.say(f"no call served within {limit:g} s")
+    stop = await daemon.stop(grace=1.0 if ctx.options.short else 3.0)
+    result["stop_s"] = round(stop, 3)
+    result["stop_needed_sigkill"] = daemon.proc.returncode == -9
+    return result
+
+
+async def _per_vm(ctx: Context, mode: Mode, n: int, k: int, limit: float) -> dict[str, Any]:
+    reg, say = ctx.registry, ctx.progress.say
+    state = reg.new_dir("restart")
+    port = free_port()
+    first = await start_daemon(reg, state, mode, port=port, backend=ctx.options.backend)
+    names = [f"vm{i}" for i in range(n)]
+    try:
+        async with connect(first.url, first.token) as client:
+            say(f"per-vm: starting {n} domains ({ctx.emulator})")
+            pids = await start_domains(client, reg, names, ctx.emulator)
+            with trio.fail_after(60):
+                await wait_monitors(client, names)
+        hang([pids[name] for name in names[:k]])
+        await first.stop(grace=10)
+        say(f"per-vm: {k} hung, daemon stopped; restarting")
+        result = await measure_restart(
+            ctx, state, mode, port, first.token, names[k:], names[:k], limit
+        )
+    finally:
+        reg.kill_vms()
+    return {"n": n, "k": k, **result}
+
+
+async def _many(ctx: Context, mode: Mode, n: int, k: int, limit: float) -> dict[str, Any]:
+    reg, say = ctx.registry, ctx.progress.say
+    state = reg.new_dir("restart")
+    port = free_port()
+    say(f"many: starting {n} simulated VMs in 2 processes ({n - k} healthy, {k} to hang)")
+    healthy_sim = await start_many_sim(reg, reg.new_dir("h"), n - k, "h")
+    hung_sim = await start_many_sim(reg, reg.new_dir("x"), k, "x")
+    try:
+        write_many_domains(state, [healthy_sim, hung_sim])
+        first = await start_daemon(reg, state, mode, port=port)
+        async with connect(first.url, first.token) as client:
+            with trio.fail_after(120):
+                took = await wait_monitors(client, None, poll=0.2)
+        say(f"many: first daemon reconnected all {n} in {fmt_s(took)}")
+        hang([hung_sim.pid])
+        await first.stop(grace=10)
+        say(f"many: {k} hung, daemon stopped; restarting")
+        result = await measure_restart(
+            ctx,
+            state,
+            mode,
+            port,
+            first.token,
+            list(healthy_sim.names),
+            list(hung_sim.names),
+            limit,
+        )
+    finally:
+        reg.kill_vms()
+    return {"n": n, "k": k, **result}
+
+
+async def _baseline(ctx: Context, limit: float) -> dict[str, Any]:
+    """First call of a daemon with no domains: the interpreter and daemon start."""
+    reg = ctx.registry
+    state = reg.new_dir("restart")
+    port = free_port()
+    first = await start_daemon(reg, state, MODES["default"], port=port)
+    await first.stop()
+    times = []
+    for _ in range(1 if ctx.options.short else 3):
+        result = await measure_restart(
+            ctx, state, MODES["default"], port, first.token, [], [], limit
+        )
+        times.append(result.get("first_call_s"))
+    return {"first_call_s": times}
+
+
+async def run(ctx: Context) -> dict[str, Any]:
+    short = ctx.options.short
+    variants = ["per-vm"] if ctx.options.backend == "qemu" else ["per-vm", "many"]
+    sizes: dict[str, Any] = {
+        "per-vm": {"n": 4 if short else 8, "k": 2 if short else 4},
+        "many": {"n": ctx.pick(ctx.options.n, 1000, 20), "k": ctx.pick(ctx.options.k, 500, 10)},
+        "limit_s": ctx.pick(ctx.options.duration, 45.0, 2.0),
+        "variants": variants,
+    }
+    if ctx.options.backend == "qemu":
+        sizes["per-vm"] = {"n": ctx.pick(ctx.options.n, 8, 4), "k": ctx.pick(ctx.options.k, 4, 2)}
+    for variant in variants:
+        n, k = sizes[variant]["n"], sizes[variant]["k"]
+        if not 0 <= k < n:
+            raise ValueError(f"restart ({variant}) needs 0 <= k < n")
+    ctx.progress.prefix = "restart/baseline"
+    baseline = await _baseline(ctx, sizes["limit_s"])
+    modes: dict[str, Any] = {}
+    for mode in ctx.modes:
+        modes[mode.name] = {}
+        for variant in variants:
+            ctx.progress.prefix = f"restart/{mode.name}"
+            n, k = sizes[variant]["n"], sizes[variant]["k"]
+            measure = _per_vm if variant == "per-vm" else _many
+            modes[mode.name][variant] = await measure(ctx, mode, n, k, sizes["limit_s"])
+    return {
+        "sizes": sizes,
+        "baseline": baseline,
+        "modes": modes,
+    }
+
+
+def goals(results: dict[str, Any]) -> list[Goal]:
+    data = results["modes"].get("default")
+    if data is None:
+        return []
+    found = []
+    for variant, v in data.items():
+        first = v.get("first_call_s")
+        met = first is not None and first <= 0.5
+        note = ""
+        if first is None:
+            note = f"no call served within {v['limit_s']:g} s"
+        elif first > 0.5:
+            note = f"missed by {first - 0.5:.3f} s"
+        found.append(
+            Goal(
+                f"restart, {v['n']} domains of which {v['k']} hung: first call <= 0.5 s "
+                f"({variant})",
+                "<= 0.5 s",
+                fmt_s(first) or "not served",
+                met,
+                note,
+            )
+        )
+    return found
+
+
+def markdown(results: dict[str, Any]) -> str:
+    modes = results["modes"]
+    base = [fmt_s(t) for t in results["baseline"]["first_call_s"]]
+    out = [
+        "Time from spawning the second daemon. Baseline (no domains, default mode: "
+        f"interpreter and daemon start-up alone), first call: {', '.join(str(b) for b in base)}.",
+        "",
+    ]
+    rows: list[list[object]] = []
+    for mode, variants in modes.items():
+        for variant, v in variants.items():
+            hung = v.get("monitor_hung")
+            hung_text = f"{hung['outcome']} after {fmt_s(hung['after_s'])}" if hung else "-"
+            healthy = v["n"] - v["k"]
+            all_text: str | None = fmt_s(v.get("all_healthy_s"))
+            if v["healthy_answered"] < healthy:
+                all_text = f"{v['healthy_answered']}/{healthy} within {v['limit_s']:g} s"
+            rows.append(
+                [
+                    mode,
+                    f"{variant}: {v['n']} domains, {v['k']} hung",
+                    fmt_s(v.get("first_call_s")) or f"none within {v['limit_s']:g} s",
+                    fmt_s(v.get("ready_file_s")) or "-",
+                    all_text,
+                    f"{v['info_hung_ms']:.2f} ms" if "info_hung_ms" in v else "-",
+                    hung_text,
+                    f"{fmt_s(v['stop_s'])}" + (" (SIGKILL)" if v["stop_needed_sigkill"] else ""),
+                ]
+            )
+    rows.append(
+        [
+            "libvirt 9.0",
+            "reference: 8 domains, 4 hung",
+            LIBVIRT["restart_first_call"].split(" (")[0],
+            None,
+            LIBVIRT["restart_healthy"].split(" (")[0],
+            None,
+            LIBVIRT["restart_hung_calls"],
+            None,
+        ]
+    )
+    out.append(
+        md_table(
+            [
+                "mode",
+                "set-up",
+                "first call served",
+                "ready file",
+                "every healthy domain answered a monitor call",
+                "get_info of a hung domain",
+                "monitor call on a hung domain",
+                "second daemon's stop",
+            ],
+            rows,
+        )
+    )
+    return "\n".join(out)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    modes = results["modes"]
+    variants = results["sizes"]["variants"]
+    fig, axes = grid(len(variants), len(modes), height=2.6)
+    for col, (mode, data) in enumerate(modes.items()):
+        for row, variant in enumerate(variants):
+            ax = axes[row][col]
+            v = data[variant]
+            healthy = v["n"] - v["k"]
+            answered = v["answered_s"]
+            color = MODE_COLORS.get(mode, "tab:green")
+            if answered:
+                ax.step(
+                    [0.0, *answered],
+                    list(range(len(answered) + 1)),
+                    where="post",
+                    color=color,
+                    label="healthy domains that answered a monitor call",
+                )
+            curve = v["ok_curve"]
+            if curve:
+                ax.plot(
+                    [c[0] for c in curve],
+                    [c[1] for c in curve],
+                    color="grey",
+                    linewidth=0.8,
+                    label="healthy monitors ok (from list)",
+                )
+            first = v.get("first_call_s")
+            if first is not None:
+                ax.axvline(first, color="black", linestyle="--", linewidth=0.8)
+                title = f"first call {fmt_s(first)}"
+            else:
+                title = f"no call served within {v['limit_s']:g} s"
+                ax.text(
+                    0.5,
+                    0.5,
+                    f"no call served within {v['limit_s']:g} s",
+                    transform=ax.transAxes,
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                )
+            ax.set_ylim(0, max(healthy, 1) * 1.05)
+            ax.set_xlim(0, max([*answered, first or 0, 0.5]) * 1.15 if first else v["limit_s"])
+            ax.set_title(
+                f"{mode}, {variant} ({v['n']} domains, {v['k']} hung): {title}", fontsize=8
+            )
+            ax.set_ylabel("healthy domains")
+            ax.grid(True, alpha=0.3)
+            if row == 0 and col == 0:
+                ax.legend(fontsize=7, loc="lower right")
+            if row == len(variants) - 1:
+                ax.set_xlabel("s since the second daemon was spawned (dashed: first call)")
+    save(fig, path)
+
+
+SCENARIO = Scenario(
+    name="restart",
+    summary="daemon restarted with K of N domains hung: first call, healthy domains answering",
+    default_modes=("default", "legacy"),
+    run=run,
+    goals=goals,
+    markdown=markdown,
+    plot=plot,
+)

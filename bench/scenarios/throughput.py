@@ -1,0 +1,258 @@
+"""throughput: no-op calls per second (``connect.get_version``) over 1 and 16
+connections, beside a bare trio-websocket echo server measured in the same run.
+
+Three servers, each its own process, measured round by round in turn so that
+a noisy machine disturbs them alike (each figure is the median of the
+rounds):
+
+* ``echo``: a trio-websocket server that sends each message straight back;
+  the client sends the same JSON-RPC request text the daemon gets;
+* ``daemon (raw)``: the daemon, driven by the same raw trio-websocket loop
+  (request text out, reply text in): the server side alone differs from echo;
+* ``daemon (client)``: the daemon through ``trioctl``'s client library
+  (``Client.get_version()``: id routing, error mapping, cattrs).
+
+Every connection has one call in flight at a time (sequential, like a
+libvirt client thread). The client runs in this process; the CPU use of each
+server process is reported too, since on 2 cores client and server compete.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio_websocket
+
+from .._conn import connect, open_ws
+from .._context import Context, Goal, Scenario
+from .._output import md_table
+from .._plot import grid, save
+from .._procs import proc_cpu_seconds, start_daemon, start_helper, terminate
+from .._reference import LIBVIRT
+
+__all__ = ["SCENARIO"]
+
+REQUEST = '{"jsonrpc": "2.0", "method": "connect.get_version", "params": {}, "id": 1}'
+SERVERS = ("echo", "daemon_raw", "daemon_client")
+LABELS = {
+    "echo": "trio-websocket echo",
+    "daemon_raw": "daemon (raw WebSocket client)",
+    "daemon_client": "daemon (trioctl client library)",
+}
+
+
+async def _measure(
+    server: str, url: str, token: str, connections: int, seconds: float
+) -> tuple[int, float]:
+    """Calls completed in ``seconds`` over ``connections`` connections."""
+    counts = [0] * connections
+    ready = trio.Event()
+    joined = 0
+    stop_at = [0.0]
+
+    async def raw(i: int, ws: trio_websocket.WebSocketConnection) -> None:
+        await ready.wait()
+        n = 0
+        while time.perf_counter() < stop_at[0]:
+            await ws.send_message(REQUEST)
+            await ws.get_message()
+            n += 1
+        counts[i] = n
+
+    async def one(i: int) -> None:
+        nonlocal joined
+        if server == "daemon_client":
+            async with connect(url, token) as client:
+                await client.get_version()
+                joined += 1
+                if joined == connections:
+                    stop_at[0] = time.perf_counter() + seconds
+                    ready.set()
+                await ready.wait()
+                n = 0
+                while time.perf_counter() < stop_at[0]:
+                    await client.get_version()
+                    n += 1
+                counts[i] = n
+            return
+        auth = None if server == "echo" else token
+        async with open_ws(url, auth) as ws:
+            await ws.send_message(REQUEST)
+            await ws.get_message()
+            joined += 1
+            if joined == connections:
+                stop_at[0] = time.perf_counter() + seconds
+                ready.set()
+            await raw(i, ws)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(connections):
+            nursery.start_soon(one, i)
+        await ready.wait()
+        start = time.perf_counter()
+    return sum(counts), time.perf_counter() - start
+
+
+async def run(ctx: Context) -> dict[str, Any]:
+    reg, say = ctx.registry, ctx.progress.say
+    rounds = ctx.pick(ctx.options.rounds, 3, 1)
+    seconds = ctx.pick(ctx.options.duration, 3.0, 0.5)
+    conns = [1, 16]
+    sizes = {"rounds": rounds, "seconds": seconds, "connections": conns}
+    modes: dict[str, Any] = {}
+    for mode in ctx.modes:
+        ctx.progress.prefix = f"throughput/{mode.name}"
+        work = reg.new_dir("tp")
+        echo_ready = work / "echo.json"
+        echo = start_helper(
+            reg,
+            [sys.executable, "-m", "bench._echo", "--ready-file", str(echo_ready)],
+            work / "echo.log",
+        )
+        daemon = await start_daemon(
+            reg, work, mode, extra={"server.keepalive_interval": 0, "log.level": "error"}
+        )
+        with trio.fail_after(30):
+            while not echo_ready.exists():
+                await trio.sleep(0.01)
+        echo_url = json.loads(echo_ready.read_text())["url"]
+        pids = {"echo": echo.pid, "daemon_raw": daemon.pid, "daemon_client": daemon.pid}
+        urls = {"echo": echo_url, "daemon_raw": daemon.url, "daemon_client": daemon.url}
+        per: dict[str, dict[int, list[dict[str, float]]]] = {
+            s: {c: [] for c in conns} for s in SERVERS
+        }
+        for r in range(rounds):
+            for c in conns:
+                for server in SERVERS:
+                    cpu0, bench0 = proc_cpu_seconds(pids[server]), time.process_time()
+                    calls, wall = await _measure(server, urls[server], daemon.token, c, seconds)
+                    per[server][c].append(
+                        {
+                            "calls_per_s": calls / wall,
+                            "server_cpu": (proc_cpu_seconds(pids[server]) - cpu0) / wall,
+                            "client_cpu": (time.process_time() - bench0) / wall,
+                        }
+                    )
+                say(
+                    f"round {r + 1}, {c} connection(s): "
+                    + ", ".join(f"{s} {per[s][c][-1]['calls_per_s']:,.0f}/s" for s in SERVERS)
+                )
+        await daemon.stop(grace=5)
+        await terminate(echo, 5)
+        results: dict[str, Any] = {}
+        for server in SERVERS:
+            results[server] = {}
+            for c in conns:
+                items = per[server][c]
+                results[server][str(c)] = {
+                    "calls_per_s": round(statistics.median(i["calls_per_s"] for i in items), 1),
+                    "rounds": [round(i["calls_per_s"], 1) for i in items],
+                    "server_cpu": round(statistics.median(i["server_cpu"] for i in items), 3),
+                    "client_cpu": round(statistics.median(i["client_cpu"] for i in items), 3),
+                }
+        for server in ("daemon_raw", "daemon_client"):
+            for c in conns:
+                entry = results[server][str(c)]
+                echo_rate = results["echo"][str(c)]["calls_per_s"]
+                entry["ratio_to_echo"] = round(entry["calls_per_s"] / echo_rate, 3)
+        modes[mode.name] = results
+    return {"sizes": sizes, "modes": modes}
+
+
+def goals(results: dict[str, Any]) -> list[Goal]:
+    data = results["modes"].get("default")
+    if data is None:
+        return []
+    found = []
+    for server in ("daemon_raw", "daemon_client"):
+        for c, entry in data[server].items():
+            r = entry["ratio_to_echo"]
+            met = r >= 0.8
+            found.append(
+                Goal(
+                    f"no-op throughput >= 0.8x the echo, {c} connection(s), {LABELS[server]}",
+                    ">= 0.8x",
+                    f"{entry['calls_per_s']:,.0f} vs {data['echo'][c]['calls_per_s']:,.0f} "
+                    f"calls/s: {r:.2f}x",
+                    met,
+                    "" if met else f"{r:.2f}x against 0.8x: {(0.8 - r) / 0.8:.0%} short",
+                )
+            )
+    return found
+
+
+def markdown(results: dict[str, Any]) -> str:
+    sizes, modes = results["sizes"], results["modes"]
+    out = [
+        f"Median of {sizes['rounds']} rounds of {sizes['seconds']:g} s; every connection has "
+        "one call in flight at a time. CPU: share of one core used by the server process and "
+        "by the client (this process) during the round.",
+        "",
+    ]
+    rows: list[list[object]] = []
+    for mode, data in modes.items():
+        for server in SERVERS:
+            for c in sizes["connections"]:
+                entry = data[server][str(c)]
+                ratio = entry.get("ratio_to_echo")
+                rows.append(
+                    [
+                        mode,
+                        LABELS[server],
+                        c,
+                        f"{entry['calls_per_s']:,.0f}",
+                        "1.00x" if ratio is None else f"{ratio:.2f}x",
+                        f"{entry['server_cpu']:.0%}",
+                        f"{entry['client_cpu']:.0%}",
+                    ]
+                )
+    rows.append(["libvirt 9.0", "libvirtd, getLibVersion", 1, LIBVIRT["noop_1"], None, None, None])
+    rows.append(["libvirt 9.0", "libvirtd, getLibVersion", 8, LIBVIRT["noop_8"], None, None, None])
+    rows.append(["reference", "trio-websocket echo", 1, LIBVIRT["echo_1"], None, None, None])
+    rows.append(["reference", "trio-websocket echo", 16, LIBVIRT["echo_16"], None, None, None])
+    out.append(
+        md_table(
+            ["mode", "server", "connections", "calls/s", "vs echo", "server CPU", "client CPU"],
+            rows,
+        )
+    )
+    return "\n".join(out)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    modes = results["modes"]
+    conns = results["sizes"]["connections"]
+    fig, axes = grid(1, len(modes), width=5.5, height=3.0)
+    colors = {"echo": "grey", "daemon_raw": "tab:blue", "daemon_client": "tab:cyan"}
+    for col, (mode, data) in enumerate(modes.items()):
+        ax = axes[0][col]
+        width = 0.8 / len(SERVERS)
+        for i, server in enumerate(SERVERS):
+            xs = [j + i * width for j in range(len(conns))]
+            ys = [data[server][str(c)]["calls_per_s"] for c in conns]
+            bars = ax.bar(xs, ys, width=width, color=colors[server], label=LABELS[server])
+            ax.bar_label(bars, labels=[f"{y:,.0f}" for y in ys], fontsize=7)
+        ax.set_xticks([j + width for j in range(len(conns))])
+        ax.set_xticklabels([f"{c} connection{'s' if c > 1 else ''}" for c in conns])
+        ax.set_ylabel("calls/s")
+        ax.set_title(f"{mode}: connect.get_version vs echo", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
+        ax.grid(True, axis="y", alpha=0.3)
+    save(fig, path)
+
+
+SCENARIO = Scenario(
+    name="throughput",
+    summary="no-op calls per second over 1 and 16 connections, beside a trio-websocket echo",
+    default_modes=("default",),
+    run=run,
+    goals=goals,
+    markdown=markdown,
+    plot=plot,
+)
