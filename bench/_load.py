@@ -14,7 +14,6 @@ one of the connection's ``max_client_requests`` slots.
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import subprocess
@@ -320,10 +319,6 @@ async def keep_in_flight(
 
 async def _call_monitor(client: Client, name: str, command: str) -> Any:
     return await client.monitor_command(name, command)
-
-
-def inf_or(value: float | None) -> float:
-    return math.inf if value is None else value
 
 
 @attrs.define(eq=False)

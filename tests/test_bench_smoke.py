@@ -14,9 +14,11 @@ command line and killed at the end.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,3 +200,30 @@ async def test_trioctl_bench_is_python_m_bench() -> None:
         )
         assert unknown.returncode == 2
         assert b"unknown scenario nosuch" in unknown.stderr
+
+
+async def test_sigterm_stops_everything(bench_tmp: Path) -> None:
+    """Interrupted mid-run, the bench still stops every process it started."""
+    env = dict(os.environ, TMPDIR=str(bench_tmp))
+    argv = [sys.executable, "-m", "bench", "storm", "--short", "--out", str(bench_tmp / "r")]
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            process: trio.Process = await nursery.start(
+                functools.partial(
+                    trio.run_process,
+                    argv,
+                    cwd=str(REPO),
+                    env=env,
+                    check=False,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    deliver_cancel=_stop_bench,
+                )
+            )
+            # Wait until a daemon and its VMs run (the bench's children and theirs).
+            while len(_processes_under(bench_tmp)) < 4:
+                await trio.sleep(0.05)
+            process.terminate()
+        assert process.returncode == 130
+    assert _processes_under(bench_tmp) == []
+    assert not any(p.name.startswith("tb-") for p in bench_tmp.iterdir())
