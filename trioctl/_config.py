@@ -212,6 +212,11 @@ def _toml_value(value: object, none: str) -> str:
         return _toml_str(value)
     if isinstance(value, Path):
         return _toml_str(str(value))
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v, none) for v in value) + "]"
+    if isinstance(value, Mapping):
+        items = (f"{_toml_str(k)} = {_toml_value(v, none)}" for k, v in value.items())
+        return "{" + ", ".join(items) + "}"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
@@ -296,6 +301,58 @@ def _path(*, optional: bool = False) -> _Check:
             raise _Invalid(f"cannot make {_show(value)} absolute: {exc.strerror}") from None
 
     return check
+
+
+_EMULATOR_NAME_RE: Final = re.compile(r"[a-z][a-z0-9_-]{0,31}", re.ASCII)
+_MACHINE_PATTERN_RE: Final = re.compile(r"[a-z0-9*][a-z0-9._*-]{0,63}", re.ASCII)
+
+
+def _emulators(value: object, base: Path | None) -> dict[str, str]:
+    """``[driver.emulators]``: name = absolute path of an executable file."""
+    if not isinstance(value, Mapping):
+        raise _Invalid(f"expected a table of name = path, got {_show(value)}")
+    table: dict[str, str] = {}
+    for name, path in value.items():
+        if not isinstance(name, str) or not _EMULATOR_NAME_RE.fullmatch(name):
+            raise _Invalid(
+                f"emulator name {_show(name)}: expected a lower-case letter, then up to 31 "
+                "lower-case letters, digits, '_' or '-'"
+            )
+        if name == "sim":
+            raise _Invalid('"sim" is the built-in simulator and cannot be replaced')
+        if not isinstance(path, str) or not os.path.isabs(path):
+            raise _Invalid(f"emulator {name}: expected an absolute path, got {_show(path)}")
+        checked = _path()(path, base)
+        assert checked is not None
+        if not (checked.is_file() and os.access(checked, os.X_OK)):
+            raise _Invalid(f"emulator {name}: {_show(path)} is not an executable file")
+        table[name] = str(checked)
+    return dict(sorted(table.items()))
+
+
+def _machines(value: object, _base: Path | None) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _Invalid(f"expected an array of machine type names, got {_show(value)}")
+    for item in value:
+        if not _MACHINE_PATTERN_RE.fullmatch(item):
+            raise _Invalid(
+                f"machine type {_show(item)}: expected lower-case letters, digits, '.', '_', "
+                "'-' and '*' (no ',' or '=')"
+            )
+    return tuple(value)
+
+
+def _storage_dirs(value: object, base: Path | None) -> tuple[Path, ...]:
+    if not isinstance(value, list):
+        raise _Invalid(f"expected an array of directory paths, got {_show(value)}")
+    dirs: list[Path] = []
+    for item in value:
+        checked = _path()(item, base)
+        assert checked is not None
+        if checked == Path("/"):
+            raise _Invalid('"/" would allow every file on the host; name storage directories')
+        dirs.append(checked)
+    return tuple(dirs)
 
 
 _HOSTNAME_RE: Final = re.compile(
@@ -603,6 +660,32 @@ class DriverSettings:
             'Emulator of definitions that do not name one: "sim" (the built-in '
             'simulator) or "qemu" (qemu-system-x86_64).',
             textual=True,
+        ),
+    )
+    emulators: Mapping[str, str] = attrs.field(
+        factory=dict,
+        metadata=_meta(
+            _emulators,
+            "Emulator names definitions may use, to absolute paths of executables "
+            '([driver.emulators] name = "/path"), besides the built-in "qemu" (the host\'s '
+            'qemu-system-x86_64 found on PATH) and "sim"; an entry "qemu" replaces the '
+            "default. Definitions name an emulator, never a path.",
+        ),
+    )
+    machines: tuple[str, ...] = attrs.field(
+        default=_DRIVER_DEFAULTS["machines"],
+        metadata=_meta(
+            _machines,
+            "Machine types definitions may name; '*' matches the rest of a name "
+            "(pc-q35-* allows pc-q35-7.2).",
+        ),
+    )
+    storage_dirs: tuple[Path, ...] = attrs.field(
+        default=_DRIVER_DEFAULTS["storage_dirs"],
+        metadata=_meta(
+            _storage_dirs,
+            "Directories disk images, kernels and initrds must lie in, after resolving "
+            "symlinks. Empty: definitions cannot name files.",
         ),
     )
 

@@ -35,7 +35,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -47,6 +47,7 @@ from ._errors import (
     ConnectionLost,
     DomainDestroyed,
     DomainExists,
+    InvalidParams,
     LaunchError,
     MonitorError,
     MonitorTimeout,
@@ -58,6 +59,7 @@ from ._errors import (
 from ._jobs import DEFAULT_MAX_QUEUED, DomainJobs, JobInfo as _HeldJob, JobKind
 from ._launcher import LaunchSpec, QemuProcess, launch
 from ._models import (
+    DEFAULT_MACHINES,
     DomainDefinition,
     DomainEvent,
     DomainInfo,
@@ -65,8 +67,19 @@ from ._models import (
     DomainStats,
     JobInfo,
     MonitorState,
+    new_uuid,
+    structure,
+    unstructure,
 )
 from ._monitor import Monitor, open_monitor
+from ._policy import (
+    TAINT_CUSTOM_ARGV,
+    TAINT_CUSTOM_MONITOR,
+    check_definition,
+    emulator_table,
+    monitor_command_allowed,
+    resolve_file,
+)
 from ._sansio.qmp import Event
 from ._store import LoadProblem, RuntimeRecord, Store
 from ._util import open_service_nursery
@@ -117,6 +130,15 @@ class DriverConfig:
     """Each event subscriber's buffer; events beyond it are dropped and counted."""
     backend: str = "sim"
     """The emulator of definitions that name none (``sim`` or ``qemu``)."""
+    emulators: Mapping[str, str] = attrs.field(factory=dict)
+    """Emulator names definitions may use, to absolute paths of QEMU
+    binaries, besides the built-in ``qemu`` (the host's qemu-system-x86_64,
+    found on PATH) and ``sim``; an entry ``qemu`` replaces the default."""
+    machines: tuple[str, ...] = DEFAULT_MACHINES
+    """Machine types definitions may name (``*`` matches any rest)."""
+    storage_dirs: tuple[Path, ...] = ()
+    """Directories disk images, kernels and initrds must lie in (after
+    resolving symlinks); empty: definitions cannot name files."""
 
     @property
     def runtime_dir(self) -> Path:
@@ -139,6 +161,11 @@ class _Run:
     probing: bool = False
     released: bool = False
     """The run's hold on its process (pidfd) has been given back."""
+    definition: DomainDefinition | None = None
+    """The definition the process was started with (None: unknown, after a
+    restart from an old record; the stored one is shown then)."""
+    taints: list[str] = attrs.Factory(list)
+    """Why the run is tainted; kept until the process exits."""
 
 
 @attrs.define(eq=False)
@@ -175,6 +202,8 @@ class Driver:
         self._domains: dict[str, _Domain] = {}
         self._subscribers: list[EventSubscription] = []
         self._define_lock = trio.Lock()
+        self.emulators = emulator_table(config.emulators)
+        """Emulator names to binaries (``sim``: the built-in simulator)."""
         self.events_dropped = 0
         # Processes by (pid, start ticks), with how many runs use each: the
         # simulator's many-VMs mode serves thousands of domains from one
@@ -210,8 +239,9 @@ class Driver:
             raise NoDomain(f"no domain named {name!r}", domain=name) from None
 
     def _info(self, dom: _Domain) -> DomainInfo:
-        d = dom.definition
         run = dom.run
+        # A running domain shows the configuration it runs with.
+        d = run.definition if run is not None and run.definition is not None else dom.definition
         job = self.jobs.job_info(d.name)
         return DomainInfo(
             name=d.name,
@@ -226,6 +256,8 @@ class Driver:
             autostart=d.autostart,
             started_at=run.record.started_at if run else None,
             job=_job_record(job) if job is not None else None,
+            taints=list(run.taints) if run else [],
+            pending_changes=run is not None and d != dom.definition,
         )
 
     # -- events --------------------------------------------------------------------
@@ -312,15 +344,36 @@ class Driver:
     async def define(self, definition: DomainDefinition) -> DomainInfo:
         """Add a domain, or replace the definition of an existing one.
 
-        A running domain keeps its current process; the new definition applies
-        at its next start. Written to disk atomically before it takes effect.
+        A running domain keeps its current process and configuration
+        (``get_info`` shows it, with ``pending_changes``); the new definition
+        applies at its next start. A domain's uuid never changes: without
+        one the existing uuid is kept. Written to disk atomically before it
+        takes effect. The emulator, machine type and files are checked
+        against the configuration (see ``_policy``); who may use
+        ``extra_args`` is the caller's business (the RPC layer: admin only).
 
         Raises:
             DomainExists: another domain already has this uuid.
+            InvalidParams: an unknown emulator, a machine type outside the
+                allow-list, a file outside the storage directories, or a
+                uuid other than the existing domain's.
         """
         if not definition.emulator:
             definition = attrs.evolve(definition, emulator=self.config.backend)
+        await trio.to_thread.run_sync(self._check_content, definition)
         async with self._define_lock:
+            existing = self._domains.get(definition.name)
+            if existing is not None:
+                uuid = existing.definition.uuid
+                if definition.uuid and definition.uuid != uuid:
+                    raise InvalidParams(
+                        f"domain {definition.name!r} has uuid {uuid}; a domain's uuid never "
+                        "changes (leave 'uuid' out to keep it)",
+                        errors=["$.uuid: differs from the existing domain's"],
+                    )
+                definition = attrs.evolve(definition, uuid=uuid)
+            elif not definition.uuid:
+                definition = attrs.evolve(definition, uuid=new_uuid())
             for other in self._domains.values():
                 if (
                     other.definition.uuid == definition.uuid
@@ -338,6 +391,9 @@ class Driver:
                 dom.definition = definition
         self._emit(definition.name, "lifecycle", "defined")
         return self.get_info(definition.name)
+
+    def _check_content(self, definition: DomainDefinition) -> None:
+        check_definition(definition, self.emulators, self.config.machines, self.config.storage_dirs)
 
     async def undefine_locked(self, name: str) -> None:
         """Remove a domain's definition. Refused while it runs."""
@@ -372,19 +428,13 @@ class Driver:
         if dom.run is not None:
             raise OperationInvalid(f"domain {name!r} is already running")
         d = dom.definition
-        run_dir = self.config.runtime_dir
-        spec = LaunchSpec(
-            name=d.name,
-            qmp_path=str(run_dir / f"{d.name}.qmp"),
-            pidfile=str(run_dir / f"{d.name}.pid"),
-            emulator=d.emulator,
-            memory_mib=d.memory_mib,
-            vcpus=d.vcpus,
-            machine=d.machine,
-            paused=paused,
-            extra_args=d.extra_args,
-            sim_control_path=str(run_dir / f"{d.name}.ctl") if d.emulator == "sim" else None,
-        )
+        spec = await trio.to_thread.run_sync(self._launch_spec, d, paused)
+        taints = [TAINT_CUSTOM_ARGV] if d.extra_args else []
+        if taints:
+            logger.warning(
+                "domain %s starts tainted (%s): extra_args %s", name, ", ".join(taints),
+                list(d.extra_args),
+            )  # fmt: skip
         proc = self._hold_process(await launch(spec, startup_timeout=self.config.start_timeout))
         record = RuntimeRecord(
             name=d.name,
@@ -395,8 +445,10 @@ class Driver:
             emulator=d.emulator,
             started_at=time.time(),
             control_path=spec.sim_control_path,
+            taints=list(taints),
+            definition=unstructure(d),
         )
-        run = _Run(proc, record)
+        run = _Run(proc, record, definition=d, taints=taints)
         try:
             await trio.to_thread.run_sync(self.store.save_record, record)
             dom.run = run
@@ -420,6 +472,42 @@ class Driver:
         else:
             self._set_state(dom, DomainState.RUNNING, "booted", "started")
         return self._info(dom)
+
+    def _launch_spec(self, d: DomainDefinition, paused: bool) -> LaunchSpec:
+        """What to launch for ``d``, checked again against the configuration
+        (it may have changed since the define); files are resolved now and
+        QEMU gets the resolved paths.
+
+        Raises:
+            InvalidParams: see :meth:`define`; or a file is missing.
+        """
+        self._check_content(d)
+        dirs = self.config.storage_dirs
+        disks = tuple(
+            attrs.evolve(disk, path=resolve_file(f"disks[{i}].path", disk.path, dirs))
+            for i, disk in enumerate(d.disks)
+        )
+        run_dir = self.config.runtime_dir
+        emulator = self.emulators[d.emulator]
+        sim = emulator == "sim"
+        return LaunchSpec(
+            name=d.name,
+            qmp_path=str(run_dir / f"{d.name}.qmp"),
+            pidfile=str(run_dir / f"{d.name}.pid"),
+            emulator=emulator,
+            memory_mib=d.memory_mib,
+            vcpus=d.vcpus,
+            machine=d.machine,
+            paused=paused,
+            extra_args=d.extra_args,
+            sim_control_path=str(run_dir / f"{d.name}.ctl") if sim else None,
+            disks=disks,
+            nics=d.nics,
+            serial_log=str(run_dir / f"{d.name}.serial.log") if d.serial_log else None,
+            kernel=resolve_file("kernel", d.kernel, dirs) if d.kernel else "",
+            initrd=resolve_file("initrd", d.initrd, dirs) if d.initrd else "",
+            cmdline=d.cmdline,
+        )
 
     async def start(self, name: str, paused: bool = False, *, client: str = "local") -> DomainInfo:
         return await self.run_job(
@@ -549,6 +637,10 @@ class Driver:
     ) -> Any:
         """QMP passthrough: run ``command`` and return QEMU's return value.
 
+        No role check here (the RPC layer refuses commands outside
+        :data:`~trioctl._policy.WRITE_MONITOR_COMMANDS` and ``query-*`` below
+        the admin role); such a command taints the run (``custom-monitor``).
+
         Raises:
             OperationInvalid: not running, or ``qmp_capabilities`` (the driver
                 negotiates itself).
@@ -557,7 +649,21 @@ class Driver:
         dom = self._running(name)
         if command == "qmp_capabilities":
             raise OperationInvalid("the driver negotiates capabilities itself")
+        if not monitor_command_allowed(command):
+            await self._taint(dom, TAINT_CUSTOM_MONITOR, f"monitor command {command!r}")
         return await self._monitor_call(dom, command, arguments)
+
+    async def _taint(self, dom: _Domain, taint: str, why: str) -> None:
+        """Mark the running process tainted (logged; kept in its record)."""
+        run = dom.run
+        assert run is not None
+        logger.warning("domain %s is tainted (%s): %s", dom.definition.name, taint, why)
+        if taint in run.taints:
+            return
+        run.taints.append(taint)
+        run.record = attrs.evolve(run.record, taints=list(run.taints))
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self.store.save_record, run.record)
 
     async def destroy(
         self, name: str, *, client: str = "local", procedure: str = "domain.destroy"
@@ -896,7 +1002,7 @@ class Driver:
                 self.store.delete_record(name)
                 self._set_state(dom, DomainState.CRASHED, "crashed", "crashed")
                 continue
-            run = _Run(proc, record)
+            run = _Run(proc, record, definition=_running_definition(record), taints=_taints(record))
             dom.run = run
             dom.state, dom.reason = DomainState.RUNNING, "booted"
             dom.monitor_state = MonitorState.CONNECTING
@@ -931,6 +1037,22 @@ class Driver:
             await self.start(name, client="daemon")
         except Exception as exc:
             logger.error("autostart of %s failed: %s", name, exc)
+
+
+def _running_definition(record: RuntimeRecord) -> DomainDefinition | None:
+    """The definition a record says its process runs with (None if unknown)."""
+    if record.definition is None:
+        return None
+    try:
+        return structure(record.definition, DomainDefinition)
+    except InvalidParams as exc:
+        logger.warning("runtime record of %s: unusable definition: %s", record.name, exc)
+        return None
+
+
+def _taints(record: RuntimeRecord) -> list[str]:
+    taints = record.taints if isinstance(record.taints, list) else []
+    return [t for t in taints if isinstance(t, str)]
 
 
 def _remove_runtime_files(record: RuntimeRecord) -> None:

@@ -30,6 +30,7 @@ import attrs
 import trio
 
 from ._errors import LaunchError
+from ._models import Disk, Nic
 
 __all__ = [
     "DEFAULT_QEMU",
@@ -38,6 +39,7 @@ __all__ = [
     "build_argv",
     "emulator_argv",
     "launch",
+    "qemu_opt",
 ]
 
 #: The real QEMU binary (Debian package qemu-system-x86).
@@ -71,6 +73,66 @@ class LaunchSpec:
     extra_args: tuple[str, ...] = ()
     sim_control_path: str | None = None
     """Simulator only: where its fault-injection control socket listens."""
+    disks: tuple[Disk, ...] = ()
+    """Disk images, their paths already resolved and checked (see _policy)."""
+    nics: tuple[Nic, ...] = ()
+    serial_log: str | None = None
+    """Log the first serial port to this file."""
+    kernel: str = ""
+    initrd: str = ""
+    cmdline: str = ""
+
+
+def qemu_opt(value: str) -> str:
+    """``value`` escaped for QEMU's ``key=value,...`` syntax (``,`` is ``,,``)."""
+    return value.replace(",", ",,")
+
+
+def _device_argv(spec: LaunchSpec) -> list[str]:
+    """The typed devices: ``-blockdev``, ``-netdev``, ``-device``, serial, kernel.
+
+    ``-machine none`` has no bus: disks and NICs are back-ends only there
+    (visible to ``query-named-block-nodes``); ``microvm`` gets virtio-mmio
+    devices; other machine types get PCI devices.
+    """
+    argv: list[str] = []
+    bus = "none" if spec.machine == "none" else "mmio" if spec.machine == "microvm" else "pci"
+    for index, disk in enumerate(spec.disks):
+        node = f"disk{index}"
+        ro = "on" if disk.readonly else "off"
+        argv += [
+            "-blockdev",
+            f"driver=file,node-name={node}-file,filename={qemu_opt(disk.path)},read-only={ro}",
+        ]
+        # The format is never probed; a qcow2 image's backing file (a path
+        # in the image's header) is never opened.
+        fmt = f"driver={disk.format},node-name={node},file={node}-file,read-only={ro}"
+        if disk.format == "qcow2":
+            fmt += ",backing=null"
+        argv += ["-blockdev", fmt]
+        if bus != "none":
+            device = "virtio-blk-device" if bus == "mmio" else "virtio-blk-pci"
+            argv += ["-device", f"{device},drive={node},id={node}-dev"]
+    for index, nic in enumerate(spec.nics):
+        argv += ["-netdev", f"user,id=net{index}"]
+        if bus != "none":
+            model = "virtio-net-device" if bus == "mmio" else nic.model
+            mac = f",mac={nic.mac}" if nic.mac else ""
+            argv += ["-device", f"{model},netdev=net{index},id=net{index}-dev{mac}"]
+    if spec.serial_log is not None:
+        argv += [
+            "-chardev",
+            f"file,id=serial0,path={qemu_opt(spec.serial_log)}",
+            "-serial",
+            "chardev:serial0",
+        ]
+    if spec.kernel:
+        argv += ["-kernel", spec.kernel]
+        if spec.initrd:
+            argv += ["-initrd", spec.initrd]
+        if spec.cmdline:
+            argv += ["-append", spec.cmdline]
+    return argv
 
 
 def build_argv(spec: LaunchSpec) -> list[str]:
@@ -89,7 +151,7 @@ def build_argv(spec: LaunchSpec) -> list[str]:
         "-display",
         "none",
         "-qmp",
-        f"unix:{spec.qmp_path},server=on,wait=off",
+        f"unix:{qemu_opt(spec.qmp_path)},server=on,wait=off",
         "-pidfile",
         spec.pidfile,
         "-daemonize",
@@ -97,7 +159,8 @@ def build_argv(spec: LaunchSpec) -> list[str]:
     if spec.paused:
         argv.append("-S")
     if spec.sim_control_path is not None and spec.emulator == "sim":
-        argv += ["-sim-control", f"unix:{spec.sim_control_path}"]
+        argv += ["-sim-control", f"unix:{qemu_opt(spec.sim_control_path)}"]
+    argv += _device_argv(spec)
     argv += spec.extra_args
     return argv
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import re
+import typing
 import uuid as uuid_mod
 from typing import Any, Final, TypeVar
 
@@ -18,6 +19,8 @@ import cattrs
 from ._errors import InvalidParams
 
 __all__ = [
+    "DEFAULT_MACHINES",
+    "Disk",
     "DomainDefinition",
     "DomainEvent",
     "DomainInfo",
@@ -25,6 +28,7 @@ __all__ = [
     "DomainStats",
     "JobInfo",
     "MonitorState",
+    "Nic",
     "converter",
     "structure",
     "unstructure",
@@ -33,7 +37,21 @@ __all__ = [
 T = TypeVar("T")
 
 NAME_RE: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-EMULATORS: Final = ("sim", "qemu")
+EMULATOR_NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+"""An emulator is named, never given as a path (``driver.emulators`` maps
+names to binaries)."""
+MACHINE_RE: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+"""A plain machine type name: no ``,`` or ``=``, so no QEMU sub-options."""
+DEFAULT_MACHINES: Final = ("none", "pc", "q35", "isapc", "microvm", "pc-i440fx-*", "pc-q35-*")
+"""``driver.machines``' default: machine types a definition may name
+(``*`` matches the rest of a versioned name, such as ``pc-q35-7.2``)."""
+DISK_FORMATS: Final = ("raw", "qcow2")
+NIC_MODELS: Final = ("virtio-net-pci", "e1000")
+MAC_RE: Final = re.compile(r"^[0-9a-f][02468ace](:[0-9a-f]{2}){5}$")
+MAX_PATH: Final = 1024
+MAX_CMDLINE: Final = 4096
+MAX_DISKS: Final = 16
+MAX_NICS: Final = 8
 
 
 class DomainState(enum.Enum):
@@ -56,6 +74,8 @@ def _check_name(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
 
 
 def _check_uuid(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
+    if not value:
+        return  # filled in by the driver: the existing domain's, or a new one
     try:
         uuid_mod.UUID(value)
     except ValueError:
@@ -63,8 +83,60 @@ def _check_uuid(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
 
 
 def _check_emulator(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
-    if value and value not in EMULATORS and not value.startswith("/"):
-        raise ValueError(f"'{attr.name}' must be 'sim', 'qemu' or an absolute path")
+    if value and not EMULATOR_NAME_RE.match(value):
+        raise ValueError(
+            f"'{attr.name}' must be the name of a configured emulator (such as 'qemu' or "
+            f"'sim'), not {value[:80]!r}: binaries are chosen by the daemon's configuration"
+        )
+
+
+def _check_machine(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
+    if not MACHINE_RE.match(value):
+        raise ValueError(
+            f"'{attr.name}' must be a plain machine type name (lower-case letters, digits, "
+            f"'.', '_', '-'; no ',' or '='), not {value[:80]!r}"
+        )
+
+
+def _check_file(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
+    """A file path: absolute, normal (no ``.``, ``..`` or ``//``), no ``,``."""
+    if not value and attr.name in ("kernel", "initrd"):
+        return
+    if "\0" in value or len(value) > MAX_PATH:
+        raise ValueError(f"'{attr.name}' must be a path of at most {MAX_PATH} characters, no NUL")
+    parts = value.split("/")
+    if not value.startswith("/") or any(p in ("", ".", "..") for p in parts[1:]):
+        raise ValueError(
+            f"'{attr.name}' must be an absolute path without '.', '..' or empty components, "
+            f"not {value[:80]!r}"
+        )
+    if "," in value:
+        raise ValueError(f"'{attr.name}' must not contain ',' (QEMU's option separator)")
+
+
+def _check_cmdline(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
+    if "\0" in value or len(value) > MAX_CMDLINE:
+        raise ValueError(
+            f"'{attr.name}' must be at most {MAX_CMDLINE} characters, without NUL bytes"
+        )
+
+
+def _one_of(options: tuple[str, ...]) -> Any:
+    def check(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
+        if value not in options:
+            raise ValueError(
+                f"'{attr.name}' must be one of {', '.join(options)}, not {value[:40]!r}"
+            )
+
+    return check
+
+
+def _check_mac(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
+    if value and not MAC_RE.match(value):
+        raise ValueError(
+            f"'{attr.name}' must be a unicast MAC address in lower case, such as "
+            f"'52:54:00:12:34:56', not {value[:40]!r}"
+        )
 
 
 def _check_extra_args(
@@ -75,8 +147,37 @@ def _check_extra_args(
             raise ValueError(f"'{attr.name}' must not contain NUL bytes")
 
 
-def _new_uuid() -> str:
+def new_uuid() -> str:
+    """A fresh random uuid for a new domain."""
     return str(uuid_mod.uuid4())
+
+
+@attrs.frozen
+class Disk:
+    """A disk image from a storage directory (``driver.storage_dirs``)."""
+
+    path: str = attrs.field(validator=_check_file)
+    """Absolute path of the image; after resolving symlinks it must lie inside
+    one of the daemon's storage directories (checked at define and at start).
+    No ``,``, ``.`` or ``..`` components."""
+    format: str = attrs.field(default="raw", validator=_one_of(DISK_FORMATS))
+    """``raw`` or ``qcow2`` (never probed; a qcow2 image's backing file is not
+    opened)."""
+    readonly: bool = False
+
+
+@attrs.frozen
+class Nic:
+    """A user-mode (slirp) network interface."""
+
+    model: str = attrs.field(default="virtio-net-pci", validator=_one_of(NIC_MODELS))
+    """``virtio-net-pci`` or ``e1000``."""
+    mac: str = attrs.field(default="", validator=_check_mac)
+    """Unicast MAC address; QEMU picks one when empty."""
+
+
+def _bounded(limit: int) -> Any:
+    return attrs.validators.max_len(limit)
 
 
 @attrs.frozen
@@ -85,24 +186,52 @@ class DomainDefinition:
 
     name: str = attrs.field(validator=_check_name)
     """Unique name: 1 to 64 letters, digits, ``_``, ``.`` or ``-``."""
-    uuid: str = attrs.field(factory=_new_uuid, validator=_check_uuid)
-    """Generated when absent."""
+    uuid: str = attrs.field(default="", validator=_check_uuid)
+    """Generated when absent. A domain's uuid never changes: a redefine without
+    one keeps it, a redefine with another one is refused."""
     memory_mib: int = attrs.field(
         default=128, validator=[attrs.validators.ge(1), attrs.validators.le(1 << 20)]
     )
     vcpus: int = attrs.field(
         default=1, validator=[attrs.validators.ge(1), attrs.validators.le(255)]
     )
-    machine: str = attrs.field(default="none", validator=attrs.validators.min_len(1))
-    """QEMU machine type (``-machine``); ``none`` has no guest at all."""
+    machine: str = attrs.field(default="none", validator=_check_machine)
+    """QEMU machine type (``-machine``): a plain name from the daemon's
+    ``driver.machines`` allow-list; ``none`` has no guest at all."""
     emulator: str = attrs.field(default="", validator=_check_emulator)
-    """``sim`` (the built-in simulator), ``qemu`` (qemu-system-x86_64) or an
-    absolute path to a QEMU binary; empty: the daemon's default backend,
-    filled in when the domain is defined."""
+    """The name of an emulator in the daemon's ``driver.emulators`` table:
+    ``qemu`` (the host's qemu-system-x86_64), ``sim`` (the built-in
+    simulator) or another configured name; never a path. Empty: the daemon's
+    default backend, filled in when the domain is defined."""
     extra_args: tuple[str, ...] = attrs.field(default=(), validator=_check_extra_args)
-    """Extra emulator arguments, passed as a list (never through a shell)."""
+    """Raw emulator arguments, passed as a list (never through a shell).
+    Admin role only; a run started with them is tainted ``custom-argv``."""
     autostart: bool = False
     """Start the domain when the daemon starts, if it is not running."""
+    disks: tuple[Disk, ...] = attrs.field(default=(), validator=_bounded(MAX_DISKS))
+    """Up to 16 disk images (``-blockdev``), from the storage directories."""
+    nics: tuple[Nic, ...] = attrs.field(default=(), validator=_bounded(MAX_NICS))
+    """Up to 8 user-mode network interfaces (``-netdev user``)."""
+    serial_log: bool = False
+    """Log the first serial port to ``NAME.serial.log`` in the run directory."""
+    kernel: str = attrs.field(default="", validator=_check_file)
+    """Direct kernel boot (``-kernel``): a file from the storage directories."""
+    initrd: str = attrs.field(default="", validator=_check_file)
+    """Initial ramdisk (``-initrd``), from the storage directories; needs ``kernel``."""
+    cmdline: str = attrs.field(default="", validator=_check_cmdline)
+    """Kernel command line (``-append``), at most 4096 characters; needs ``kernel``."""
+
+    def __attrs_post_init__(self) -> None:
+        if (self.initrd or self.cmdline) and not self.kernel:
+            raise ValueError("'initrd' and 'cmdline' need 'kernel'")
+        if self.kernel and self.machine == "none":
+            raise ValueError("'kernel' needs a machine type other than 'none'")
+
+    def files(self) -> list[tuple[str, str]]:
+        """Every file the definition names, as (field, path)."""
+        found = [(f"disks[{i}].path", disk.path) for i, disk in enumerate(self.disks)]
+        found += [(field, getattr(self, field)) for field in ("kernel", "initrd")]
+        return [(field, path) for field, path in found if path]
 
 
 @attrs.frozen
@@ -134,6 +263,14 @@ class DomainInfo:
     started_at: float | None
     """Wall-clock start time (seconds since the epoch), if running."""
     job: JobInfo | None
+    taints: list[str] = attrs.Factory(list)
+    """Why the running process is tainted: ``custom-argv`` (started with
+    ``extra_args``), ``custom-monitor`` (an admin sent a monitor command
+    outside the write role's allow-list). Kept until the process exits."""
+    pending_changes: bool = False
+    """The domain runs and was redefined since it started: the figures above
+    are the running configuration; the new definition applies at the next
+    start."""
 
 
 @attrs.frozen
@@ -196,11 +333,43 @@ def _make_converter() -> cattrs.Converter:
             raise TypeError(f"expected a list of strings, got {type(value).__name__}")
         return tuple(_str(v, str) for v in value)
 
+    def _is_object_tuple(t: Any) -> bool:
+        args = typing.get_args(t)
+        return (
+            typing.get_origin(t) is tuple
+            and len(args) == 2
+            and args[1] is Ellipsis
+            and attrs.has(args[0])
+        )
+
+    def _object_tuple(value: Any, t: Any) -> tuple[Any, ...]:
+        # cattrs would iterate a string or a mapping; say what is wrong instead.
+        if not isinstance(value, list | tuple):
+            raise TypeError(f"expected a list of objects, got {type(value).__name__}")
+        inner = typing.get_args(t)[0]
+        items: list[Any] = []
+        errors: list[Exception] = []
+        for index, item in enumerate(value):
+            try:
+                if not isinstance(item, dict):
+                    raise TypeError(f"expected an object, got {type(item).__name__}")
+                items.append(conv.structure(item, inner))
+            except Exception as exc:
+                note = cattrs.IterableValidationNote(
+                    f"Structuring {t!r} @ index {index}", index, inner
+                )
+                exc.__notes__ = [*getattr(exc, "__notes__", []), note]
+                errors.append(exc)
+        if errors:
+            raise cattrs.IterableValidationError(f"While structuring {t!r}", errors, t)
+        return tuple(items)
+
     conv.register_structure_hook(int, _int)
     conv.register_structure_hook(str, _str)
     conv.register_structure_hook(bool, _bool)
     conv.register_structure_hook(float, _float)
     conv.register_structure_hook_func(lambda t: t == tuple[str, ...], _str_tuple)
+    conv.register_structure_hook_func(_is_object_tuple, _object_tuple)
     return conv
 
 

@@ -22,8 +22,10 @@ from typing import Any, Final, Literal, Protocol
 import attrs
 
 from ._driver import Driver
+from ._errors import AccessDenied
 from ._jobs import JobKind
 from ._models import DomainDefinition, DomainInfo, DomainState, DomainStats, JobInfo
+from ._policy import WRITE_MONITOR_COMMANDS, monitor_command_allowed
 from ._pools import Priority
 
 __all__ = [
@@ -232,6 +234,9 @@ class Session(Protocol):
     """The calling client's session (implemented by the server)."""
 
     id: str
+    role: Role
+    """What the caller may do: handlers check content-dependent rights
+    (``extra_args``, monitor commands) with it."""
 
     def subscribe(self, domains: list[str] | None) -> None: ...
     def unsubscribe(self) -> None: ...
@@ -308,6 +313,13 @@ async def _get_info(ctx: CallContext, p: DomainRef) -> DomainInfo:
 
 
 async def _define(ctx: CallContext, p: DefineParams) -> DomainInfo:
+    if p.definition.extra_args and ctx.session.role < Role.ADMIN:
+        raise AccessDenied(
+            "'extra_args' (raw emulator options) needs the admin role; this client has "
+            f"{ctx.session.role.name.lower()}: use the typed fields (disks, nics, serial_log, "
+            "kernel) instead",
+            method="domain.define",
+        )
     return await ctx.services.driver.define(p.definition)
 
 
@@ -347,6 +359,14 @@ async def _get_stats(ctx: CallContext, p: DomainRef) -> DomainStats:
 
 
 async def _monitor_command(ctx: CallContext, p: MonitorCommandParams) -> Any:
+    if not monitor_command_allowed(p.command) and ctx.session.role < Role.ADMIN:
+        raise AccessDenied(
+            f"monitor command {p.command!r} needs the admin role; the "
+            f"{ctx.session.role.name.lower()} role may send query-* and "
+            f"{', '.join(sorted(WRITE_MONITOR_COMMANDS))}",
+            method="domain.monitor_command",
+            command=p.command,
+        )
     return await ctx.services.driver.monitor_command_locked(p.name, p.command, p.arguments)
 
 
@@ -408,8 +428,12 @@ PROCEDURES: Final = ProcedureTable(
                   doc="Cached state of one domain (state, reason, monitor, pid, job holder); "
                       "never touches the monitor, so it answers even for hung domains."),
         Procedure("domain.define", DefineParams, DomainInfo, _define, HIGH, WRITE, deadline=10,
-                  doc="Add a domain or replace its definition (disk only; a running domain "
-                      "uses the new definition at its next start)."),
+                  doc="Add a domain or replace its definition (a running domain keeps its "
+                      "configuration, shown by get_info with `pending_changes`, and uses the "
+                      "new one at its next start; the uuid never changes). The emulator is a "
+                      "configured name, the machine type from `driver.machines`, files from "
+                      "`driver.storage_dirs` (else INVALID_PARAMS); `extra_args` needs the "
+                      "admin role (else ACCESS_DENIED) and taints the runs it starts."),
         Procedure("domain.undefine", DomainRef, DomainInfo, _undefine, HIGH, WRITE,
                   job=JobKind.MODIFY, deadline=40,
                   doc="Remove a domain's definition; refused while it runs."),
@@ -437,7 +461,10 @@ PROCEDURES: Final = ProcedureTable(
         Procedure("domain.monitor_command", MonitorCommandParams, None, _monitor_command, LOW,
                   WRITE, job=JobKind.MODIFY, deadline=60,
                   doc="QMP passthrough: returns QMP's return value; a QMP error is "
-                      "MONITOR_ERROR with its class and description."),
+                      "MONITOR_ERROR with its class and description. The write role may send "
+                      "`query-*` and " + ", ".join(f"`{c}`" for c in sorted(WRITE_MONITOR_COMMANDS))
+                      + "; any other command needs the admin role (else ACCESS_DENIED) and "
+                      "taints the run (`custom-monitor`)."),
         Procedure("events.subscribe", SubscribeParams, Subscribed, _subscribe, HIGH, READ,
                   deadline=5,
                   doc="Receive `events.event` notifications (all domains, or `domains`)."),

@@ -50,6 +50,11 @@ class RuntimeRecord:
     """Wall-clock start time, seconds since the epoch."""
     control_path: str | None = None
     """The simulator's fault-injection control socket, if any."""
+    taints: list[str] = attrs.Factory(list)
+    """Why this run is tainted (``custom-argv``, ``custom-monitor``)."""
+    definition: dict[str, Any] | None = None
+    """The definition the process was started with (a redefine while it runs
+    changes the stored definition only)."""
 
 
 @attrs.frozen

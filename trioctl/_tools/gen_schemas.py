@@ -37,11 +37,20 @@ DRAFT: Final = "https://json-schema.org/draft/2020-12/schema"
 #: Constraints the validators enforce, stated for schema readers.
 EXTRAS: Final[dict[tuple[str, str], dict[str, Any]]] = {
     ("DomainDefinition", "name"): {"pattern": "^[A-Za-z0-9_.-]{1,64}$"},
-    ("DomainDefinition", "uuid"): {"format": "uuid"},
     ("DomainDefinition", "memory_mib"): {"minimum": 1, "maximum": 1 << 20},
     ("DomainDefinition", "vcpus"): {"minimum": 1, "maximum": 255},
-    ("DomainDefinition", "machine"): {"minLength": 1},
-    ("DomainDefinition", "emulator"): {"pattern": "^(|sim|qemu|/.*)$"},
+    ("DomainDefinition", "machine"): {"pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"},
+    ("DomainDefinition", "emulator"): {"pattern": "^([a-z][a-z0-9_-]{0,31})?$"},
+    ("DomainDefinition", "uuid"): {"anyOf": [{"format": "uuid"}, {"const": ""}]},
+    ("DomainDefinition", "disks"): {"maxItems": 16},
+    ("DomainDefinition", "nics"): {"maxItems": 8},
+    ("DomainDefinition", "kernel"): {"pattern": "^(|/[^,]*)$", "maxLength": 1024},
+    ("DomainDefinition", "initrd"): {"pattern": "^(|/[^,]*)$", "maxLength": 1024},
+    ("DomainDefinition", "cmdline"): {"maxLength": 4096},
+    ("Disk", "path"): {"pattern": "^/[^,]*$", "maxLength": 1024},
+    ("Disk", "format"): {"enum": ["raw", "qcow2"]},
+    ("Nic", "model"): {"enum": ["virtio-net-pci", "e1000"]},
+    ("Nic", "mac"): {"pattern": "^([0-9a-f][02468ace](:[0-9a-f]{2}){5})?$"},
 }
 
 

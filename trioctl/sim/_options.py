@@ -60,6 +60,11 @@ _WITH_VALUE: Final = frozenset(
         "sim-powerdown",
     }
 )
+# Device options, repeatable: checked for QEMU's syntax and accepted; the
+# simulated guest has no devices (QMP shows none).
+_DEVICES: Final = frozenset(
+    {"drive", "blockdev", "netdev", "device", "chardev", "serial", "kernel", "initrd", "append"}
+)
 _FLAGS: Final = frozenset({"daemonize", "S", "nodefaults", "version", "help", "h"})
 
 USAGE: Final = f"""\
@@ -76,6 +81,10 @@ QEMU options:
   -m SIZE            -smp N[,sockets=S][,cores=C][,threads=T]
   -machine TYPE[,..] -nodefaults       -display none
   -version           -help
+  -blockdev driver=D,node-name=N[,filename=PATH|file=N][,..]   -drive ..
+  -netdev user,id=ID -device DRIVER[,..]  -chardev file,id=ID,path=PATH
+  -serial chardev:ID -kernel PATH  -initrd PATH  -append CMDLINE
+  (accepted and checked; the simulated guest has no devices)
 Simulator options:
   -sim-control unix:PATH          control socket for fault injection
   -sim-powerdown shutdown|ignore  what the guest does on system_powerdown
@@ -172,6 +181,7 @@ def parse_qemu_args(argv: Sequence[str]) -> SimOptions:
         UsageError: unknown option, missing or bad value, no ``-qmp``.
     """
     values: dict[str, str] = {}
+    devices: list[tuple[str, str]] = []
     flags: set[str] = set()
     qmp_count = 0
     args = list(argv)
@@ -184,6 +194,11 @@ def parse_qemu_args(argv: Sequence[str]) -> SimOptions:
         option = arg[2:] if arg.startswith("--") else arg[1:]
         if option in _FLAGS:
             flags.add(option)
+        elif option in _DEVICES:
+            if i >= len(args):
+                raise UsageError(f"-{option}: requires an argument")
+            devices.append((option, args[i]))
+            i += 1
         elif option in _WITH_VALUE:
             if i >= len(args):
                 raise UsageError(f"-{option}: requires an argument")
@@ -200,6 +215,8 @@ def parse_qemu_args(argv: Sequence[str]) -> SimOptions:
         raise UsageError("-qmp unix:PATH,server=on,wait=off is required")
     if qmp_count > 1:
         raise UsageError("-qmp: the simulator serves one QMP monitor")
+    for option, value in devices:
+        _check_device(option, value)
     if "display" in values and values["display"] != "none":
         raise UsageError(f"-display {values['display']}: only 'none' is supported by the simulator")
     vm = VMConfig(
@@ -370,6 +387,34 @@ def _parse_machine(value: str) -> str:
     if not machine:
         raise UsageError(f"-machine {value}: no machine type given")
     return machine
+
+
+def _check_device(option: str, value: str) -> None:
+    """QEMU's checks of a device option that the simulator can make."""
+    if option in ("kernel", "initrd", "append"):
+        if option != "append" and not os.path.isfile(value):
+            raise UsageError(f"-{option} {value}: could not open {option} file")
+        return
+    parts = split_opts(value)
+    opts = dict(part.partition("=")[::2] for part in parts if "=" in part)
+    if option == "serial":
+        if not value.startswith("chardev:") and value not in ("none", "null", "stdio"):
+            raise UsageError(f"-serial {value}: only chardev:ID is supported by the simulator")
+        return
+    if option == "netdev" and parts[0] != "user":
+        raise UsageError(f"-netdev {value}: only user networking is supported by the simulator")
+    if option in ("netdev", "chardev") and not opts.get("id"):
+        raise UsageError(f"-{option} {value}: Parameter 'id' is missing")
+    if option == "device" and (not parts[0] or "=" in parts[0]):
+        raise UsageError(f"-device {value}: Parameter 'driver' expects a device type")
+    if option == "blockdev":
+        if not opts.get("driver"):
+            raise UsageError(f"-blockdev {value}: Parameter 'driver' is missing")
+        filename = opts.get("filename")
+        if opts["driver"] == "file" and (filename is None or not os.path.exists(filename)):
+            raise UsageError(
+                f"-blockdev {value}: Could not open '{filename}': No such file or directory"
+            )
 
 
 def _parse_powerdown(value: str) -> PowerdownAction:

@@ -1,0 +1,162 @@
+"""What a definition may contain and which monitor commands a role may send.
+
+The rules of ``docs/security.md``, in one place:
+
+- **Emulators by name**: a definition names an emulator from the daemon's
+  table (``driver.emulators``, plus the built-in ``qemu`` and ``sim``); the
+  binary is the host's, chosen by whoever configures the daemon.
+- **Machine types** are plain names from an allow-list (``driver.machines``).
+- **Files** (disk images, kernel, initrd) must lie, after resolving
+  symlinks, inside one of the storage directories (``driver.storage_dirs``);
+  checked at define and again at start, and QEMU is given the resolved path.
+- **Monitor commands**: below the admin role only :data:`WRITE_MONITOR_COMMANDS`
+  and ``query-*``; an admin's command outside that list taints the run.
+- **Taints**: ``custom-argv`` (started with ``extra_args``) and
+  ``custom-monitor``; kept until the process exits.
+
+Plain functions without I/O except :func:`resolve_file` (``realpath``,
+``stat``), which the driver runs in a thread.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import shutil
+import stat
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+from ._errors import InvalidParams
+from ._models import DomainDefinition
+
+__all__ = [
+    "BUILTIN_EMULATORS",
+    "TAINT_CUSTOM_ARGV",
+    "TAINT_CUSTOM_MONITOR",
+    "WRITE_MONITOR_COMMANDS",
+    "check_definition",
+    "emulator_table",
+    "machine_allowed",
+    "monitor_command_allowed",
+    "resolve_file",
+]
+
+#: The QEMU binary the name ``qemu`` stands for, looked up on PATH.
+DEFAULT_QEMU: Final = "qemu-system-x86_64"
+
+#: Names every daemon knows; ``sim`` is the built-in simulator.
+BUILTIN_EMULATORS: Final = ("qemu", "sim")
+
+WRITE_MONITOR_COMMANDS: Final = frozenset(
+    {"stop", "cont", "system_reset", "system_powerdown", "system_wakeup"}
+)
+"""Monitor commands the write role may send, besides every ``query-*``
+command (which only read). Everything else (``human-monitor-command``,
+``migrate``, ``chardev-add``, ``blockdev-add``, ``device_add``,
+``object-add``, ``getfd``, ``quit``, ...) needs the admin role and taints
+the run."""
+
+TAINT_CUSTOM_ARGV: Final = "custom-argv"
+TAINT_CUSTOM_MONITOR: Final = "custom-monitor"
+
+
+def monitor_command_allowed(command: str) -> bool:
+    """True if the write role may send ``command`` (no taint)."""
+    return command in WRITE_MONITOR_COMMANDS or (
+        command.startswith("query-") and len(command) > len("query-")
+    )
+
+
+def emulator_table(configured: Mapping[str, str]) -> dict[str, str]:
+    """Emulator names to what :func:`trioctl._launcher.emulator_argv` takes.
+
+    ``sim`` is the built-in simulator; ``qemu`` is the host's
+    ``qemu-system-x86_64`` found on PATH now (or its configured absolute
+    path); the configured table adds names or replaces ``qemu``.
+    """
+    table = {"sim": "sim", "qemu": shutil.which(DEFAULT_QEMU) or DEFAULT_QEMU}
+    table.update(configured)
+    return dict(sorted(table.items()))
+
+
+def machine_allowed(machine: str, allowed: Iterable[str]) -> bool:
+    """True if ``machine`` matches an entry of the allow-list (``*`` globs)."""
+    return any(fnmatch.fnmatchcase(machine, pattern) for pattern in allowed)
+
+
+def check_definition(
+    definition: DomainDefinition,
+    emulators: Mapping[str, str],
+    machines: Iterable[str],
+    storage_dirs: Iterable[os.PathLike[str] | str],
+) -> None:
+    """Refuse a definition naming an unknown emulator, a machine type outside
+    the allow-list, or a file outside the storage directories.
+
+    Files need not exist yet (they are checked again at start).
+
+    Raises:
+        InvalidParams: naming the field, what is allowed and why.
+    """
+    errors: list[str] = []
+    if definition.emulator and definition.emulator not in emulators:
+        errors.append(
+            f"'emulator' {definition.emulator!r} is not a configured emulator; "
+            f"known: {', '.join(sorted(emulators))}"
+        )
+    machines = tuple(machines)
+    if not machine_allowed(definition.machine, machines):
+        errors.append(
+            f"'machine' {definition.machine!r} is not in the allow-list "
+            f"(driver.machines: {', '.join(machines) or 'empty'})"
+        )
+    dirs = tuple(storage_dirs)
+    for field, path in definition.files():
+        try:
+            resolve_file(field, path, dirs, must_exist=False)
+        except InvalidParams as exc:
+            errors.append(exc.message)
+    if errors:
+        raise InvalidParams(
+            f"invalid DomainDefinition: {'; '.join(errors)}",
+            errors=[f"$: {e}" for e in errors],
+        )
+
+
+def resolve_file(
+    field: str,
+    path: str,
+    storage_dirs: Iterable[os.PathLike[str] | str],
+    *,
+    must_exist: bool = True,
+) -> str:
+    """``path`` with symlinks resolved, if that lies inside a storage directory.
+
+    Args:
+        must_exist: also require a regular file (at start).
+
+    Raises:
+        InvalidParams: no storage directories are configured, the resolved
+            path lies outside them, or (``must_exist``) it is not a regular file.
+    """
+    dirs = [os.path.realpath(d) for d in storage_dirs]
+    if not dirs:
+        raise InvalidParams(
+            f"'{field}' names {path!r}, but no storage directories are configured "
+            "(driver.storage_dirs): definitions cannot name files"
+        )
+    real = os.path.realpath(path)
+    if not any(real.startswith(d.rstrip("/") + "/") for d in dirs):
+        shown = "" if real == path else f" (resolves to {real!r})"
+        raise InvalidParams(
+            f"'{field}' {path!r}{shown} is outside the storage directories ({', '.join(dirs)})"
+        )
+    if must_exist:
+        try:
+            mode = os.stat(real).st_mode
+        except OSError as exc:
+            raise InvalidParams(f"'{field}' {path!r}: {exc.strerror}") from None
+        if not stat.S_ISREG(mode):
+            raise InvalidParams(f"'{field}' {path!r} is not a regular file")
+    return real
