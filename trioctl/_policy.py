@@ -152,6 +152,8 @@ def resolve_file(
         raise InvalidParams(
             f"'{field}' {path!r}{shown} is outside the storage directories ({', '.join(dirs)})"
         )
+    if "," in real:
+        raise InvalidParams(f"'{field}' {path!r} resolves to {real!r}, which contains ','")
     if must_exist:
         try:
             mode = os.stat(real).st_mode

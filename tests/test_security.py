@@ -1,0 +1,424 @@
+"""Write is not root: one regression test per attack of issue 10 on
+definitions and monitor commands (docs/security.md).
+
+Attacks found on real QEMU are replayed on real QEMU (``qemu`` mark). Each
+test is bounded by ``fail_after``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from trioctl import AccessDenied, InvalidParams
+from trioctl._client import Client, connect
+from trioctl._daemon import DaemonHandle
+from trioctl._driver import DriverConfig, open_driver
+from trioctl._launcher import LaunchSpec, build_argv
+from trioctl._models import Disk, DomainDefinition, DomainState, Nic, structure
+from trioctl._policy import WRITE_MONITOR_COMMANDS, monitor_command_allowed
+from trioctl._procedures import Role
+from trioctl._server import Tokens
+
+from .helpers import running_daemon
+
+READ, WRITE = "r" * 24, "w" * 24
+
+
+@asynccontextmanager
+async def clients(daemon: DaemonHandle) -> AsyncIterator[tuple[Client, Client]]:
+    """A write client and an admin client of ``daemon``."""
+    assert daemon.token is not None
+    daemon.server.tokens = Tokens({READ: Role.READ, WRITE: Role.WRITE, daemon.token: Role.ADMIN})
+    async with connect(daemon.url, WRITE) as writer, connect(daemon.url, daemon.token) as admin:
+        yield writer, admin
+
+
+@pytest.fixture
+def storage(sock_dir: Path) -> Path:
+    path = sock_dir / "images"
+    path.mkdir()
+    return path
+
+
+def _image(storage: Path, name: str = "disk.img", size: int = 1 << 20) -> Path:
+    path = storage / name
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+# -- emulators by name ---------------------------------------------------------------------
+
+
+async def test_write_cannot_choose_a_binary(sock_dir: Path) -> None:
+    with trio.fail_after(30):
+        async with running_daemon(sock_dir) as daemon, clients(daemon) as (writer, admin):
+            for client in (writer, admin):
+                with pytest.raises(InvalidParams, match="never a path|not '/bin/cat'"):
+                    await client.define({"name": "cat", "emulator": "/bin/cat"})
+                with pytest.raises(InvalidParams, match="known: qemu, sim"):
+                    await client.define({"name": "cat", "emulator": "cat"})
+            assert daemon.driver.list_domains() == []
+
+
+async def test_configured_emulator_names(sock_dir: Path, qemu_binary: str) -> None:
+    with trio.fail_after(30):
+        async with (
+            running_daemon(sock_dir, driver__emulators={"q2": qemu_binary}) as daemon,
+            clients(daemon) as (writer, _admin),
+        ):
+            assert daemon.driver.emulators == {"q2": qemu_binary, "qemu": qemu_binary, "sim": "sim"}
+            info = await writer.define({"name": "a", "emulator": "q2"})
+            assert info.emulator == "q2"
+
+
+# -- extra_args ----------------------------------------------------------------------------
+
+
+@pytest.mark.qemu
+async def test_extra_args_admin_only_and_tainting(
+    sock_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    proof = sock_dir / "proof"
+    attack = {
+        "name": "evil",
+        "emulator": "qemu",
+        "extra_args": ["-incoming", f"exec:id > {proof}"],
+    }
+    caplog.set_level(logging.WARNING, logger="trioctl")
+    with trio.fail_after(60):
+        async with running_daemon(sock_dir) as daemon, clients(daemon) as (writer, admin):
+            with pytest.raises(AccessDenied, match="extra_args.*admin"):
+                await writer.define(attack)
+            assert daemon.driver.list_domains() == []
+            # The admin may, and the run is tainted (libvirt's custom-argv).
+            await admin.define({"name": "raw", "emulator": "qemu", "extra_args": ["-S"]})
+            info = await writer.start("raw")
+            assert info.taints == ["custom-argv"]
+            assert (await writer.get_info("raw")).taints == ["custom-argv"]
+            assert "tainted (custom-argv)" in caplog.text
+            # A write client may redefine it only without the raw options.
+            with pytest.raises(AccessDenied):
+                await writer.define({"name": "raw", "emulator": "qemu", "extra_args": ["-S"]})
+            await writer.destroy("raw")
+            assert (await writer.get_info("raw")).taints == []
+    assert not proof.exists()
+
+
+# -- machine -------------------------------------------------------------------------------
+
+
+async def test_machine_is_a_plain_name_from_the_allow_list(sock_dir: Path) -> None:
+    with trio.fail_after(30):
+        async with (
+            running_daemon(sock_dir, driver__machines=["none", "pc-q35-*"]) as daemon,
+            clients(daemon) as (writer, admin),
+        ):
+            for client in (writer, admin):
+                for machine in ("none,kernel=/etc/shadow", "type=none", "pc,accel=kvm", "None"):
+                    with pytest.raises(InvalidParams, match="plain machine type"):
+                        await client.define({"name": "m", "machine": machine})
+                with pytest.raises(InvalidParams, match="allow-list"):
+                    await client.define({"name": "m", "machine": "pc"})
+            assert daemon.driver.list_domains() == []
+            assert (await writer.define({"name": "m", "machine": "pc-q35-7.2"})).name == "m"
+
+
+# -- monitor commands ----------------------------------------------------------------------
+
+
+def test_monitor_allow_list() -> None:
+    for command in ("query-status", "query-named-block-nodes", *WRITE_MONITOR_COMMANDS):
+        assert monitor_command_allowed(command)
+    for command in (
+        "human-monitor-command",
+        "migrate",
+        "chardev-add",
+        "blockdev-add",
+        "device_add",
+        "object-add",
+        "getfd",
+        "quit",
+        "query-",
+        "qmp_capabilities",
+        "x-query-foo",
+    ):
+        assert not monitor_command_allowed(command)
+
+
+@pytest.mark.qemu
+async def test_monitor_commands_by_role(sock_dir: Path) -> None:
+    victim = sock_dir / "victim"
+    victim.write_text("precious\n")
+    attacks: list[tuple[str, dict[str, Any] | None]] = [
+        ("migrate", {"uri": f"exec:id > {sock_dir / 'proof'}"}),
+        (
+            "chardev-add",
+            {"id": "c0", "backend": {"type": "file", "data": {"out": str(victim)}}},
+        ),
+        ("human-monitor-command", {"command-line": "info version"}),
+        ("quit", None),
+    ]
+    with trio.fail_after(60):
+        async with running_daemon(sock_dir) as daemon, clients(daemon) as (writer, admin):
+            await writer.define({"name": "vm", "emulator": "qemu"})
+            pid = (await writer.start("vm")).pid
+            for command, arguments in attacks:
+                with pytest.raises(AccessDenied, match=f"'{command}' needs the admin role"):
+                    await writer.monitor_command("vm", command, arguments)
+            async with connect(daemon.url, READ) as reader:
+                with pytest.raises(AccessDenied):
+                    await reader.monitor_command("vm", "query-status")
+            # The write role's own commands work and do not taint.
+            assert (await writer.monitor_command("vm", "query-status"))["status"] == "running"
+            await writer.monitor_command("vm", "stop")
+            await writer.monitor_command("vm", "cont")
+            info = await writer.get_info("vm")
+            assert (info.pid, info.state, info.taints) == (pid, DomainState.RUNNING, [])
+            assert victim.read_text() == "precious\n"
+            assert not (sock_dir / "proof").exists()
+            # The admin may send anything; the run is tainted until it exits.
+            version = await admin.monitor_command(
+                "vm", "human-monitor-command", {"command-line": "info version"}
+            )
+            assert "7." in version
+            assert (await writer.get_info("vm")).taints == ["custom-monitor"]
+            await admin.monitor_command(
+                "vm", "chardev-add", {"id": "c1", "backend": {"type": "null", "data": {}}}
+            )
+            assert (await writer.get_info("vm")).taints == ["custom-monitor"]
+            await writer.destroy("vm")
+            await writer.start("vm")
+            assert (await writer.get_info("vm")).taints == []
+            await writer.destroy("vm")
+
+
+# -- files: storage directories --------------------------------------------------------------
+
+
+async def test_files_outside_the_storage_dirs_are_refused(sock_dir: Path, storage: Path) -> None:
+    inside = _image(storage)
+    (storage / "escape").symlink_to("/etc/passwd")
+    (storage / "a,b").mkdir()
+    (storage / "comma").symlink_to(storage / "a,b")
+    (storage / "sub").mkdir()
+    outside = _image(sock_dir, "outside.img")
+    with trio.fail_after(30):
+        async with (
+            running_daemon(sock_dir, driver__storage_dirs=[str(storage)]) as daemon,
+            clients(daemon) as (writer, admin),
+        ):
+            for client in (writer, admin):
+                for path, why in [
+                    (str(outside), "outside the storage directories"),
+                    ("/etc/shadow", "outside the storage directories"),
+                    (str(storage / "escape"), "resolves to '/etc/passwd'"),
+                    (f"{storage}/sub/../disk.img", "without '.', '..'"),
+                    (f"{storage}/./disk.img", "without '.', '..'"),
+                    (f"{storage}//disk.img", "without '.', '..'"),
+                    ("disk.img", "absolute path"),
+                    (f"{inside},format=qcow2", "must not contain ','"),
+                    (str(storage), "outside the storage directories"),
+                    (str(storage / "comma" / "x.img"), "resolves to .* ','"),
+                ]:
+                    with pytest.raises(InvalidParams, match=why):
+                        await client.define({"name": "d", "disks": [{"path": path}]})
+                for field in ("kernel", "initrd"):
+                    with pytest.raises(InvalidParams, match="outside|need"):
+                        await client.define(
+                            {"name": "d", "machine": "pc", "kernel": "/etc/shadow", field: "/x"}
+                        )
+            assert daemon.driver.list_domains() == []
+
+
+async def test_no_storage_dirs_no_files(sock_dir: Path, storage: Path) -> None:
+    with trio.fail_after(30):
+        async with running_daemon(sock_dir) as daemon, clients(daemon) as (writer, _admin):
+            with pytest.raises(InvalidParams, match="no storage directories are configured"):
+                await writer.define({"name": "d", "disks": [{"path": str(_image(storage))}]})
+
+
+async def test_symlink_swapped_after_define_is_refused_at_start(
+    sock_dir: Path, storage: Path
+) -> None:
+    image = _image(storage)
+    with trio.fail_after(30):
+        async with (
+            running_daemon(sock_dir, driver__storage_dirs=[str(storage)]) as daemon,
+            clients(daemon) as (writer, _admin),
+        ):
+            await writer.define({"name": "d", "disks": [{"path": str(image)}]})
+            image.unlink()
+            with pytest.raises(InvalidParams, match="No such file"):
+                await writer.start("d")
+            image.symlink_to("/etc/passwd")
+            with pytest.raises(InvalidParams, match="resolves to '/etc/passwd'"):
+                await writer.start("d")
+            info = await writer.get_info("d")
+            assert (info.state, info.pid) == (DomainState.SHUTOFF, None)
+
+
+# -- typed devices -----------------------------------------------------------------------------
+
+
+def _device_definition(storage: Path, emulator: str) -> dict[str, Any]:
+    return {
+        "name": "dev",
+        "emulator": emulator,
+        "disks": [
+            {"path": str(_image(storage, "ro.img")), "format": "raw", "readonly": True},
+            {"path": str(_image(storage, "rw.img")), "format": "raw"},
+        ],
+        "nics": [{"model": "e1000", "mac": "52:54:00:12:34:56"}],
+        "serial_log": True,
+    }
+
+
+@pytest.mark.qemu
+async def test_qemu_domain_with_a_disk_from_a_storage_dir(sock_dir: Path, storage: Path) -> None:
+    with trio.fail_after(60):
+        async with (
+            running_daemon(sock_dir, driver__storage_dirs=[str(storage)]) as daemon,
+            clients(daemon) as (writer, _admin),
+        ):
+            await writer.define(_device_definition(storage, "qemu"))
+            info = await writer.start("dev")
+            assert (info.state, info.taints) == (DomainState.RUNNING, [])
+            nodes = await writer.monitor_command("dev", "query-named-block-nodes")
+            found = {n["node-name"]: n for n in nodes}
+            assert found["disk0"]["image"]["filename"] == str(storage / "ro.img")
+            assert found["disk0"]["ro"] is True and found["disk0"]["drv"] == "raw"
+            assert found["disk1"]["ro"] is False
+            assert (sock_dir / "run" / "dev.serial.log").exists()
+            await writer.destroy("dev")
+
+
+async def test_sim_domain_with_devices_starts(sock_dir: Path, storage: Path) -> None:
+    with trio.fail_after(30):
+        async with (
+            running_daemon(sock_dir, driver__storage_dirs=[str(storage)]) as daemon,
+            clients(daemon) as (writer, _admin),
+        ):
+            await writer.define(_device_definition(storage, "sim"))
+            assert (await writer.start("dev")).state is DomainState.RUNNING
+            await writer.destroy("dev")
+
+
+def test_argv_of_typed_devices() -> None:
+    spec = LaunchSpec(
+        name="vm",
+        qmp_path="/run/a,b/vm.qmp",
+        pidfile="/run/vm.pid",
+        emulator="qemu",
+        machine="pc",
+        disks=(Disk("/srv/img/a.qcow2", "qcow2", readonly=True),),
+        nics=(Nic("virtio-net-pci", "52:54:00:00:00:01"),),
+        serial_log="/run/a,b/vm.serial.log",
+        kernel="/srv/vmlinuz",
+        initrd="/srv/initrd",
+        cmdline="console=ttyS0 root=/dev/vda,x",
+    )
+    argv = build_argv(spec)
+
+    def after(option: str) -> list[str]:
+        return [argv[i + 1] for i, arg in enumerate(argv) if arg == option]
+
+    assert after("-qmp") == ["unix:/run/a,,b/vm.qmp,server=on,wait=off"]
+    assert after("-blockdev") == [
+        "driver=file,node-name=disk0-file,filename=/srv/img/a.qcow2,read-only=on",
+        "driver=qcow2,node-name=disk0,file=disk0-file,read-only=on,backing=null",
+    ]
+    assert after("-device") == [
+        "virtio-blk-pci,drive=disk0,id=disk0-dev",
+        "virtio-net-pci,netdev=net0,id=net0-dev,mac=52:54:00:00:00:01",
+    ]
+    assert after("-netdev") == ["user,id=net0"]
+    assert after("-serial") == ["chardev:serial0"]
+    assert after("-chardev") == ["file,id=serial0,path=/run/a,,b/vm.serial.log"]
+    assert after("-append") == ["console=ttyS0 root=/dev/vda,x"]  # one argument, no options
+    assert (after("-kernel"), after("-initrd")) == (["/srv/vmlinuz"], ["/srv/initrd"])
+    none = build_argv(LaunchSpec("vm", "/q", "/p", machine="none", disks=spec.disks))
+    assert "-device" not in none and "-blockdev" in none
+
+
+def test_definition_field_checks() -> None:
+    def refused(**fields: Any) -> str:
+        with pytest.raises(InvalidParams) as info:
+            structure({"name": "x", **fields}, DomainDefinition)
+        return info.value.message
+
+    assert "one of raw, qcow2" in refused(disks=[{"path": "/a", "format": "vmdk"}])
+    assert "one of virtio-net-pci, e1000" in refused(nics=[{"model": "rtl8139"}])
+    assert "unicast MAC" in refused(nics=[{"mac": "01:00:5e:00:00:01"}])
+    assert "need 'kernel'" in refused(cmdline="quiet")
+    assert "other than 'none'" in refused(kernel="/srv/k")
+    assert "at most 4096" in refused(machine="pc", kernel="/srv/k", cmdline="x" * 5000)
+    assert "NUL" in refused(machine="pc", kernel="/srv/k", cmdline="a\0b")
+    assert "Length of 'disks' must be <= 16" in refused(disks=[{"path": "/a"}] * 17)
+    assert "$.disks" in refused(disks="/a")
+
+
+# -- redefine of a running domain ----------------------------------------------------------------
+
+
+async def test_redefine_of_a_running_domain_is_pending(sock_dir: Path) -> None:
+    config = DriverConfig(state_dir=sock_dir, run_dir=sock_dir / "run")
+    with trio.fail_after(30):
+        async with open_driver(config) as driver:
+            first = await driver.define(DomainDefinition(name="vm", memory_mib=128))
+            await driver.start("vm")
+            info = await driver.define(DomainDefinition(name="vm", memory_mib=256, vcpus=2))
+            assert (info.memory_mib, info.vcpus, info.pending_changes) == (128, 1, True)
+            assert info.uuid == first.uuid
+            with pytest.raises(InvalidParams, match="uuid never changes"):
+                await driver.define(
+                    DomainDefinition(name="vm", uuid="12345678-1234-5678-1234-567812345678")
+                )
+        # After a daemon restart the process still runs with what it started with.
+        async with open_driver(config) as driver:
+            info = driver.get_info("vm")
+            assert (info.state, info.memory_mib, info.pending_changes) == (
+                DomainState.RUNNING,
+                128,
+                True,
+            )
+            await driver.destroy("vm")
+            info = driver.get_info("vm")
+            assert (info.memory_mib, info.vcpus, info.pending_changes) == (256, 2, False)
+            assert info.uuid == first.uuid
+            info = await driver.start("vm")
+            assert (info.memory_mib, info.pending_changes) == (256, False)
+            await driver.destroy("vm")
+
+
+@pytest.mark.qemu
+async def test_redefine_running_qemu_shows_the_running_memory(sock_dir: Path) -> None:
+    with trio.fail_after(60):
+        async with running_daemon(sock_dir) as daemon, clients(daemon) as (writer, _admin):
+            uuid = (await writer.define({"name": "vm", "emulator": "qemu"})).uuid
+            await writer.start("vm")
+            info = await writer.define({"name": "vm", "emulator": "qemu", "memory_mib": 256})
+            assert (info.memory_mib, info.pending_changes, info.uuid) == (128, True, uuid)
+            size = await writer.monitor_command("vm", "query-memory-size-summary")
+            assert size["base-memory"] == 128 << 20
+            await writer.destroy("vm")
+            assert (await writer.get_info("vm")).memory_mib == 256
+
+
+def test_qemu_default_is_the_hosts_binary() -> None:
+    from trioctl._policy import emulator_table
+
+    table = emulator_table({})
+    assert table["sim"] == "sim"
+    which = shutil.which("qemu-system-x86_64")
+    if which is not None:
+        assert table["qemu"] == which and os.path.isabs(table["qemu"])
