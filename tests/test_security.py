@@ -63,7 +63,7 @@ async def test_write_cannot_choose_a_binary(sock_dir: Path) -> None:
     with trio.fail_after(30):
         async with running_daemon(sock_dir) as daemon, clients(daemon) as (writer, admin):
             for client in (writer, admin):
-                with pytest.raises(InvalidParams, match="never a path|not '/bin/cat'"):
+                with pytest.raises(InvalidParams, match=r"never a path|not '/bin/cat'"):
                     await client.define({"name": "cat", "emulator": "/bin/cat"})
                 with pytest.raises(InvalidParams, match="known: qemu, sim"):
                     await client.define({"name": "cat", "emulator": "cat"})
@@ -97,7 +97,7 @@ async def test_extra_args_admin_only_and_tainting(
     caplog.set_level(logging.WARNING, logger="trioctl")
     with trio.fail_after(60):
         async with running_daemon(sock_dir) as daemon, clients(daemon) as (writer, admin):
-            with pytest.raises(AccessDenied, match="extra_args.*admin"):
+            with pytest.raises(AccessDenied, match=r"extra_args.*admin"):
                 await writer.define(attack)
             assert daemon.driver.list_domains() == []
             # The admin may, and the run is tainted (libvirt's custom-argv).
@@ -233,7 +233,7 @@ async def test_files_outside_the_storage_dirs_are_refused(sock_dir: Path, storag
                     with pytest.raises(InvalidParams, match=why):
                         await client.define({"name": "d", "disks": [{"path": path}]})
                 for field in ("kernel", "initrd"):
-                    with pytest.raises(InvalidParams, match="outside|need"):
+                    with pytest.raises(InvalidParams, match=r"outside|need"):
                         await client.define(
                             {"name": "d", "machine": "pc", "kernel": "/etc/shadow", field: "/x"}
                         )
