@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import trio
 
-from trioctl import AccessDenied, InvalidParams
+from trioctl import AccessDenied, InvalidParams, MonitorError
 from trioctl._client import Client, connect
 from trioctl._daemon import DaemonHandle
 from trioctl._driver import DriverConfig, open_driver
@@ -383,6 +383,11 @@ async def test_redefine_of_a_running_domain_is_pending(sock_dir: Path) -> None:
                 await driver.define(
                     DomainDefinition(name="vm", uuid="12345678-1234-5678-1234-567812345678")
                 )
+            # The embedding API has no roles: a command outside the allow-list
+            # taints the run, whatever QEMU answers.
+            with pytest.raises(MonitorError):
+                await driver.monitor_command("vm", "device_add", {"driver": "e1000"})
+            assert driver.get_info("vm").taints == ["custom-monitor"]
         # After a daemon restart the process still runs with what it started with.
         async with open_driver(config) as driver:
             info = driver.get_info("vm")
@@ -391,9 +396,11 @@ async def test_redefine_of_a_running_domain_is_pending(sock_dir: Path) -> None:
                 128,
                 True,
             )
+            assert info.taints == ["custom-monitor"]
             await driver.destroy("vm")
             info = driver.get_info("vm")
             assert (info.memory_mib, info.vcpus, info.pending_changes) == (256, 2, False)
+            assert info.taints == []
             assert info.uuid == first.uuid
             info = await driver.start("vm")
             assert (info.memory_mib, info.pending_changes) == (256, False)
