@@ -7,9 +7,11 @@ test is bounded by ``fail_after``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -270,6 +272,62 @@ async def test_symlink_swapped_after_define_is_refused_at_start(
 # -- typed devices -----------------------------------------------------------------------------
 
 
+def _qcow2(path: Path, backing: str = "", incompatible: int = 0) -> Path:
+    """A small qcow2 v3 image (4 clusters of 64 KiB, 1 MiB virtual) whose
+    header names ``backing`` as its backing file."""
+    cluster = 1 << 16
+    name = backing.encode()
+    header = struct.pack(
+        ">4sIQIIQIIQQIIQQQQII",
+        b"QFI\xfb", 3, 112 if name else 0, len(name), 16, 1 << 20, 0,
+        1, 3 * cluster,  # L1 table: 1 entry, at cluster 3
+        cluster, 1,  # refcount table: 1 cluster, at cluster 1
+        0, 0, incompatible, 0, 0, 4, 104,
+    )  # fmt: skip
+    data = bytearray(4 * cluster)
+    data[: len(header)] = header  # then an empty header extension list (8 zero bytes)
+    data[112 : 112 + len(name)] = name
+    struct.pack_into(">Q", data, cluster, 2 * cluster)  # refcount block at cluster 2
+    for index in range(4):
+        struct.pack_into(">H", data, 2 * cluster + 2 * index, 1)
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.qemu
+async def test_qcow2_backing_file_is_never_opened(sock_dir: Path, storage: Path) -> None:
+    image = _qcow2(storage / "evil.qcow2", backing="/etc/shadow")
+    disk = {"path": str(image), "format": "qcow2", "readonly": True}
+    with trio.fail_after(60):
+        async with (
+            running_daemon(sock_dir, driver__storage_dirs=[str(storage)]) as daemon,
+            clients(daemon) as (writer, _admin),
+        ):
+            await writer.define({"name": "q", "emulator": "qemu", "disks": [disk]})
+            await writer.start("q")
+            nodes = await writer.monitor_command("q", "query-named-block-nodes")
+            assert sorted(n["node-name"] for n in nodes) == ["disk0", "disk0-file"]
+            assert all(n["backing_file_depth"] == 0 for n in nodes)
+            assert not any(n["image"]["filename"] == "/etc/shadow" for n in nodes)
+            await writer.destroy("q")
+
+
+async def test_qcow2_with_an_external_data_file_is_refused(sock_dir: Path, storage: Path) -> None:
+    image = _qcow2(storage / "ext.qcow2", incompatible=1 << 2)
+    disk = {"path": str(image), "format": "qcow2"}
+    with trio.fail_after(30):
+        async with (
+            running_daemon(sock_dir, driver__storage_dirs=[str(storage)]) as daemon,
+            clients(daemon) as (writer, _admin),
+        ):
+            await writer.define({"name": "q", "disks": [disk]})
+            with pytest.raises(InvalidParams, match="external data file"):
+                await writer.start("q")
+            _qcow2(image)
+            assert (await writer.start("q")).state is DomainState.RUNNING
+            await writer.destroy("q")
+
+
 def _device_definition(storage: Path, emulator: str) -> dict[str, Any]:
     return {
         "name": "dev",
@@ -333,9 +391,20 @@ def test_argv_of_typed_devices() -> None:
         return [argv[i + 1] for i, arg in enumerate(argv) if arg == option]
 
     assert after("-qmp") == ["unix:/run/a,,b/vm.qmp,server=on,wait=off"]
-    assert after("-blockdev") == [
-        "driver=file,node-name=disk0-file,filename=/srv/img/a.qcow2,read-only=on",
-        "driver=qcow2,node-name=disk0,file=disk0-file,read-only=on,backing=null",
+    assert [json.loads(arg) for arg in after("-blockdev")] == [
+        {
+            "driver": "file",
+            "node-name": "disk0-file",
+            "filename": "/srv/img/a.qcow2",
+            "read-only": True,
+        },
+        {
+            "driver": "qcow2",
+            "node-name": "disk0",
+            "file": "disk0-file",
+            "read-only": True,
+            "backing": None,
+        },
     ]
     assert after("-device") == [
         "virtio-blk-pci,drive=disk0,id=disk0-dev",

@@ -76,6 +76,7 @@ from ._policy import (
     TAINT_CUSTOM_ARGV,
     TAINT_CUSTOM_MONITOR,
     check_definition,
+    check_qcow2,
     emulator_table,
     monitor_command_allowed,
     resolve_file,
@@ -487,6 +488,9 @@ class Driver:
             attrs.evolve(disk, path=resolve_file(f"disks[{i}].path", disk.path, dirs))
             for i, disk in enumerate(d.disks)
         )
+        for i, disk in enumerate(disks):
+            if disk.format == "qcow2":
+                check_qcow2(f"disks[{i}].path", disk.path)
         run_dir = self.config.runtime_dir
         emulator = self.emulators[d.emulator]
         sim = emulator == "sim"

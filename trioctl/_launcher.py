@@ -17,6 +17,7 @@ used here.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import shutil
@@ -99,17 +100,25 @@ def _device_argv(spec: LaunchSpec) -> list[str]:
     bus = "none" if spec.machine == "none" else "mmio" if spec.machine == "microvm" else "pci"
     for index, disk in enumerate(spec.disks):
         node = f"disk{index}"
-        ro = "on" if disk.readonly else "off"
-        argv += [
-            "-blockdev",
-            f"driver=file,node-name={node}-file,filename={qemu_opt(disk.path)},read-only={ro}",
-        ]
-        # The format is never probed; a qcow2 image's backing file (a path
-        # in the image's header) is never opened.
-        fmt = f"driver={disk.format},node-name={node},file={node}-file,read-only={ro}"
+        # JSON syntax: no escaping to get wrong, and ``backing: null`` (the
+        # dotted syntax can only name a node): a qcow2 image's backing file,
+        # a path in the image's header, is never opened. The format is
+        # always given, never probed.
+        file: dict[str, object] = {
+            "driver": "file",
+            "node-name": f"{node}-file",
+            "filename": disk.path,
+            "read-only": disk.readonly,
+        }
+        fmt: dict[str, object] = {
+            "driver": disk.format,
+            "node-name": node,
+            "file": f"{node}-file",
+            "read-only": disk.readonly,
+        }
         if disk.format == "qcow2":
-            fmt += ",backing=null"
-        argv += ["-blockdev", fmt]
+            fmt["backing"] = None
+        argv += ["-blockdev", json.dumps(file), "-blockdev", json.dumps(fmt)]
         if bus != "none":
             device = "virtio-blk-device" if bus == "mmio" else "virtio-blk-pci"
             argv += ["-device", f"{device},drive={node},id={node}-dev"]

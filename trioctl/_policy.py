@@ -36,6 +36,7 @@ __all__ = [
     "TAINT_CUSTOM_MONITOR",
     "WRITE_MONITOR_COMMANDS",
     "check_definition",
+    "check_qcow2",
     "emulator_table",
     "machine_allowed",
     "monitor_command_allowed",
@@ -162,3 +163,32 @@ def resolve_file(
         if not stat.S_ISREG(mode):
             raise InvalidParams(f"'{field}' {path!r} is not a regular file")
     return real
+
+
+def check_qcow2(field: str, path: str) -> None:
+    """Refuse a qcow2 image that needs an external data file.
+
+    Its header names that file (any path on the host), and QEMU opens it
+    unless told otherwise. (A backing file is never opened: ``backing`` is
+    null.) A file that is not qcow2 at all is left for QEMU to refuse.
+
+    Raises:
+        InvalidParams: the image has the external data file feature.
+    """
+    try:
+        with open(path, "rb") as image:
+            header = image.read(80)
+    except OSError as exc:
+        raise InvalidParams(f"'{field}' {path!r}: {exc.strerror}") from None
+    if len(header) < 80 or header[:4] != b"QFI\xfb":
+        return
+    version = int.from_bytes(header[4:8], "big")
+    incompatible = int.from_bytes(header[72:80], "big")
+    if version >= 3 and incompatible & _QCOW2_EXTERNAL_DATA_FILE:
+        raise InvalidParams(
+            f"'{field}' {path!r} is a qcow2 image with an external data file, which could "
+            "name any file on the host; such images are not supported"
+        )
+
+
+_QCOW2_EXTERNAL_DATA_FILE: Final = 1 << 2

@@ -10,6 +10,7 @@ the last of a repeated option wins. Errors read like QEMU's
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -81,7 +82,7 @@ QEMU options:
   -m SIZE            -smp N[,sockets=S][,cores=C][,threads=T]
   -machine TYPE[,..] -nodefaults       -display none
   -version           -help
-  -blockdev driver=D,node-name=N[,filename=PATH|file=N][,..]   -drive ..
+  -blockdev driver=D,node-name=N[,filename=PATH|file=N][,..] (or JSON)  -drive ..
   -netdev user,id=ID -device DRIVER[,..]  -chardev file,id=ID,path=PATH
   -serial chardev:ID -kernel PATH  -initrd PATH  -append CMDLINE
   (accepted and checked; the simulated guest has no devices)
@@ -397,6 +398,14 @@ def _check_device(option: str, value: str) -> None:
         return
     parts = split_opts(value)
     opts = dict(part.partition("=")[::2] for part in parts if "=" in part)
+    if option == "blockdev" and value.startswith("{"):
+        try:
+            loaded = json.loads(value)
+        except ValueError as exc:
+            raise UsageError(f"-blockdev {value}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise UsageError(f"-blockdev {value}: expected a JSON object")
+        opts = {k: v for k, v in loaded.items() if isinstance(v, str)}
     if option == "serial":
         if not value.startswith("chardev:") and value not in ("none", "null", "stdio"):
             raise UsageError(f"-serial {value}: only chardev:ID is supported by the simulator")
