@@ -498,3 +498,15 @@ def test_qemu_default_is_the_hosts_binary() -> None:
     which = shutil.which("qemu-system-x86_64")
     if which is not None:
         assert table["qemu"] == which and os.path.isabs(table["qemu"])
+
+
+async def test_hand_written_definition_without_uuid_or_emulator(sock_dir: Path) -> None:
+    config = DriverConfig(state_dir=sock_dir, run_dir=sock_dir / "run")
+    (sock_dir / "domains").mkdir()
+    (sock_dir / "domains" / "hand.json").write_text('{"name": "hand"}')
+    with trio.fail_after(30):
+        async with open_driver(config) as driver:
+            info = driver.get_info("hand")
+            assert info.uuid and info.emulator == ""
+            assert (await driver.start("hand")).state is DomainState.RUNNING
+            await driver.destroy("hand")

@@ -492,7 +492,7 @@ class Driver:
             if disk.format == "qcow2":
                 check_qcow2(f"disks[{i}].path", disk.path)
         run_dir = self.config.runtime_dir
-        emulator = self.emulators[d.emulator]
+        emulator = self.emulators[d.emulator or self.config.backend]
         sim = emulator == "sim"
         return LaunchSpec(
             name=d.name,
@@ -987,6 +987,8 @@ class Driver:
         records, record_problems = await trio.to_thread.run_sync(self.store.load_records)
         self.load_problems = problems + record_problems
         for d in definitions:
+            if not d.uuid:  # a hand-written file: every domain has a uuid
+                d = attrs.evolve(d, uuid=new_uuid())
             self._domains[d.name] = _Domain(d)
         reconnecting: list[tuple[_Domain, _Run]] = []
         for name, record in records.items():
