@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import assume, given, strategies as st
 
 from trioctl import AccessDenied, InvalidParams, MonitorError
 from trioctl._client import Client, connect
@@ -510,3 +511,66 @@ async def test_hand_written_definition_without_uuid_or_emulator(sock_dir: Path) 
             assert info.uuid and info.emulator == ""
             assert (await driver.start("hand")).state is DomainState.RUNNING
             await driver.destroy("hand")
+
+
+_OPTIONS = {
+    "-name", "-machine", "-m", "-smp", "-nodefaults", "-display", "-qmp", "-pidfile",
+    "-daemonize", "-blockdev", "-device", "-netdev", "-chardev", "-serial", "-kernel",
+    "-initrd", "-append",
+}  # fmt: skip
+_WITH_VALUE = _OPTIONS - {"-nodefaults", "-daemonize"}
+_path_text = st.text(
+    st.characters(blacklist_characters="/\0", blacklist_categories=("Cs",)), min_size=1, max_size=8
+).filter(lambda part: part not in (".", ".."))
+_paths = st.lists(_path_text, min_size=1, max_size=3).map(lambda parts: "/" + "/".join(parts))
+
+
+@given(
+    disks=st.lists(st.tuples(_paths, st.sampled_from(["raw", "qcow2"]), st.booleans()), max_size=3),
+    nics=st.lists(st.sampled_from(["virtio-net-pci", "e1000"]), max_size=2),
+    kernel=st.one_of(st.just(""), _paths),
+    cmdline=st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",))),
+    machine=st.sampled_from(["none", "pc", "q35", "microvm"]),
+)
+def test_argv_of_any_valid_definition_has_only_our_options(
+    disks: list[tuple[str, str, bool]], nics: list[str], kernel: str, cmdline: str, machine: str
+) -> None:
+    """Whatever a valid definition holds, each value stays one argument of
+    an option we chose: no field can add an option or a sub-option."""
+    fields: dict[str, Any] = {
+        "name": "x",
+        "machine": machine,
+        "disks": [{"path": p, "format": f, "readonly": r} for p, f, r in disks],
+        "nics": [{"model": m} for m in nics],
+        "serial_log": True,
+    }
+    if machine != "none" and kernel:
+        fields.update(kernel=kernel, cmdline=cmdline[:4096])
+    try:
+        d = structure(fields, DomainDefinition)
+    except InvalidParams:
+        assume(False)
+        raise
+    argv = build_argv(
+        LaunchSpec(
+            "x", "/run/x.qmp", "/run/x.pid", emulator="qemu", machine=d.machine,
+            disks=d.disks, nics=d.nics, serial_log="/run/x.serial.log",
+            kernel=d.kernel, cmdline=d.cmdline,
+        )
+    )  # fmt: skip
+    index = 1
+    values: dict[str, list[str]] = {}
+    while index < len(argv):
+        option = argv[index]
+        assert option in _OPTIONS, option
+        if option in _WITH_VALUE:
+            values.setdefault(option, []).append(argv[index + 1])
+            index += 2
+        else:
+            index += 1
+    blockdevs = [json.loads(v) for v in values.get("-blockdev", [])]
+    assert [b["filename"] for b in blockdevs if b["driver"] == "file"] == [p for p, _, _ in disks]
+    assert all(b.get("backing", 0) is None for b in blockdevs if b["driver"] == "qcow2")
+    for value in values.get("-device", []) + values.get("-netdev", []):
+        assert value.count("=") == value.count(",")  # DRIVER then key=value pairs only
+    assert values.get("-append", []) == ([d.cmdline] if d.cmdline else [])
