@@ -55,12 +55,14 @@ from ._errors import (
 )
 from ._jobs import DomainJobs as DomainJobs, JobKind as JobKind, JobOwner as JobOwner
 from ._models import (
+    Disk as Disk,
     DomainDefinition as DomainDefinition,
     DomainEvent as DomainEvent,
     DomainInfo as DomainInfo,
     DomainState as DomainState,
     DomainStats as DomainStats,
     MonitorState as MonitorState,
+    Nic as Nic,
 )
 from ._monitor import Monitor as Monitor, open_monitor as open_monitor
 from ._pools import (
