@@ -574,3 +574,14 @@ def test_argv_of_any_valid_definition_has_only_our_options(
     for value in values.get("-device", []) + values.get("-netdev", []):
         assert value.count("=") == value.count(",")  # DRIVER then key=value pairs only
     assert values.get("-append", []) == ([d.cmdline] if d.cmdline else [])
+
+
+async def test_stored_definition_naming_a_binary_is_set_aside(sock_dir: Path) -> None:
+    config = DriverConfig(state_dir=sock_dir, run_dir=sock_dir / "run")
+    (sock_dir / "domains").mkdir()
+    (sock_dir / "domains" / "old.json").write_text('{"name": "old", "emulator": "/bin/cat"}')
+    with trio.fail_after(30):
+        async with open_driver(config) as driver:
+            assert driver.list_domains() == []
+            [problem] = driver.load_problems
+            assert "'emulator' must be the name of a configured emulator" in problem.reason
