@@ -8,7 +8,6 @@ from pathlib import Path
 import click
 
 from .._client import DEFAULT_URL, TOKEN_ENV, URL_ENV
-from ._bench_cmd import bench
 from ._client_cmds import register
 from ._daemon_cmd import daemon_main
 from ._output import CliGroup, Settings
@@ -104,7 +103,6 @@ def daemon(
 
 register(cli)
 cli.add_command(sim)
-cli.add_command(bench)
 
 
 def main() -> None:
