@@ -84,7 +84,7 @@ def find_token(tokens_file: Path | None = None, *, admin: bool = False) -> str |
 
         tokens_file = default_tokens_file()
     try:
-        from ._server import Tokens
+        from ._tokens import Tokens
 
         tokens = Tokens.load(tokens_file)
     except (OSError, ValueError):

@@ -67,9 +67,13 @@ def cli(
     connection; 130 on Ctrl-C. With --json, stdout holds one JSON document:
     the result, or {"error": {"reason", "message", "data"}}.
     """
+    source = ctx.get_parameter_source("token")
     ctx.obj = Settings(
         url=url,
         token=token or None,
+        token_source=f"${TOKEN_ENV}"
+        if source is click.core.ParameterSource.ENVIRONMENT
+        else "--token",
         tokens_file=tokens_file,
         json=json_output,
         connect_timeout=connect_timeout,
