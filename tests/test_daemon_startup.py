@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -62,7 +63,9 @@ def start_fails(tmp: Path, *args: str, config: str = CONFIG) -> tuple[int, str]:
 
 
 @contextmanager
-def running_daemon(tmp: Path, state_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], dict]]:
+def running_daemon(
+    tmp: Path, state_dir: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], dict[str, Any]]]:
     config = tmp / "running.toml"
     config.write_text(CONFIG)
     ready = tmp / "ready.json"
