@@ -401,6 +401,57 @@ def test_wss_against_a_plain_daemon_fails_at_once(daemon: Daemon) -> None:
     assert result.seconds < 30
 
 
+#: Modules of the daemon's side: a client command must load none of them.
+DAEMON_SIDE = (
+    "trioctl._daemon",
+    "trioctl._server",
+    "trioctl._driver",
+    "trioctl._dispatch",
+    "trioctl._launcher",
+    "trioctl._monitor",
+    "trioctl._store",
+    "trioctl._config",
+    "trioctl._startup",
+    "trioctl._sansio.qmp",
+    "trioctl.sim",
+    "trioctl._cli._daemon_cmd",
+    "trioctl._cli._sim_cmds",
+)
+
+
+@pytest.mark.parametrize("command", [["list"], ["dominfo", "x"], ["admin", "jobs"]])
+def test_client_commands_load_nothing_of_the_daemon_side(
+    tmp_path: Path, command: list[str]
+) -> None:
+    with socket.socket() as sock:  # a port where nothing listens
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(_clean_env(), HOME=str(tmp_path), XDG_STATE_HOME=str(tmp_path))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "trioctl",
+            "-c",
+            f"ws://127.0.0.1:{port}/",
+            *command,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=CALL_TIMEOUT,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "error: CONNECTION_FAILED" in proc.stderr
+    loaded = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert "trioctl._cli._client_cmds" in loaded
+    assert "trioctl._paths" in loaded  # the default tokens file was looked for
+    assert sorted(m for m in loaded if m.startswith(DAEMON_SIDE)) == []
+
+
 def test_hung_domain(daemon: Daemon) -> None:
     """The walk-through: SIGSTOP one VM; the daemon keeps answering; destroy works."""
     define(daemon, "cli-hung", "cli-ok")

@@ -80,7 +80,7 @@ def find_token(tokens_file: Path | None = None, *, admin: bool = False) -> str |
     if token:
         return token
     if tokens_file is None:
-        from ._config import default_tokens_file
+        from ._paths import default_tokens_file
 
         tokens_file = default_tokens_file()
     try:

@@ -93,7 +93,7 @@ class Settings:
             return self.token, self.token_source
         path = self.tokens_file
         if path is None:
-            from .._config import default_tokens_file
+            from .._paths import default_tokens_file
 
             path = default_tokens_file()
         try:
