@@ -76,6 +76,7 @@ if TYPE_CHECKING:
         open_worker_pools as open_worker_pools,
         serve_worker_pools as serve_worker_pools,
     )
+    from ._startup import StartupError as StartupError
 
 #: Each private module and the public names it defines. They are imported on
 #: first use (PEP 562), so that ``import trioctl`` and the command-line
@@ -156,6 +157,7 @@ _LAZY: Final[dict[str, tuple[str, ...]]] = {
         "open_worker_pools",
         "serve_worker_pools",
     ),
+    "_startup": ("StartupError",),
 }
 _WHERE: Final = {name: module for module, names in _LAZY.items() for name in names}
 
