@@ -333,8 +333,9 @@ def test_connection_errors(daemon: Daemon) -> None:
 def test_a_refused_token_names_where_it_came_from(daemon: Daemon) -> None:
     wrong = daemon.work_dir / "other-tokens.json"
     wrong.write_text(json.dumps({"tokens": [{"token": "x" * 32, "role": "admin"}]}))
-    result = run(None, "-c", daemon.url, "--tokens-file", str(wrong), "list", code=2)
-    failed(result, "CONNECTION_REJECTED")
+    result = run(None, "-c", daemon.url, "--tokens-file", str(wrong), "--json", "list", code=2)
+    error = failed(result, "CONNECTION_REJECTED")
+    assert error["data"]["token_from"] == str(wrong)
     assert f"the token from {wrong} was refused (HTTP 401)" in result.stderr
     assert len(result.stderr.splitlines()) == 1
 

@@ -8,6 +8,7 @@ file then keeps the tokens in use.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -24,7 +25,7 @@ import pytest
 import trio
 import trio_websocket
 
-from trioctl._cli._daemon_cmd import EXIT_STATUSES
+from trioctl._cli._daemon_cmd import EXIT_STATUSES, _report_failure
 from trioctl._client import connect
 from trioctl._startup import (
     ListenAddressInUse,
@@ -103,6 +104,30 @@ def test_exit_statuses_are_distinct_and_documented() -> None:
     doc = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
     for cause, status in EXIT_STATUSES.items():
         assert f"| {status} | {cause} |" in doc, cause
+
+
+def test_failures_inside_nurseries_are_unwrapped(capsys: pytest.CaptureFixture[str]) -> None:
+    """What the checks before start-up cannot see still ends in one line:
+    the leaves of the exception groups nurseries wrap them in."""
+    in_use = OSError(errno.EADDRINUSE, "Address already in use")
+    assert _report_failure(ExceptionGroup("a", [ExceptionGroup("b", [in_use])])) == 3
+    assert (
+        capsys.readouterr().err == "trioctl daemon: listen address in use: Address already in use\n"
+    )
+
+    startup = StateDirUnusable("state directory /x: Permission denied")
+    assert _report_failure(ExceptionGroup("a", [startup])) == 6
+    assert capsys.readouterr().err == "trioctl daemon: state directory /x: Permission denied\n"
+
+    two = ExceptionGroup(
+        "a", [FileNotFoundError(errno.ENOENT, "No such file or directory", "/x/y"), ValueError("v")]
+    )
+    assert _report_failure(two) == 1
+    assert capsys.readouterr().err == (
+        "trioctl daemon: /x/y: No such file or directory (and 1 more errors)\n"
+    )
+    # Anything else is a bug: its traceback shows (the caller re-raises).
+    assert _report_failure(ExceptionGroup("a", [ZeroDivisionError()])) is None
 
 
 def test_port_in_use(tmp_path: Path) -> None:

@@ -278,7 +278,8 @@ def classify(
             "CONNECTION_REJECTED",
             _rejected_message(exc, where, token_source),
             exit_code=EXIT_CONNECTION,
-            data={"url": url, "status_code": exc.status_code},
+            data={"url": url, "status_code": exc.status_code}
+            | ({"token_from": token_source} if exc.status_code == 401 and token_source else {}),
         )
     if isinstance(exc, trio_websocket.ConnectionTimeout):
         return CliFailure(
