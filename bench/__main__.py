@@ -1,6 +1,6 @@
 """The stuck-VM benchmark suite.
 
-    python -m bench SCENARIO [SCENARIO ...] [options]     (or: trioctl bench ...)
+    python -m bench SCENARIO [SCENARIO ...] [options]     (from a checkout's root)
     python -m bench all --short                           every scenario, smoke-sized
     python -m bench --render bench/results/storm.json     tables and plot again
 

@@ -330,6 +330,129 @@ def test_connection_errors(daemon: Daemon) -> None:
     assert "not a ws:// or wss:// URL" in result.stderr
 
 
+def test_a_refused_token_names_where_it_came_from(daemon: Daemon) -> None:
+    wrong = daemon.work_dir / "other-tokens.json"
+    wrong.write_text(json.dumps({"tokens": [{"token": "x" * 32, "role": "admin"}]}))
+    result = run(None, "-c", daemon.url, "--tokens-file", str(wrong), "--json", "list", code=2)
+    error = failed(result, "CONNECTION_REJECTED")
+    assert error["data"]["token_from"] == str(wrong)
+    assert f"the token from {wrong} was refused (HTTP 401)" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+    result = run(daemon, "list", token="not-the-token-at-all", code=2)
+    assert "the token from --token was refused (HTTP 401)" in result.stderr
+
+    missing = daemon.work_dir / "no-such-tokens.json"
+    result = run(None, "-c", daemon.url, "--tokens-file", str(missing), "list", code=2)
+    assert f"no token: none given, and tokens file {missing}: cannot open" in result.stderr
+
+    # The daemon itself never names a file to an unauthenticated peer.
+    async def body() -> bytes:
+        import trio_websocket
+
+        with trio.fail_after(CALL_TIMEOUT):
+            try:
+                async with connect(daemon.url, "y" * 32):
+                    pass
+            except trio_websocket.ConnectionRejected as exc:
+                return exc.body or b""
+        raise AssertionError("accepted")
+
+    assert str(daemon.state_dir).encode() not in trio.run(body)
+
+
+def test_a_web_server_page_is_one_line() -> None:
+    import http.server
+    import threading
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            page = b"<!DOCTYPE html>\n<html><body>" + b"<p>hello</p>\n" * 200 + b"</body></html>\n"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"ws://127.0.0.1:{server.server_address[1]}/"
+        result = run(None, "-c", url, "list", token="z" * 32, code=2)
+    finally:
+        server.shutdown()
+        server.server_close()
+    failed(result, "CONNECTION_REJECTED")
+    assert result.stderr.count("\n") == 1
+    assert "<" not in result.stderr
+    assert f"{url} is not a trioctl daemon: it answered HTTP 200 (text/html" in result.stderr
+
+
+def test_wss_against_a_plain_daemon_fails_at_once(daemon: Daemon) -> None:
+    url = daemon.url.replace("ws://", "wss://")
+    result = run(daemon, "--connect-timeout", "60", "-c", url, "list", code=2)
+    failed(result, "CONNECTION_FAILED")
+    assert "speaks plain HTTP, not TLS" in result.stderr
+    assert f"use {daemon.url}" in result.stderr
+    # Not the 60 s of --connect-timeout: the probe answered (bound generous).
+    assert result.seconds < 30
+
+
+#: Modules of the daemon's side: a client command must load none of them.
+DAEMON_SIDE = (
+    "trioctl._daemon",
+    "trioctl._server",
+    "trioctl._driver",
+    "trioctl._dispatch",
+    "trioctl._launcher",
+    "trioctl._monitor",
+    "trioctl._store",
+    "trioctl._config",
+    "trioctl._startup",
+    "trioctl._sansio.qmp",
+    "trioctl.sim",
+    "trioctl._cli._daemon_cmd",
+    "trioctl._cli._sim_cmds",
+)
+
+
+@pytest.mark.parametrize("command", [["list"], ["dominfo", "x"], ["admin", "jobs"]])
+def test_client_commands_load_nothing_of_the_daemon_side(
+    tmp_path: Path, command: list[str]
+) -> None:
+    with socket.socket() as sock:  # a port where nothing listens
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(_clean_env(), HOME=str(tmp_path), XDG_STATE_HOME=str(tmp_path))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "importtime",
+            "-m",
+            "trioctl",
+            "-c",
+            f"ws://127.0.0.1:{port}/",
+            *command,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=CALL_TIMEOUT,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "error: CONNECTION_FAILED" in proc.stderr
+    loaded = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert "trioctl._cli._client_cmds" in loaded
+    assert "trioctl._paths" in loaded  # the default tokens file was looked for
+    assert sorted(m for m in loaded if m.startswith(DAEMON_SIDE)) == []
+
+
 def test_hung_domain(daemon: Daemon) -> None:
     """The walk-through: SIGSTOP one VM; the daemon keeps answering; destroy works."""
     define(daemon, "cli-hung", "cli-ok")

@@ -80,11 +80,11 @@ def find_token(tokens_file: Path | None = None, *, admin: bool = False) -> str |
     if token:
         return token
     if tokens_file is None:
-        from ._config import default_tokens_file
+        from ._paths import default_tokens_file
 
         tokens_file = default_tokens_file()
     try:
-        from ._server import Tokens
+        from ._tokens import Tokens
 
         tokens = Tokens.load(tokens_file)
     except (OSError, ValueError):

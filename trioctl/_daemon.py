@@ -38,8 +38,15 @@ from ._config import DaemonConfig
 from ._dispatch import Dispatcher, DispatchMode
 from ._driver import Driver, open_driver
 from ._pools import WorkerPools, open_worker_pools
-from ._server import Server, Tokens, serve
+from ._server import Server, serve
+from ._startup import (
+    StateDirInUse,
+    StateDirUnusable,
+    TokensFileUnusable,
+    check_listen_address,
+)
 from ._store import write_atomic
+from ._tokens import Tokens, TokensFileError
 
 __all__ = ["DaemonHandle", "ensure_tokens_file", "open_daemon"]
 
@@ -63,26 +70,70 @@ class DaemonHandle:
     server: Server
     config: DaemonConfig
 
+    def reload_tokens(self) -> int:
+        """Read the tokens file again and use it for new connections (SIGHUP).
+
+        Clients already connected keep their role. Returns how many tokens
+        the file holds. Does nothing (returns 0) when auth is not required.
+
+        Raises:
+            TokensFileError: the file cannot be used; the old tokens stay.
+        """
+        if self.tokens_file is None:
+            return 0
+        tokens = Tokens.load(self.tokens_file, owner=os.geteuid())
+        self.server.tokens = tokens
+        return len(tokens.roles)
+
 
 def ensure_tokens_file(path: Path) -> None:
-    """Create ``path`` with one admin token, readable only by its owner, if absent."""
-    if path.exists():
+    """Create ``path`` with one admin token, readable only by its owner, if absent.
+
+    Raises:
+        TokensFileUnusable: it is absent and cannot be created.
+    """
+    if os.path.lexists(path):
         return
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    body = {"tokens": [{"token": secrets.token_urlsafe(32), "role": "admin", "name": "local"}]}
-    write_atomic(path, json.dumps(body, indent=2).encode() + b"\n")
-    os.chmod(path, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        body = {"tokens": [{"token": secrets.token_urlsafe(32), "role": "admin", "name": "local"}]}
+        write_atomic(path, json.dumps(body, indent=2).encode() + b"\n")
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        raise TokensFileUnusable(
+            f"tokens file {path}: absent and cannot be created: {exc.strerror or exc}"
+        ) from None
     logger.info("created %s with an admin token", path)
 
 
+def load_tokens_file(path: Path) -> Tokens:
+    """The tokens file at ``path``, created if absent, checked like at start-up.
+
+    Raises:
+        TokensFileUnusable: see :func:`ensure_tokens_file` and
+            :func:`trioctl._tokens.read_tokens_file` (with this user as owner).
+    """
+    ensure_tokens_file(path)
+    try:
+        return Tokens.load(path, owner=os.geteuid())
+    except TokensFileError as exc:
+        raise TokensFileUnusable(str(exc)) from None
+
+
 def _lock_state_dir(state_dir: Path) -> int:
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise StateDirUnusable(f"state directory {state_dir}: {exc.strerror or exc}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise RuntimeError(f"another trioctl daemon uses {state_dir}") from None
+        raise StateDirInUse(
+            f"state directory {state_dir}: another trioctl daemon uses it "
+            f"(give each daemon its own --state-dir)"
+        ) from None
     return fd
 
 
@@ -91,23 +142,24 @@ async def open_daemon(config: DaemonConfig) -> AsyncIterator[DaemonHandle]:
     """Run the daemon (driver, pools, server) while the block lasts.
 
     Raises:
-        RuntimeError: another daemon holds the state directory.
-        OSError: the listen address cannot be bound.
-        ValueError: the tokens file is malformed.
+        StartupError: before anything runs, one of its subclasses
+            (:mod:`trioctl._startup`): the state directory is unusable or
+            another daemon holds it, the tokens file cannot be used, the
+            listen address cannot be listened on.
     """
     driver_config = config.driver_config()
     lock_fd = _lock_state_dir(driver_config.state_dir)
     try:
+        host, port = config.server.host, config.server.port
+        await check_listen_address(host, port)
         tokens: Tokens | None = None
         token: str | None = None
         tokens_file: Path | None = None
         if config.auth.required:
             tokens_file = config.auth.tokens_file
-            ensure_tokens_file(tokens_file)
-            tokens = Tokens.load(tokens_file)
-            token = next((t for t, r in tokens.roles.items() if r.name == "ADMIN"), None)
+            tokens = load_tokens_file(tokens_file)
+            token = tokens.admin_token()
         mode = DispatchMode.LEGACY if config.mode == "legacy" else DispatchMode.DEFAULT
-        host, port = config.server.host, config.server.port
         async with (
             open_driver(driver_config) as driver,
             open_worker_pools(config.pools.limits()) as pools,

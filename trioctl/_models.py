@@ -7,6 +7,7 @@ into :class:`~trioctl.InvalidParams` naming each bad field and why.
 
 from __future__ import annotations
 
+import difflib
 import enum
 import re
 import typing
@@ -390,20 +391,74 @@ def structure(data: Any, cls: type[T]) -> T:
     try:
         return converter.structure(data, cls)
     except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
+        errors = []
         if isinstance(exc, cattrs.BaseValidationError):
             errors = cattrs.transform_error(exc, path="$", format_exception=_describe)
-        else:
+        # Every bad field, not only the first: the validators of the fields
+        # that structured, one by one (attrs stops at the first that fails).
+        per_field = _validator_errors(data, cls, errors)
+        if per_field:
+            # cattrs reports a failed validator at its object ("... @ $"):
+            # the per-field lines say it with the field's path.
+            said = {e.rsplit(" @ ", 1)[0] for e in per_field}
+            errors = [e for e in errors if e.rsplit(" @ ", 1)[0] not in said]
+        errors += per_field
+        if not errors:
             errors = [f"$: {exc}"]
         raise InvalidParams(
             f"invalid {cls.__name__}: " + "; ".join(errors), errors=errors
         ) from None
 
 
+def _validator_errors(
+    data: dict[str, Any], cls: type, known: list[str], path: str = "$"
+) -> list[str]:
+    """``"message @ $.field"`` for each field of ``cls`` (nested attrs
+    classes too) whose value in ``data`` structures but fails its validator;
+    fields that already have an error in ``known`` are skipped."""
+    if not attrs.has(cls):
+        return []
+    found = []
+    for field in attrs.fields(attrs.resolve_types(cls)):
+        where = f"{path}.{field.name}"
+        if field.name not in data:
+            continue
+        value = data[field.name]
+        if isinstance(field.type, type) and attrs.has(field.type) and isinstance(value, dict):
+            found += _validator_errors(value, field.type, known, where)
+            continue
+        if field.validator is None or any(
+            e.endswith(f"@ {where}") or f"@ {where}." in e or f"@ {where}[" in e for e in known
+        ):
+            continue
+        try:
+            field.validator(None, field, converter.structure(value, field.type))
+        except (cattrs.BaseValidationError, ValueError, TypeError) as exc:
+            found.append(f"{_describe(exc, None)} @ {where}")
+    return found
+
+
 def _describe(exc: BaseException, type_: type | None) -> str:
-    # Validators raise ValueError naming the field and the rule; say it as is.
+    # Validators raise ValueError naming the field and the rule, the type
+    # hooks TypeError "expected ..., got ...": say them as they are.
     if isinstance(exc, ValueError) and str(exc):
         return str(exc)
+    if isinstance(exc, TypeError) and str(exc).startswith("expected "):
+        return str(exc)
+    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
+        known = [f.name for f in attrs.fields(exc.cl)] if attrs.has(exc.cl) else []
+        return "; ".join(
+            f"unknown key {key!r}{_did_you_mean(key, known)}" for key in sorted(exc.extra_fields)
+        )
     return cattrs.v.format_exception(exc, type_)
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    """The closest known name as a hint (as the configuration file does)."""
+    match = difflib.get_close_matches(name, known, n=1)
+    if match:
+        return f"; did you mean {match[0]!r}?"
+    return f" (known: {', '.join(known)})" if known else ""
 
 
 def unstructure(obj: Any) -> Any:

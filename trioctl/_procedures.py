@@ -17,16 +17,20 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, Final, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import attrs
 
-from ._driver import Driver
 from ._errors import AccessDenied
 from ._jobs import JobKind
 from ._models import DomainDefinition, DomainInfo, DomainState, DomainStats, JobInfo
 from ._policy import WRITE_MONITOR_COMMANDS, monitor_command_allowed
 from ._pools import Priority
+
+if TYPE_CHECKING:
+    # Only a type here: the client library imports this module for the result
+    # types, and must not load the driver (the daemon's side).
+    from ._driver import Driver
 
 __all__ = [
     "PROCEDURES",

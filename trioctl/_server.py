@@ -26,16 +26,13 @@ from __future__ import annotations
 
 import collections
 import functools
-import hmac
 import itertools
-import json
 import logging
 import math
 import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
-from pathlib import Path
 from typing import Any, Final
 
 import attrs
@@ -74,6 +71,7 @@ from ._procedures import (
     VersionInfo,
 )
 from ._sansio import rpc
+from ._tokens import Tokens
 from ._util import open_service_nursery
 from ._version import __version__
 
@@ -84,43 +82,6 @@ logger = logging.getLogger(__name__)
 _LATENCY_WINDOW: Final = 10_000
 _CLOSE_GOING_AWAY: Final = 1001
 _CLOSE_POLICY: Final = 1008
-
-
-@attrs.frozen
-class Tokens:
-    """Bearer tokens and the role each grants (the tokens file)."""
-
-    roles: dict[str, Role]
-
-    @classmethod
-    def load(cls, path: Path) -> Tokens:
-        """Read ``{"tokens": [{"token": ..., "role": "read|write|admin"}, ...]}``.
-
-        Raises:
-            ValueError: the file is malformed (with the reason).
-            OSError: it cannot be read.
-        """
-        raw = json.loads(path.read_text())
-        entries = raw.get("tokens") if isinstance(raw, dict) else None
-        if not isinstance(entries, list):
-            raise ValueError(f"{path}: expected an object with a 'tokens' list")
-        roles: dict[str, Role] = {}
-        for i, entry in enumerate(entries):
-            try:
-                token, role = entry["token"], Role[str(entry["role"]).upper()]
-            except (KeyError, TypeError):
-                raise ValueError(f"{path}: tokens[{i}] needs 'token' and a valid 'role'") from None
-            if not isinstance(token, str) or len(token) < 16:
-                raise ValueError(f"{path}: tokens[{i}]: a token must be 16 characters or more")
-            roles[token] = role
-        return cls(roles)
-
-    def role_for(self, token: str) -> Role | None:
-        found = None
-        for known, role in self.roles.items():
-            if hmac.compare_digest(known.encode(), token.encode()):
-                found = role
-        return found
 
 
 @attrs.define(eq=False)

@@ -3,10 +3,16 @@
 SIGTERM and SIGINT stop it: it stops accepting clients, gives calls in flight
 ``server.shutdown_grace`` seconds (default 2), then cancels them. Calls stuck
 on hung domains do not hold it up beyond that. QEMU processes keep running.
+SIGHUP reads the tokens file again (a file that cannot be used keeps the old
+tokens, with one log line saying why).
+
+A start-up failure is one line on stderr, ``trioctl daemon: WHAT: WHY``, and
+an exit status per cause (:data:`EXIT_STATUSES`, ``docs/cli.md``).
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -21,9 +27,36 @@ import trio
 
 from .._config import ConfigError, DaemonConfig, load_config
 from .._daemon import DaemonHandle, open_daemon
+from .._startup import (
+    ListenAddressInUse,
+    ListenAddressUnusable,
+    StartupError,
+    StateDirInUse,
+    StateDirUnusable,
+    TokensFileUnusable,
+)
 from .._store import write_atomic
+from .._tokens import TokensFileError
 
 logger = logging.getLogger("trioctl.daemon")
+
+#: Exit status of a failure not listed below (one line on stderr too).
+EXIT_FAILED = 1
+#: Exit status of a bad configuration file or option.
+EXIT_CONFIG = 2
+#: ``trioctl daemon``'s exit statuses, by cause (``docs/cli.md``).
+EXIT_STATUSES: dict[str, int] = {
+    "stopped (SIGTERM or SIGINT)": 0,
+    "other failure": EXIT_FAILED,
+    "bad configuration or usage": EXIT_CONFIG,
+    "listen address in use": ListenAddressInUse.exit_status,
+    "listen address unusable (unresolvable host, not local, not permitted)": (
+        ListenAddressUnusable.exit_status
+    ),
+    "another daemon uses the state directory": StateDirInUse.exit_status,
+    "state directory unusable": StateDirUnusable.exit_status,
+    "tokens file unusable": TokensFileUnusable.exit_status,
+}
 
 
 class _JsonFormatter(logging.Formatter):
@@ -87,12 +120,16 @@ async def run_daemon(config: DaemonConfig, *, ready_file: Path | None = None) ->
     """
     stop = trio.Event()
     serving = False
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    running: DaemonHandle | None = None
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
 
             async def watch_signals(run_scope: trio.CancelScope) -> None:
                 async for signum in signals:
                     name = signal.Signals(signum).name
+                    if signum == signal.SIGHUP:
+                        _reload_tokens(running)
+                        continue
                     if serving:
                         grace = config.server.shutdown_grace
                         logger.info("%s: stopping within %.1f s", name, grace)
@@ -106,10 +143,26 @@ async def run_daemon(config: DaemonConfig, *, ready_file: Path | None = None) ->
                 nursery.start_soon(watch_signals, run_scope)
                 async with open_daemon(config) as daemon:
                     serving = True
+                    running = daemon
                     _announce(config, daemon, ready_file)
                     await stop.wait()
             nursery.cancel_scope.cancel()
     logger.info("stopped")
+
+
+def _reload_tokens(daemon: DaemonHandle | None) -> None:
+    if daemon is None:
+        logger.warning("SIGHUP during start-up: ignored (the tokens file is being read)")
+        return
+    if daemon.tokens_file is None:
+        logger.info("SIGHUP: auth is not required; no tokens file to read")
+        return
+    try:
+        count = daemon.reload_tokens()
+    except TokensFileError as exc:
+        logger.error("SIGHUP: kept the tokens in use: %s", exc)
+        return
+    logger.info("SIGHUP: %d tokens read from %s", count, daemon.tokens_file)
 
 
 def _announce(config: DaemonConfig, daemon: DaemonHandle, ready_file: Path | None) -> None:
@@ -147,14 +200,57 @@ def daemon_main(
         config = build_config(config_file, listen, state_dir, backend, mode)
     except ConfigError as exc:
         print(f"trioctl daemon: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     if print_config:
         print(config.to_toml(), end="")
         return 0
     setup_logging(config)
     try:
         trio.run(functools.partial(run_daemon, config, ready_file=ready_file))
-    except (OSError, RuntimeError, ValueError) as exc:
-        print(f"trioctl daemon: {exc}", file=sys.stderr)
-        return 1
+    except BaseException as exc:
+        status = _report_failure(exc)
+        if status is None:
+            raise
+        return status
     return 0
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        text = f"{where}{exc.strerror}"
+    return text or type(exc).__name__
+
+
+def _report_failure(exc: BaseException) -> int | None:
+    """Print one line for an expected failure and return the exit status;
+    None for anything else (a bug: let its traceback show).
+
+    Nurseries wrap what their tasks raise in exception groups: the leaves
+    are what happened.
+    """
+    leaves = _leaves(exc)
+    for leaf in leaves:
+        if isinstance(leaf, StartupError):
+            print(f"trioctl daemon: {leaf}", file=sys.stderr)
+            return leaf.exit_status
+    for leaf in leaves:
+        if isinstance(leaf, OSError) and leaf.errno == errno.EADDRINUSE:
+            # The listen address was taken between the check and the bind.
+            print(f"trioctl daemon: listen address in use: {_one_line(leaf)}", file=sys.stderr)
+            return ListenAddressInUse.exit_status
+    if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+        return 130
+    expected = (OSError, RuntimeError, ValueError, ConfigError)
+    if leaves and all(isinstance(leaf, expected) for leaf in leaves):
+        more = f" (and {len(leaves) - 1} more errors)" if len(leaves) > 1 else ""
+        print(f"trioctl daemon: {_one_line(leaves[0])}{more}", file=sys.stderr)
+        return EXIT_FAILED
+    return None

@@ -2,23 +2,38 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
+from typing import Final
 
 import click
 
 from .._client import DEFAULT_URL, TOKEN_ENV, URL_ENV
-from ._bench_cmd import bench
 from ._client_cmds import register
-from ._daemon_cmd import daemon_main
 from ._output import CliGroup, Settings
-from ._sim_cmds import sim
 
 #: The environment variable for ``--tokens-file``.
 TOKENS_FILE_ENV = "TRIOCTL_TOKENS_FILE"
 
 
-@click.group(cls=CliGroup, context_settings={"help_option_names": ["-h", "--help"]})
+class _LazyGroup(CliGroup):
+    """Commands whose module is imported only when the command runs (or
+    ``--help`` lists it): the client commands never load the daemon's side."""
+
+    LAZY: Final = {"sim": ("trioctl._cli._sim_cmds", "sim")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LAZY and cmd_name not in self.commands:
+            module, attr = self.LAZY[cmd_name]
+            self.add_command(getattr(importlib.import_module(module), attr), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "-c",
     "--connect",
@@ -68,9 +83,13 @@ def cli(
     connection; 130 on Ctrl-C. With --json, stdout holds one JSON document:
     the result, or {"error": {"reason", "message", "data"}}.
     """
+    source = ctx.get_parameter_source("token")
     ctx.obj = Settings(
         url=url,
         token=token or None,
+        token_source=f"${TOKEN_ENV}"
+        if source is click.core.ParameterSource.ENVIRONMENT
+        else "--token",
         tokens_file=tokens_file,
         json=json_output,
         connect_timeout=connect_timeout,
@@ -98,13 +117,13 @@ def daemon(
     print_config: bool,
     ready_file: Path | None,
 ) -> None:
-    """Run the daemon until SIGTERM or SIGINT."""
+    """Run the daemon until SIGTERM or SIGINT; SIGHUP re-reads the tokens file."""
+    from ._daemon_cmd import daemon_main
+
     sys.exit(daemon_main(config_file, listen, state_dir, backend, mode, print_config, ready_file))
 
 
 register(cli)
-cli.add_command(sim)
-cli.add_command(bench)
 
 
 def main() -> None:

@@ -35,6 +35,7 @@ import trio_websocket
 from .._client import DEFAULT_URL, Client, connect
 from .._errors import ConnectionLost, TrioctlError
 from .._models import DomainInfo, JobInfo, converter
+from .._tokens import ROLE_NAMES, TokensFileError, read_tokens_file
 
 __all__ = [
     "EXIT_CONNECTION",
@@ -77,6 +78,33 @@ class Settings:
     tokens_file: Path | None = None
     json: bool = False
     connect_timeout: float = 10.0
+    token_source: str = "--token"
+    """Where ``token`` came from: ``--token`` or ``$TRIOCTL_TOKEN``."""
+
+    def find_token(self, admin: bool) -> tuple[str | None, str]:
+        """The token to send and where it came from, for the messages.
+
+        ``--token`` (or ``$TRIOCTL_TOKEN``) first; else the best token of the
+        tokens file (its first admin token; for the API endpoint, else its
+        first token). The second item names the source: ``--token``,
+        ``$TRIOCTL_TOKEN``, ``FILE``, or why no token was found.
+        """
+        if self.token:
+            return self.token, self.token_source
+        path = self.tokens_file
+        if path is None:
+            from .._paths import default_tokens_file
+
+            path = default_tokens_file()
+        try:
+            found = read_tokens_file(path)
+        except TokensFileError as exc:
+            return None, f"no token: none given, and {exc}"
+        ranked = sorted(found, key=lambda pair: -ROLE_NAMES.index(pair[1]))
+        if not ranked or (admin and ranked[0][1] != "admin"):
+            need = "an admin token" if admin else "a token"
+            return None, f"no token: none given, and tokens file {path} holds no {need}"
+        return ranked[0][0], str(path)
 
     @property
     def admin_url(self) -> str:
@@ -182,14 +210,41 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
         yield exc
 
 
-def _rejected_message(exc: trio_websocket.ConnectionRejected, url: str) -> str:
-    body = (exc.body or b"").decode("utf-8", "replace").strip()
+def _content_type(exc: trio_websocket.ConnectionRejected) -> str:
+    for key, value in exc.headers or ():
+        if key.lower() == b"content-type":
+            return value.decode("latin-1").split(";")[0].strip()
+    return ""
+
+
+def _rejected_message(
+    exc: trio_websocket.ConnectionRejected, url: str, token_source: str | None
+) -> str:
+    raw = exc.body or b""
+    body = raw.decode("utf-8", "replace").strip()
+    kind = _content_type(exc)
+    if "html" in kind or "\n" in body or len(body) > 200 or body.startswith("<"):
+        # Not the daemon's one-line reason: a web server's page. Say so in
+        # one line instead of printing the page.
+        return (
+            f"{url} is not a trioctl daemon: it answered HTTP {exc.status_code} "
+            f"({kind or 'no content type'}, {len(raw)} bytes) instead of a WebSocket "
+            f"handshake; check -c / $TRIOCTL_URL"
+        )
     hint = {
         401: "give a token with --token or $TRIOCTL_TOKEN, or --tokens-file "
         "(the daemon's STATE_DIR/tokens.json)",
         403: "this token's role does not allow that endpoint",
         503: "the daemon is busy or stopping; try again later",
     }.get(exc.status_code, "")
+    if exc.status_code == 401 and token_source is not None:
+        # The daemon never says which file it reads (an unauthenticated peer
+        # must not learn paths): the client says where its token came from.
+        if token_source.startswith("no token"):
+            text = f"{url} refused the connection (HTTP 401): {token_source}"
+        else:
+            text = f"{url}: the token from {token_source} was refused (HTTP 401)"
+        return f"{text}; {hint}"
     text = f"{url} refused the connection (HTTP {exc.status_code})"
     if body:
         text += f": {body}"
@@ -198,8 +253,13 @@ def _rejected_message(exc: trio_websocket.ConnectionRejected, url: str) -> str:
     return text
 
 
-def classify(exc: BaseException, url: str | None) -> CliFailure | None:
-    """The failure to report for an expected exception; None for a bug."""
+def classify(
+    exc: BaseException, url: str | None, *, token_source: str | None = None
+) -> CliFailure | None:
+    """The failure to report for an expected exception; None for a bug.
+
+    ``token_source``: where the token sent came from, named on a 401.
+    """
     where = url or "the daemon"
     if isinstance(exc, CliFailure):
         return exc
@@ -216,9 +276,10 @@ def classify(exc: BaseException, url: str | None) -> CliFailure | None:
     if isinstance(exc, trio_websocket.ConnectionRejected):
         return CliFailure(
             "CONNECTION_REJECTED",
-            _rejected_message(exc, where),
+            _rejected_message(exc, where, token_source),
             exit_code=EXIT_CONNECTION,
-            data={"url": url, "status_code": exc.status_code},
+            data={"url": url, "status_code": exc.status_code}
+            | ({"token_from": token_source} if exc.status_code == 401 and token_source else {}),
         )
     if isinstance(exc, trio_websocket.ConnectionTimeout):
         return CliFailure(
@@ -245,9 +306,16 @@ def classify(exc: BaseException, url: str | None) -> CliFailure | None:
     return None
 
 
-def run_trio(settings: Settings, main: Callable[[], Awaitable[T]], *, url: str | None) -> T:
+def run_trio(
+    settings: Settings,
+    main: Callable[[], Awaitable[T]],
+    *,
+    url: str | None,
+    token_source: str | None = None,
+) -> T:
     """``trio.run(main)``, turning every expected failure into a report and
-    an exit code. ``url`` is what ``main`` connects to, for the messages."""
+    an exit code. ``url`` is what ``main`` connects to, ``token_source``
+    where its token came from, for the messages."""
     try:
         return trio.run(main)
     except BaseException as exc:
@@ -261,7 +329,7 @@ def run_trio(settings: Settings, main: Callable[[], Awaitable[T]], *, url: str |
             _silence_stdout()
             sys.exit(EXIT_FAILED)
         for leaf in leaves:
-            failure = classify(leaf, url)
+            failure = classify(leaf, url, token_source=token_source)
             if failure is not None:
                 fail(settings, failure)
         raise
@@ -272,17 +340,63 @@ def run_client(
 ) -> T:
     """Connect (to ``/admin`` if ``admin``), run ``fn(client)``, return its result."""
     url = settings.checked_url(admin)
+    token, source = settings.find_token(admin)
 
     async def main() -> T:
-        async with connect(
-            url,
-            settings.token,
-            tokens_file=settings.tokens_file,
-            connect_timeout=settings.connect_timeout,
-        ) as client:
-            return await fn(client)
+        async with trio.open_nursery() as nursery:
+            probe = trio.CancelScope()
+            if url.startswith("wss://"):
+                nursery.start_soon(_plain_http_probe, url, probe)
+            async with connect(
+                url,
+                # "": no token at all (connect() would look for one again).
+                token or "",
+                tokens_file=settings.tokens_file,
+                connect_timeout=settings.connect_timeout,
+            ) as client:
+                probe.cancel()
+                return await fn(client)
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    return run_trio(settings, main, url=url)
+    return run_trio(settings, main, url=url, token_source=source)
+
+
+#: Seconds a TLS handshake may take before :func:`_plain_http_probe` checks
+#: whether the server speaks plain HTTP (a local TLS server answers in ms).
+PLAIN_PROBE_AFTER = 0.5
+
+
+async def _plain_http_probe(url: str, scope: trio.CancelScope) -> None:
+    """For wss:// URLs: a daemon without TLS never answers the TLS hello, so
+    the handshake would only end at --connect-timeout. If it has not ended
+    after :data:`PLAIN_PROBE_AFTER`, ask the same address in plain HTTP; an
+    HTTP answer means TLS will never come: fail at once, saying so."""
+    with scope:
+        await trio.sleep(PLAIN_PROBE_AFTER)
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        try:
+            stream = await trio.open_tcp_stream(host, parts.port or 443)
+        except OSError:
+            return  # the real connection reports it
+        async with stream:
+            try:
+                await stream.send_all(
+                    f"GET / HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: close\r\n\r\n".encode()
+                )
+                with trio.move_on_after(2):
+                    answer = await stream.receive_some(16)
+            except (OSError, trio.BrokenResourceError):
+                return
+        if answer.startswith(b"HTTP/"):
+            plain = urllib.parse.urlunsplit(parts._replace(scheme="ws"))
+            raise CliFailure(
+                "CONNECTION_FAILED",
+                f"{url}: the server speaks plain HTTP, not TLS (a daemon without [tls]?); "
+                f"use {plain}",
+                exit_code=EXIT_CONNECTION,
+                data={"url": url},
+            )
 
 
 # -- output -------------------------------------------------------------------------------
