@@ -32,7 +32,7 @@ __all__ = [
 
 T = TypeVar("T")
 
-NAME_RE: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 EMULATORS: Final = ("sim", "qemu")
 
 
