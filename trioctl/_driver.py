@@ -30,10 +30,13 @@ once with :class:`~trioctl.MonitorUnresponsive` (``monitor_fail_fast``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import os
+import select
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -47,6 +50,7 @@ from ._errors import (
     ConnectionLost,
     DomainDestroyed,
     DomainExists,
+    InvalidParams,
     LaunchError,
     MonitorError,
     MonitorTimeout,
@@ -56,7 +60,19 @@ from ._errors import (
     RemoteProtocolError,
 )
 from ._jobs import DEFAULT_MAX_QUEUED, DomainJobs, JobInfo as _HeldJob, JobKind
-from ._launcher import LaunchSpec, QemuProcess, launch
+from ._launcher import (
+    CONTROL_SOCKET,
+    MONITOR_SOCKET,
+    LaunchSpec,
+    QemuProcess,
+    cmdline,
+    find_processes,
+    launch,
+    names_monitor,
+    prepare_domain_dir,
+    resolve_qemu_user,
+    verify_process,
+)
 from ._models import (
     DomainDefinition,
     DomainEvent,
@@ -68,7 +84,7 @@ from ._models import (
 )
 from ._monitor import Monitor, open_monitor
 from ._sansio.qmp import Event
-from ._store import LoadProblem, RuntimeRecord, Store
+from ._store import MAX_DEFINITION_BYTES, LoadProblem, RuntimeRecord, Store, encode_definition
 from ._util import open_service_nursery
 
 __all__ = ["Driver", "DriverConfig", "EventSubscription", "open_driver"]
@@ -117,6 +133,11 @@ class DriverConfig:
     """Each event subscriber's buffer; events beyond it are dropped and counted."""
     backend: str = "sim"
     """The emulator of definitions that name none (``sim`` or ``qemu``)."""
+    qemu_user: str = ""
+    """When the daemon is root, the account emulators run as ("": ``trioctl-qemu``
+    if it exists, else ``nobody``). Ignored when the daemon is not root."""
+    max_domains: int = 10000
+    """How many domains may be defined (definitions already on disk all load)."""
 
     @property
     def runtime_dir(self) -> Path:
@@ -129,6 +150,8 @@ class _Run:
 
     proc: QemuProcess
     record: RuntimeRecord
+    qmp_path: str
+    """Derived from the run directory and the name, never read from the record."""
     monitor: Monitor | None = None
     nursery: trio.Nursery | None = None
     """The domain nursery, while the run is supervised."""
@@ -169,6 +192,8 @@ class Driver:
     def __init__(self, config: DriverConfig, nursery: trio.Nursery) -> None:
         self.config = config
         self.store = Store(config.state_dir, config.runtime_dir)
+        self.qemu_user = resolve_qemu_user(config.qemu_user)
+        """Who real QEMU runs as (None: as the daemon, which is not root)."""
         self.jobs = DomainJobs(max_queued=config.max_queued, wait_timeout=config.job_wait_timeout)
         self.load_problems: list[LoadProblem] = []
         self._nursery = nursery
@@ -320,7 +345,25 @@ class Driver:
         """
         if not definition.emulator:
             definition = attrs.evolve(definition, emulator=self.config.backend)
+        size = len(encode_definition(definition))
+        if size > MAX_DEFINITION_BYTES:
+            raise InvalidParams(
+                f"the definition of {definition.name!r} is {size} bytes encoded; "
+                f"the limit is {MAX_DEFINITION_BYTES}",
+                domain=definition.name,
+                limit="definition_bytes",
+            )
         async with self._define_lock:
+            if (
+                definition.name not in self._domains
+                and len(self._domains) >= self.config.max_domains
+            ):
+                raise OperationInvalid(
+                    f"{len(self._domains)} domains are defined, the limit "
+                    f"(driver.max_domains) is {self.config.max_domains}; undefine one first",
+                    domain=definition.name,
+                    limit="driver.max_domains",
+                )
             for other in self._domains.values():
                 if (
                     other.definition.uuid == definition.uuid
@@ -372,54 +415,95 @@ class Driver:
         if dom.run is not None:
             raise OperationInvalid(f"domain {name!r} is already running")
         d = dom.definition
-        run_dir = self.config.runtime_dir
+        user = self.qemu_user if d.emulator != "sim" else None
+        dom_dir = await trio.to_thread.run_sync(
+            prepare_domain_dir, self.config.runtime_dir, d.name, user, self.config.state_dir
+        )
+        qmp_path = str(dom_dir / MONITOR_SOCKET)
         spec = LaunchSpec(
             name=d.name,
-            qmp_path=str(run_dir / f"{d.name}.qmp"),
-            pidfile=str(run_dir / f"{d.name}.pid"),
+            qmp_path=qmp_path,
             emulator=d.emulator,
             memory_mib=d.memory_mib,
             vcpus=d.vcpus,
             machine=d.machine,
             paused=paused,
             extra_args=d.extra_args,
-            sim_control_path=str(run_dir / f"{d.name}.ctl") if d.emulator == "sim" else None,
+            sim_control_path=str(dom_dir / CONTROL_SOCKET) if d.emulator == "sim" else None,
         )
-        proc = self._hold_process(await launch(spec, startup_timeout=self.config.start_timeout))
+        # No emulator without a record naming it: "starting" before the spawn,
+        # with its pid right after (launch shields both), "running" once the
+        # monitor answered. A daemon killed in between finds the record at its
+        # next start and kills what it launched (see _load).
         record = RuntimeRecord(
             name=d.name,
-            pid=proc.pid,
-            start_ticks=proc.start_ticks,
-            qmp_path=spec.qmp_path,
-            pidfile=spec.pidfile,
+            pid=None,
+            start_ticks=None,
             emulator=d.emulator,
             started_at=time.time(),
-            control_path=spec.sim_control_path,
+            state="starting",
         )
-        run = _Run(proc, record)
-        try:
+        await trio.to_thread.run_sync(self.store.save_record, record)
+        spawned: QemuProcess | None = None
+
+        async def on_spawn(proc: QemuProcess) -> None:
+            nonlocal record, spawned
+            spawned = proc
+            record = attrs.evolve(record, pid=proc.pid, start_ticks=proc.start_ticks)
             await trio.to_thread.run_sync(self.store.save_record, record)
+
+        try:
+            proc = self._hold_process(
+                await launch(
+                    spec,
+                    run_dir=dom_dir,
+                    user=user,
+                    on_spawn=on_spawn,
+                    startup_timeout=self.config.start_timeout,
+                )
+            )
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                if spawned is None or spawned.exited():
+                    await trio.to_thread.run_sync(self._forget_start, d.name)
+            raise
+        run = _Run(proc, record, qmp_path)
+        try:
             dom.run = run
             dom.monitor_state = MonitorState.CONNECTING
             await self._nursery.start(self._supervise, dom, run, False)
             if dom.run is not run or run.exited.is_set():
                 raise LaunchError(f"domain {name!r} exited while starting", domain=name)
+            run.record = attrs.evolve(record, state="running")
+            await trio.to_thread.run_sync(self.store.save_record, run.record)
         except BaseException:
             if dom.run is run:
                 dom.run = None
                 dom.monitor_state = MonitorState.NONE
             with trio.CancelScope(shield=True):
                 await proc.kill(grace=0)
-            run.exited.set()
-            self._release_run(run)
-            self.store.delete_record(name)
-            _remove_runtime_files(record)
+                run.exited.set()
+                self._release_run(run)
+                await trio.to_thread.run_sync(self._forget_start, d.name)
             raise
         if paused:
             self._set_state(dom, DomainState.PAUSED, "user", "started")
         else:
             self._set_state(dom, DomainState.RUNNING, "booted", "started")
         return self._info(dom)
+
+    def _forget_start(self, name: str) -> None:
+        """After a failed start whose emulator is gone: no record, no files."""
+        self.store.delete_record(name)
+        self._remove_runtime_files(name)
+
+    def _remove_runtime_files(self, name: str) -> None:
+        """The sockets a killed emulator could not remove itself: names in the
+        domain's run directory only, never a path from a record."""
+        directory = self.store.domain_run_dir(name)
+        for file in (MONITOR_SOCKET, CONTROL_SOCKET):
+            with contextlib.suppress(OSError):
+                os.unlink(directory / file)
 
     async def start(self, name: str, paused: bool = False, *, client: str = "local") -> DomainInfo:
         return await self.run_job(
@@ -730,7 +814,8 @@ class Driver:
             dom.run = None
             dom.monitor_state = MonitorState.NONE
             self.store.delete_record(name)
-            _remove_runtime_files(run.record)
+            if not run.record.shared:
+                self._remove_runtime_files(name)
             self._set_state(dom, state, reason, detail)
         self._release_run(run)
         run.exited.set()
@@ -783,7 +868,7 @@ class Driver:
             else:
                 handshake = self.config.monitor_timeout
             try:
-                async with open_monitor(run.record.qmp_path, handshake_timeout=handshake) as mon:
+                async with open_monitor(run.qmp_path, handshake_timeout=handshake) as mon:
                     run.monitor = mon
                     mon.add_event_handler(functools.partial(self._on_qmp_event, dom, run))
                     if reconnecting or not first:
@@ -877,26 +962,56 @@ class Driver:
         records, record_problems = await trio.to_thread.run_sync(self.store.load_records)
         self.load_problems = problems + record_problems
         for d in definitions:
+            if not d.emulator:
+                d = attrs.evolve(d, emulator=self.config.backend)
             self._domains[d.name] = _Domain(d)
         reconnecting: list[tuple[_Domain, _Run]] = []
+        argv_cache: dict[int, list[str] | None] = {}
         for name, record in records.items():
             dom = self._domains.get(name)
+            qmp_path = str(self.store.domain_run_dir(name) / MONITOR_SOCKET)
+            if record.state == "starting":
+                # A start the previous daemon never finished: kill what it
+                # launched (found by its command line, even if the pid was
+                # never recorded), then forget the start.
+                killed = await trio.to_thread.run_sync(self._kill_unfinished_start, qmp_path)
+                logger.warning(
+                    "domain %s: a start was interrupted by the daemon's exit; "
+                    "killed its emulator %s",
+                    name,
+                    killed or "(none was running)",
+                )
+                await trio.to_thread.run_sync(self._forget_start, name)
+                continue
             if dom is None:
                 logger.warning("runtime record for undefined domain %s left in place", name)
                 continue
+            assert record.pid is not None and record.start_ticks is not None
             try:
                 shared = self._procs.get((record.pid, record.start_ticks))
-                proc = self._hold_process(
-                    shared[0] if shared else QemuProcess.attach(record.pid, record.start_ticks)
-                )
-                if proc.exited():  # a zombie that init has not reaped yet
-                    self._release_process(proc)
-                    raise ProcessLookupError(record.pid)
-            except (ProcessLookupError, OSError):
+                if shared is not None:
+                    argv = argv_cache.get(record.pid)
+                    if argv is None or not names_monitor(argv, qmp_path):
+                        raise PermissionError(f"pid {record.pid} does not serve {qmp_path}")
+                    proc = self._hold_process(shared[0])
+                else:
+                    proc = self._hold_process(
+                        verify_process(record.pid, record.start_ticks, qmp_path)
+                    )
+                    argv_cache[record.pid] = cmdline(record.pid)
+            except PermissionError as exc:
+                # A record naming a process that is not this domain's emulator:
+                # never signal it; forget the record.
+                logger.error("domain %s: runtime record discarded: %s", name, exc)
                 self.store.delete_record(name)
                 self._set_state(dom, DomainState.CRASHED, "crashed", "crashed")
                 continue
-            run = _Run(proc, record)
+            except (ProcessLookupError, OSError):
+                self.store.delete_record(name)
+                self._remove_runtime_files(name)
+                self._set_state(dom, DomainState.CRASHED, "crashed", "crashed")
+                continue
+            run = _Run(proc, record, qmp_path)
             dom.run = run
             dom.state, dom.reason = DomainState.RUNNING, "booted"
             dom.monitor_state = MonitorState.CONNECTING
@@ -920,6 +1035,32 @@ class Driver:
                 self._nursery.start_soon(self._supervise, dom, run, True, held)
             await all_held.wait()
 
+    def _kill_unfinished_start(self, qmp_path: str) -> list[int]:
+        """SIGKILL every emulator serving ``qmp_path`` (run by the daemon's
+        user or the emulators' user), and wait for each to exit. Blocking."""
+        owners = {os.geteuid()} | ({self.qemu_user.uid} if self.qemu_user else set())
+        killed = []
+        for pid in find_processes(qmp_path):
+            try:
+                if os.stat(f"/proc/{pid}").st_uid not in owners:
+                    continue
+                proc = QemuProcess.attach(pid)
+            except OSError:
+                continue
+            try:
+                argv = cmdline(pid)
+                if argv is None or not names_monitor(argv, qmp_path):
+                    continue
+                if proc.send_signal(signal.SIGKILL):
+                    killed.append(pid)
+                poller = select.poll()
+                poller.register(proc.fileno(), select.POLLIN)
+                poller.poll(5000)
+                proc.exited()  # reaps it if it is our child
+            finally:
+                proc.close()
+        return killed
+
     async def _autostart(self) -> None:
         async with trio.open_nursery() as nursery:
             for dom in list(self._domains.values()):
@@ -931,16 +1072,6 @@ class Driver:
             await self.start(name, client="daemon")
         except Exception as exc:
             logger.error("autostart of %s failed: %s", name, exc)
-
-
-def _remove_runtime_files(record: RuntimeRecord) -> None:
-    """The sockets and pidfile a killed emulator could not remove itself."""
-    for path in (record.qmp_path, record.pidfile, record.control_path):
-        if path:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
 
 
 def _job_record(job: _HeldJob) -> JobInfo:
