@@ -39,7 +39,7 @@ from ._dispatch import Dispatcher, DispatchMode
 from ._driver import Driver, open_driver
 from ._pools import WorkerPools, open_worker_pools
 from ._server import Server, Tokens, serve
-from ._store import write_atomic
+from ._store import check_private_dir, write_atomic
 
 __all__ = ["DaemonHandle", "ensure_tokens_file", "open_daemon"]
 
@@ -76,8 +76,10 @@ def ensure_tokens_file(path: Path) -> None:
 
 
 def _lock_state_dir(state_dir: Path) -> int:
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    check_private_dir(state_dir, "state directory")
+    fd = os.open(
+        state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+    )
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -90,8 +92,16 @@ def _lock_state_dir(state_dir: Path) -> int:
 async def open_daemon(config: DaemonConfig) -> AsyncIterator[DaemonHandle]:
     """Run the daemon (driver, pools, server) while the block lasts.
 
+    The daemon writes every file with mode 0600 and creates directories with
+    mode 0700 itself; it does not change the process's umask (that belongs to
+    the embedding program: ``trioctl daemon`` sets 077, and embedders should
+    too).
+
     Raises:
         RuntimeError: another daemon holds the state directory.
+        UnsafeDirectory: (a PermissionError) the state or run directory is a
+            symlink, not owned by the daemon's user, or writable by group or
+            others.
         OSError: the listen address cannot be bound.
         ValueError: the tokens file is malformed.
     """

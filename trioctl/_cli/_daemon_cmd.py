@@ -21,7 +21,7 @@ import trio
 
 from .._config import ConfigError, DaemonConfig, load_config
 from .._daemon import DaemonHandle, open_daemon
-from .._store import write_atomic
+from .._store import check_private_dir, write_atomic
 
 logger = logging.getLogger("trioctl.daemon")
 
@@ -119,7 +119,10 @@ def _announce(config: DaemonConfig, daemon: DaemonHandle, ready_file: Path | Non
     print(f"state directory: {config.driver.state_dir}", flush=True)
     logger.info("serving %d domains", len(daemon.driver.list_domains()))
     if ready_file is not None:
-        # It holds the token: written like every state file, mode 0600.
+        # It holds the token: written like every state file, mode 0600, through
+        # a random temporary name (O_EXCL|O_NOFOLLOW) renamed over the path, so
+        # a file another user planted there, or a symlink, is replaced, never
+        # written through.
         write_atomic(
             ready_file,
             json.dumps(
@@ -152,6 +155,15 @@ def daemon_main(
         print(config.to_toml(), end="")
         return 0
     setup_logging(config)
+    # Nothing the daemon creates is for other users (files are 0600 anyway).
+    os.umask(0o077)
+    try:
+        # Refused before anything starts, in one line (open_daemon checks again).
+        check_private_dir(config.driver.state_dir, "state directory")
+        check_private_dir(config.driver.run_dir, "run directory")
+    except OSError as exc:
+        print(f"trioctl daemon: {exc}", file=sys.stderr)
+        return 1
     try:
         trio.run(functools.partial(run_daemon, config, ready_file=ready_file))
     except (OSError, RuntimeError, ValueError) as exc:
