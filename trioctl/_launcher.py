@@ -115,6 +115,8 @@ def resolve_qemu_user(configured: str) -> QemuUser | None:
         entry = pwd.getpwnam(name)
     except KeyError:
         raise ValueError(f"driver.qemu_user: no account named {name!r}") from None
+    if entry.pw_uid == 0:
+        return None  # "root": confinement by user turned off
     return QemuUser(name, entry.pw_uid, entry.pw_gid)
 
 
