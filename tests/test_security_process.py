@@ -534,3 +534,43 @@ async def test_sigkill_at_any_instant_of_a_start_never_loses_a_process(sock_dir:
         with trio.CancelScope(shield=True):
             await proc.wait()
         kill_under(sock_dir)
+
+
+async def test_daemon_serves_despite_hostile_state_files(sock_dir: Path) -> None:
+    domains, run = sock_dir / "domains", sock_dir / "run"
+    domains.mkdir(mode=0o700)
+    run.mkdir(mode=0o700)
+    (domains / "good.json").write_text(json.dumps({"name": "good", "emulator": "sim"}))
+    (domains / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    os.mkfifo(domains / "fifo.json")
+    (domains / "shadow.json").symlink_to("/etc/shadow")
+    (run / "good.json").write_text(
+        json.dumps(
+            {"name": "good", "pid": 2**70, "start_ticks": 1, "emulator": "sim", "started_at": 0.0}
+        )
+    )
+    foreign = domains / "foreign.json"
+    foreign.write_text(json.dumps({"name": "foreign"}))
+    if ROOT:
+        os.chown(foreign, NOBODY.pw_uid, NOBODY.pw_gid)
+    async with daemon(sock_dir, sock_dir / "ready.json") as (_proc, info):
+        async with connect(info["url"], info["token"]) as client:
+            with trio.fail_after(10):
+                names = {d.name for d in await client.list_domains()}
+                assert "good" in names and not names & {"deep", "fifo", "shadow"}
+                assert (await client.get_info("good")).state.value == "shutoff"
+
+
+@pytest.mark.skipif(not ROOT, reason="the daemon only resolves driver.qemu_user as root")
+def test_unknown_qemu_user_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "trioctl.toml").write_text(CONFIG + 'qemu_user = "no-such-account-x"\n')
+    result = subprocess.run(
+        daemon_argv(tmp_path, tmp_path / "ready.json"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert "no account named 'no-such-account-x'" in lines[0]

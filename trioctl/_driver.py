@@ -416,9 +416,14 @@ class Driver:
             raise OperationInvalid(f"domain {name!r} is already running")
         d = dom.definition
         user = self.qemu_user if d.emulator != "sim" else None
-        dom_dir = await trio.to_thread.run_sync(
-            prepare_domain_dir, self.config.runtime_dir, d.name, user, self.config.state_dir
-        )
+        try:
+            dom_dir = await trio.to_thread.run_sync(
+                prepare_domain_dir, self.config.runtime_dir, d.name, user, self.config.state_dir
+            )
+        except OSError as exc:
+            raise LaunchError(
+                f"cannot prepare the run directory of domain {name!r}: {exc}", domain=name
+            ) from None
         qmp_path = str(dom_dir / MONITOR_SOCKET)
         spec = LaunchSpec(
             name=d.name,

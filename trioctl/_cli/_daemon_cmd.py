@@ -21,6 +21,7 @@ import trio
 
 from .._config import ConfigError, DaemonConfig, load_config
 from .._daemon import DaemonHandle, open_daemon
+from .._launcher import resolve_qemu_user
 from .._store import check_private_dir, write_atomic
 
 logger = logging.getLogger("trioctl.daemon")
@@ -161,7 +162,8 @@ def daemon_main(
         # Refused before anything starts, in one line (open_daemon checks again).
         check_private_dir(config.driver.state_dir, "state directory")
         check_private_dir(config.driver.run_dir, "run directory")
-    except OSError as exc:
+        resolve_qemu_user(config.driver.qemu_user)
+    except (OSError, ValueError) as exc:
         print(f"trioctl daemon: {exc}", file=sys.stderr)
         return 1
     try:
