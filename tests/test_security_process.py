@@ -30,7 +30,7 @@ import trio
 from trioctl import InvalidParams, LaunchError, OperationInvalid
 from trioctl._client import connect
 from trioctl._driver import DriverConfig, open_driver
-from trioctl._launcher import LaunchSpec, QemuProcess, launch
+from trioctl._launcher import LaunchSpec, QemuProcess, launch, names_monitor
 from trioctl._models import DomainDefinition, DomainState, MonitorState
 from trioctl._store import RuntimeRecord, Store, UnsafeDirectory, read_regular, write_atomic
 
@@ -574,3 +574,18 @@ def test_unknown_qemu_user_is_one_line(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and len(lines) == 1, result.stderr
     assert "no account named 'no-such-account-x'" in lines[0]
+
+
+def test_names_monitor_matches_only_this_domains_socket() -> None:
+    qmp = "/run/t/vm1/qmp.sock"
+    single = ["qemu", "-name", "guest=vm1", "-qmp", f"unix:{qmp},server=on,wait=off"]
+    assert names_monitor(single, qmp)
+    assert not names_monitor(single, "/run/t/vm2/qmp.sock")
+    assert not names_monitor(["qemu", "-qmp", f"unix:{qmp}x,server=on"], qmp)
+    assert not names_monitor(["sleep", "60"], qmp)
+    many = ["python", "-m", "trioctl.sim", "many", "--dir", "/run/t", "--count", "5"]
+    many += ["--prefix", "vm", "--vm-dirs"]
+    assert names_monitor(many, qmp)
+    assert not names_monitor(many, "/run/t/vm5/qmp.sock")  # beyond --count
+    assert not names_monitor(many, "/run/other/vm1/qmp.sock")
+    assert not names_monitor(many[:-1], qmp)  # the flat layout serves other paths
