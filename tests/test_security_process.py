@@ -589,3 +589,12 @@ def test_names_monitor_matches_only_this_domains_socket() -> None:
     assert not names_monitor(many, "/run/t/vm5/qmp.sock")  # beyond --count
     assert not names_monitor(many, "/run/other/vm1/qmp.sock")
     assert not names_monitor(many[:-1], qmp)  # the flat layout serves other paths
+
+
+def test_a_domain_named_like_a_record_keeps_its_run_directory(tmp_path: Path) -> None:
+    store = Store(tmp_path, tmp_path / "run")
+    (tmp_path / "run" / "a.json").mkdir()  # the run directory of domain "a.json"
+    store.save_record(RuntimeRecord("a.json", 10, 2, "sim", 0.0))
+    records, problems = store.load_records()
+    assert set(records) == {"a.json"} and not problems
+    assert (tmp_path / "run" / "a.json").is_dir()

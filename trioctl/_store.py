@@ -315,6 +315,8 @@ class Store:
         found: dict[str, RuntimeRecord] = {}
         problems: list[LoadProblem] = []
         for path in sorted(self.run_dir.glob("*.json")):
+            if path.is_dir() and not path.is_symlink():
+                continue  # the run directory of a domain named "x.json"
             try:
                 record = _parse_record(json.loads(read_regular(path, MAX_RECORD_BYTES)), path.stem)
             except Exception as exc:  # any bad file is set aside
