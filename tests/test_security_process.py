@@ -598,3 +598,40 @@ def test_a_domain_named_like_a_record_keeps_its_run_directory(tmp_path: Path) ->
     records, problems = store.load_records()
     assert set(records) == {"a.json"} and not problems
     assert (tmp_path / "run" / "a.json").is_dir()
+
+
+async def test_emulator_of_an_older_daemon_is_adopted(sock_dir: Path) -> None:
+    """Before per-domain run directories the socket was RUN_DIR/NAME.qmp and
+    records held paths: such an emulator is adopted, not lost, at upgrade."""
+    run = sock_dir / "run"
+    store = Store(sock_dir, run)
+    qmp = run / "old.qmp"
+    stand_in = await trio.lowlevel.open_process(
+        [sys.executable, "-c", "import time; time.sleep(60)", f"unix:{qmp},server=on,wait=off"]
+    )
+    try:
+        held = QemuProcess.attach(stand_in.pid)
+        ticks = held.start_ticks
+        held.close()
+        store.save_definition(DomainDefinition(name="old", emulator="sim"))
+        legacy = {
+            "name": "old",
+            "pid": stand_in.pid,
+            "start_ticks": ticks,
+            "qmp_path": str(qmp),
+            "pidfile": str(run / "old.pid"),
+            "emulator": "sim",
+            "started_at": time.time(),
+            "control_path": None,
+        }
+        (run / "old.json").write_text(json.dumps(legacy))
+        with trio.fail_after(20):
+            async with open_driver(config(sock_dir)) as driver:
+                info = driver.get_info("old")
+                assert (info.state, info.pid) == (DomainState.RUNNING, stand_in.pid)
+                await driver.destroy("old")
+        assert stand_in.poll() is not None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            stand_in.kill()
+        await stand_in.wait()

@@ -506,9 +506,12 @@ class Driver:
         """The sockets a killed emulator could not remove itself: names in the
         domain's run directory only, never a path from a record."""
         directory = self.store.domain_run_dir(name)
-        for file in (MONITOR_SOCKET, CONTROL_SOCKET):
+        paths = [directory / MONITOR_SOCKET, directory / CONTROL_SOCKET]
+        # And those of the flat layout of older daemons (RUN_DIR/NAME.qmp ...).
+        paths += [self.store.run_dir / f"{name}{suffix}" for suffix in (".qmp", ".pid", ".ctl")]
+        for path in paths:
             with contextlib.suppress(OSError):
-                os.unlink(directory / file)
+                os.unlink(path)
 
     async def start(self, name: str, paused: bool = False, *, client: str = "local") -> DomainInfo:
         return await self.run_job(
@@ -1000,9 +1003,14 @@ class Driver:
                         raise PermissionError(f"pid {record.pid} does not serve {qmp_path}")
                     proc = self._hold_process(shared[0])
                 else:
-                    proc = self._hold_process(
-                        verify_process(record.pid, record.start_ticks, qmp_path)
-                    )
+                    try:
+                        found = verify_process(record.pid, record.start_ticks, qmp_path)
+                    except PermissionError:
+                        # An emulator started by a daemon from before per-domain
+                        # run directories serves RUN_DIR/NAME.qmp: adopt it too.
+                        qmp_path = str(self.config.runtime_dir / f"{name}.qmp")
+                        found = verify_process(record.pid, record.start_ticks, qmp_path)
+                    proc = self._hold_process(found)
                     argv_cache[record.pid] = cmdline(record.pid)
             except PermissionError as exc:
                 # A record naming a process that is not this domain's emulator:
