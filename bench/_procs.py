@@ -446,21 +446,27 @@ class ManySim:
     pidfile: Path
     names: tuple[str, ...]
 
+    prefix: str = "vm"
+
     def qmp_path(self, name: str) -> Path:
-        return self.dir / f"{name}.qmp"
+        return self.dir / name / "qmp.sock"
 
     @property
     def control_path(self) -> Path:
-        return self.dir / "control.sock"
+        return self.dir / f".{self.prefix}-control.sock"
 
 
-async def start_many_sim(registry: Registry, directory: Path, count: int, prefix: str) -> ManySim:
-    """Start ``count`` simulated VMs in one daemonized simulator process.
+async def start_many_sim(registry: Registry, state_dir: Path, count: int, prefix: str) -> ManySim:
+    """Start ``count`` simulated VMs in one daemonized simulator process, their
+    sockets where a daemon on ``state_dir`` (:func:`daemon_settings`) puts
+    them: ``RUN_DIR/NAME/qmp.sock`` (``--vm-dirs``).
 
     Raises:
         RuntimeError: it failed to start (with its message).
     """
-    pidfile = directory / "sim.pid"
+    directory = state_dir / "r"
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pidfile = directory / f".{prefix}.pid"
     argv = [
         sys.executable,
         "-m",
@@ -475,6 +481,7 @@ async def start_many_sim(registry: Registry, directory: Path, count: int, prefix
         "--pidfile",
         str(pidfile),
         "--daemonize",
+        "--vm-dirs",
     ]
     with trio.move_on_after(READY_TIMEOUT) as scope:
         result = await trio.run_process(argv, check=False, capture_stderr=True)
@@ -488,7 +495,7 @@ async def start_many_sim(registry: Registry, directory: Path, count: int, prefix
     if ticks is None:
         raise RuntimeError(f"the many-VMs simulator (pid {pid}) exited at once")
     names = tuple(f"{prefix}{i}" for i in range(count))
-    return ManySim(pid, ticks, directory, pidfile, names)
+    return ManySim(pid, ticks, directory, pidfile, names, prefix)
 
 
 def write_many_domains(state_dir: Path, sims: list[ManySim]) -> None:
@@ -509,10 +516,8 @@ def write_many_domains(state_dir: Path, sims: list[ManySim]) -> None:
                 name=name,
                 pid=sim.pid,
                 start_ticks=sim.start_ticks,
-                qmp_path=str(sim.qmp_path(name)),
-                pidfile=str(sim.pidfile),
                 emulator="sim",
                 started_at=now,
-                control_path=str(sim.control_path),
+                shared=True,
             )
             (run_dir / f"{name}.json").write_text(json.dumps(attrs.asdict(record)))

@@ -49,7 +49,14 @@ from trioctl._pools import check_limits
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
 PATH_KEYS = ("driver.state_dir", "driver.run_dir", "auth.tokens_file", "tls.cert", "tls.key")
-TEXTUAL = {*PATH_KEYS, "mode", "server.listen", "driver.reconnect", "driver.backend"}
+TEXTUAL = {
+    *PATH_KEYS,
+    "mode",
+    "server.listen",
+    "driver.reconnect",
+    "driver.backend",
+    "driver.qemu_user",
+}
 TEXTUAL |= {"log.level", "log.format"}
 """Keys whose TOML value is a string: a string override is never read as a literal."""
 
@@ -83,6 +90,8 @@ DEFAULTS: dict[str, object] = {
     "driver.emulators": {},
     "driver.machines": ("none", "pc", "q35", "isapc", "microvm", "pc-i440fx-*", "pc-q35-*"),
     "driver.storage_dirs": (),
+    "driver.qemu_user": "",
+    "driver.max_domains": 10000,
     "auth.required": True,
     "tls.cert": None,
     "tls.key": None,
@@ -270,6 +279,8 @@ GOOD: list[tuple[str, str, object]] = [
     ("driver.reconnect_timeout", "0.5", 0.5),
     ("driver.event_buffer", "1", 1),
     ("driver.backend", '"qemu"', "qemu"),
+    ("driver.qemu_user", '"trioctl-qemu"', "trioctl-qemu"),
+    ("driver.max_domains", "20000", 20000),
     ("driver.backend", '"sim"', "sim"),
     ("driver.emulators", '{qemu = "/bin/true"}', {"qemu": "/bin/true"}),
     (
@@ -420,6 +431,8 @@ BAD: list[tuple[str, str, str]] = [
     ("driver.reconnect_timeout", "0", "expected a positive number, got 0"),
     ("driver.event_buffer", "0", "expected a positive integer, got 0"),
     ("driver.backend", '"kvm"', 'expected one of "sim", "qemu", got "kvm"'),
+    ("driver.qemu_user", '"a b"', 'expected a user name, got "a b"'),
+    ("driver.max_domains", "0", "expected a positive integer, got 0"),
     ("driver.backend", '"/usr/bin/qemu"', 'expected one of "sim", "qemu"'),
     ("driver.emulators", '"qemu"', "expected a table of name = path"),
     ("driver.emulators", '{sim = "/bin/true"}', '"sim" is the built-in simulator'),

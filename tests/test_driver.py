@@ -359,9 +359,16 @@ async def test_destroy_removes_runtime_files(sock_dir: Path) -> None:
             await driver.define(DomainDefinition(name="f", emulator="sim"))
             await driver.start("f")
             run_dir = sock_dir / "run"
-            assert {p.name for p in run_dir.iterdir()} >= {"f.json", "f.qmp", "f.pid", "f.ctl"}
+            assert {p.name for p in run_dir.iterdir()} == {"f.json", "f"}
+            assert {p.name for p in (run_dir / "f").iterdir()} == {
+                "qmp.sock",
+                "ctl.sock",
+                "stderr.log",
+            }
             pid = driver.get_info("f").pid
             assert pid is not None
             os.kill(pid, signal.SIGSTOP)
             await driver.destroy("f")
-            assert not [p.name for p in run_dir.iterdir() if p.name.startswith("f.")]
+            assert {p.name for p in run_dir.iterdir()} == {"f"}
+            # The log stays for diagnosis until the next start.
+            assert {p.name for p in (run_dir / "f").iterdir()} == {"stderr.log"}

@@ -32,11 +32,10 @@ async def vm(request: pytest.FixtureRequest, sock_dir: Path) -> AsyncIterator[Vm
     spec = LaunchSpec(
         name="vm1",
         qmp_path=str(sock_dir / "vm1.qmp"),
-        pidfile=str(sock_dir / "vm1.pid"),
         emulator=request.param,
     )
     with trio.fail_after(20):
-        proc = await launch(spec)
+        proc = await launch(spec, run_dir=sock_dir)
     try:
         yield Vm(proc, spec)
     finally:
@@ -139,9 +138,8 @@ async def test_quit_exits_and_pidfd_reports_it(vm: Vm) -> None:
     assert not vm.proc.send_signal(0)
 
 
-async def test_pidfile_and_reattach(vm: Vm) -> None:
-    pid = int(Path(vm.spec.pidfile).read_text())
-    assert pid == vm.proc.pid
+async def test_reattach(vm: Vm) -> None:
+    pid = vm.proc.pid
     again = QemuProcess.attach(pid, vm.proc.start_ticks)
     try:
         assert not again.exited()
@@ -156,30 +154,27 @@ async def test_launch_failure_reports_stderr(emulator: str, sock_dir: Path) -> N
     spec = LaunchSpec(
         name="bad",
         qmp_path=str(sock_dir / "bad.qmp"),
-        pidfile=str(sock_dir / "bad.pid"),
         emulator=emulator,
         extra_args=("-no-such-option",),
     )
     with trio.fail_after(20), pytest.raises(LaunchError, match="no-such-option"):
-        await launch(spec)
+        await launch(spec, run_dir=sock_dir)
 
 
 async def test_missing_emulator(sock_dir: Path) -> None:
     spec = LaunchSpec(
         name="x",
         qmp_path=str(sock_dir / "x.qmp"),
-        pidfile=str(sock_dir / "x.pid"),
         emulator=str(sock_dir / "missing-binary"),
     )
     with trio.fail_after(5), pytest.raises(LaunchError, match="cannot run"):
-        await launch(spec)
+        await launch(spec, run_dir=sock_dir)
 
 
 def test_argv_is_a_list_without_shell() -> None:
     spec = LaunchSpec(
         name="vm; rm -rf /",
         qmp_path="/run/x.qmp",
-        pidfile="/run/x.pid",
         emulator="qemu",
         paused=True,
         extra_args=("-snapshot",),
@@ -187,7 +182,12 @@ def test_argv_is_a_list_without_shell() -> None:
     argv = build_argv(spec)
     assert argv[argv.index("-name") + 1] == "guest=vm; rm -rf /"
     assert argv[argv.index("-qmp") + 1] == "unix:/run/x.qmp,server=on,wait=off"
-    assert "-daemonize" in argv and "-S" in argv and argv[-1] == "-snapshot"
+    assert "-S" in argv and argv[-1] == "-snapshot"
+    # Detached by the launcher, not by QEMU: -daemonize dies under the sandbox.
+    assert "-daemonize" not in argv and "-pidfile" not in argv
+    assert argv[argv.index("-sandbox") + 1] == (
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+    )
 
 
 async def test_kill_of_process_stopped_during_the_grace_is_fast(vm: Vm) -> None:

@@ -320,3 +320,61 @@ def test_arbitrary_text_lines(line: str) -> None:
     conn.receive_data(line.encode() + b"\n")
     with contextlib.suppress(RemoteProtocolError):
         drain(conn)
+
+
+# -- numbers JSON accepts but Python cannot hold (issue 10, item 9) ------------------
+
+_UNHOLDABLE = st.sampled_from(
+    ["Infinity", "-Infinity", "NaN", "1e400", "-1e400", "1E999", "123456789e999"]
+)
+_HUGE_INT = st.integers(min_value=2**64, max_value=10**400) | st.integers(
+    min_value=-(10**400), max_value=-(2**64)
+)
+
+
+@given(number=_UNHOLDABLE | _HUGE_INT.map(str), field=st.sampled_from(["major", "minor", "micro"]))
+def test_greeting_with_unholdable_version_is_a_remote_error(number: str, field: str) -> None:
+    version = {"major": "7", "minor": "2", "micro": "0"}
+    version[field] = number
+    body = ", ".join(f'"{k}": {v}' for k, v in version.items())
+    greeting = f'{{"QMP": {{"version": {{"qemu": {{{body}}}}}, "capabilities": []}}}}\n'
+    conn = QmpConnection()
+    conn.receive_data(greeting.encode())
+    with pytest.raises(RemoteProtocolError):
+        drain(conn)
+    assert conn.state is QmpState.CLOSED
+
+
+@given(
+    number=_UNHOLDABLE | _HUGE_INT.map(str),
+    field=st.sampled_from(["seconds", "microseconds"]),
+)
+def test_event_with_unholdable_timestamp_is_a_remote_error(number: str, field: str) -> None:
+    stamp = {"seconds": "1700000000", "microseconds": "5"}
+    stamp[field] = number
+    body = ", ".join(f'"{k}": {v}' for k, v in stamp.items())
+    conn = running_connection()
+    conn.receive_data(f'{{"event": "STOP", "timestamp": {{{body}}}}}\n'.encode())
+    with pytest.raises(RemoteProtocolError):
+        drain(conn)
+
+
+@given(number=_UNHOLDABLE, where=st.sampled_from(["return", "error-id", "data"]))
+def test_unholdable_numbers_anywhere_are_remote_errors(number: str, where: str) -> None:
+    line = {
+        "return": f'{{"return": {{"x": [1, {number}]}}, "id": 1}}',
+        "error-id": f'{{"error": {{"class": "C", "desc": "d"}}, "id": {number}}}',
+        "data": f'{{"event": "X", "data": {{"n": {number}}}, '
+        '"timestamp": {"seconds": 1, "microseconds": 2}}',
+    }[where]
+    conn = running_connection()
+    conn.receive_data(line.encode() + b"\n")
+    with pytest.raises(RemoteProtocolError):
+        drain(conn)
+
+
+def test_clockless_event_timestamp_is_accepted() -> None:
+    conn = running_connection()
+    conn.receive_data(b'{"event": "X", "timestamp": {"seconds": -1, "microseconds": -1}}\n')
+    (event,) = drain(conn)
+    assert isinstance(event, Event) and event.name == "X"

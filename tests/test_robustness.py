@@ -4,6 +4,7 @@ domain, a session or the daemon somewhere it could not come back from."""
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -46,17 +47,20 @@ async def resetting_qmp_peer(path: str) -> None:
 
 
 async def test_reset_during_handshake_does_not_wedge_the_domain(sock_dir: Path) -> None:
-    sleeper = await trio.lowlevel.open_process(["sleep", "300"])
+    store = Store(sock_dir, sock_dir / "run")
+    (sock_dir / "run" / "vm1").mkdir()
+    qmp = str(sock_dir / "run" / "vm1" / "qmp.sock")
+    # A stand-in emulator: its command line names the domain's monitor socket,
+    # as the daemon checks before adopting a record.
+    sleeper = await trio.lowlevel.open_process(
+        [sys.executable, "-c", "import time; time.sleep(300)", f"unix:{qmp},server=on,wait=off"]
+    )
     try:
         held = QemuProcess.attach(sleeper.pid)
         ticks = held.start_ticks
         held.close()
-        store = Store(sock_dir, sock_dir / "run")
         store.save_definition(DomainDefinition(name="vm1", emulator="sim"))
-        qmp = str(sock_dir / "vm1.qmp")
-        store.save_record(
-            RuntimeRecord("vm1", sleeper.pid, ticks, qmp, str(sock_dir / "p"), "sim", time.time())
-        )
+        store.save_record(RuntimeRecord("vm1", sleeper.pid, ticks, "sim", time.time()))
         config = DriverConfig(sock_dir, monitor_timeout=0.5, reconnect_timeout=0.5)
         with trio.fail_after(15):
             async with trio.open_nursery() as nursery:
@@ -80,15 +84,19 @@ async def test_reset_during_handshake_does_not_wedge_the_domain(sock_dir: Path) 
 async def test_cancelled_launch_leaves_no_emulator_behind() -> None:
     for delay in (0.02, 0.08, 0.15):
         state_dir = Path(tempfile.mkdtemp(prefix="tc-"))
-        spec = LaunchSpec(name="v", qmp_path=str(state_dir / "q"), pidfile=str(state_dir / "p"))
+        spec = LaunchSpec(name="v", qmp_path=str(state_dir / "q"))
+        spawned: list[int] = []
+
+        async def on_spawn(proc: QemuProcess, spawned: list[int] = spawned) -> None:
+            spawned.append(proc.pid)
+
         with trio.fail_after(20):
             with trio.move_on_after(delay):
-                proc = await launch(spec)
+                proc = await launch(spec, run_dir=state_dir, on_spawn=on_spawn)
                 await proc.kill(grace=0)
                 proc.close()
-            pidfile = state_dir / "p"
-            if pidfile.exists():
-                assert proc_state(int(pidfile.read_text())) in ("Z", "X", "gone")
+            for pid in spawned:
+                assert proc_state(pid) in ("Z", "X", "gone")
 
 
 async def test_unread_replies_stop_the_reader(sock_dir: Path) -> None:

@@ -376,7 +376,6 @@ def test_argv_of_typed_devices() -> None:
     spec = LaunchSpec(
         name="vm",
         qmp_path="/run/a,b/vm.qmp",
-        pidfile="/run/vm.pid",
         emulator="qemu",
         machine="pc",
         disks=(Disk("/srv/img/a.qcow2", "qcow2", readonly=True),),
@@ -508,17 +507,17 @@ async def test_hand_written_definition_without_uuid_or_emulator(sock_dir: Path) 
     with trio.fail_after(30):
         async with open_driver(config) as driver:
             info = driver.get_info("hand")
-            assert info.uuid and info.emulator == ""
+            # The daemon's backend is filled in at load (DriverConfig.backend: sim).
+            assert info.uuid and info.emulator == config.backend == "sim"
             assert (await driver.start("hand")).state is DomainState.RUNNING
             await driver.destroy("hand")
 
 
 _OPTIONS = {
-    "-name", "-machine", "-m", "-smp", "-nodefaults", "-display", "-qmp", "-pidfile",
-    "-daemonize", "-blockdev", "-device", "-netdev", "-chardev", "-serial", "-kernel",
-    "-initrd", "-append",
+    "-name", "-machine", "-m", "-smp", "-nodefaults", "-display", "-qmp", "-sandbox",
+    "-blockdev", "-device", "-netdev", "-chardev", "-serial", "-kernel", "-initrd", "-append",
 }  # fmt: skip
-_WITH_VALUE = _OPTIONS - {"-nodefaults", "-daemonize"}
+_WITH_VALUE = _OPTIONS - {"-nodefaults"}
 _path_text = st.text(
     st.characters(exclude_characters="/\0", codec="utf-8"), min_size=1, max_size=8
 ).filter(lambda part: part not in (".", ".."))
@@ -553,7 +552,7 @@ def test_argv_of_any_valid_definition_has_only_our_options(
         raise
     argv = build_argv(
         LaunchSpec(
-            "x", "/run/x.qmp", "/run/x.pid", emulator="qemu", machine=d.machine,
+            "x", "/run/x.qmp", emulator="qemu", machine=d.machine,
             disks=d.disks, nics=d.nics, serial_log="/run/x.serial.log",
             kernel=d.kernel, cmdline=d.cmdline,
         )

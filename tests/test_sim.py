@@ -326,6 +326,12 @@ def test_parse_the_launchers_command_line() -> None:
     ],
 )
 def test_parse_good_options(args: list[str], field: str, expected: object) -> None:
+    # trioctl's -sandbox, accepted alongside every option.
+    args = [
+        *args,
+        "-sandbox",
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+    ]
     options = parse_qemu_args(["-qmp", "unix:q.sock,server,nowait", *args])
     assert options.vm.qmp_path == "q.sock"
     assert getattr(options.vm, field) == expected
@@ -343,6 +349,9 @@ def test_parse_good_options(args: list[str], field: str, expected: object) -> No
         (["-smp", "0"], "must be greater than zero"),
         (["-smp", "cpus=8,sockets=1,cores=2,threads=1"], "product of the hierarchy"),
         (["-name", "guest=a,colour=red"], "-name guest=a,colour=red: Invalid parameter 'colour'"),
+        (["-sandbox", "maybe"], "-sandbox maybe: expected 'on' or 'off' first"),
+        (["-sandbox", "on,spawn=sometimes"], "-sandbox: invalid option 'spawn=sometimes'"),
+        (["-sandbox", "on,colour=red"], "-sandbox: invalid option 'colour=red'"),
         (["-qmp", "tcp:127.0.0.1:4444"], "only unix:PATH sockets are supported"),
         (["-qmp", "unix:q,server=off"], "the simulator only listens"),
         (["-qmp", "unix:q,server=on,wait=on"], "wait=on is not supported"),

@@ -65,7 +65,7 @@ def test_completed_write_replaces(tmp_path: Path) -> None:
 
 def test_torn_and_foreign_runtime_records_are_set_aside(tmp_path: Path) -> None:
     store = Store(tmp_path, tmp_path / "run")
-    record = RuntimeRecord("a", 1, 2, "/x.qmp", "/x.pid", "sim", 0.0)
+    record = RuntimeRecord("a", 1, 2, "sim", 0.0)
     store.save_record(record)
     (tmp_path / "run" / "b.json").write_text('{"name": "b", "pid"')
     (tmp_path / "run" / "c.json").write_text(json.dumps({"name": "c", "pid": "x"}))

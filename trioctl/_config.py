@@ -414,6 +414,16 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def _account(value: object, _base: Path | None) -> str:
+    """A user name (checked to exist when the daemon starts as root)."""
+    if not isinstance(value, str) or (value and not _ACCOUNT_RE.fullmatch(value)):
+        raise _Invalid(f"expected a user name, got {_show(value)}")
+    return value
+
+
+_ACCOUNT_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\$?", re.ASCII)
+
+
 def _listen(value: object, _base: Path | None) -> str:
     if not isinstance(value, str):
         raise _Invalid(f"expected a string, got {_show(value)}")
@@ -691,6 +701,24 @@ class DriverSettings:
             _storage_dirs,
             "Directories disk images, kernels and initrds must lie in, after resolving "
             "symlinks. Empty: definitions cannot name files.",
+        ),
+    )
+    qemu_user: str = attrs.field(
+        default=_DRIVER_DEFAULTS["qemu_user"],
+        metadata=_meta(
+            _account,
+            "When the daemon runs as root, the account QEMU runs as (its primary group, no "
+            'supplementary groups), dropped before exec. "": trioctl-qemu if that account '
+            "exists, else nobody. Ignored when the daemon is not root. qemu.conf: user, group.",
+            textual=True,
+        ),
+    )
+    max_domains: int = attrs.field(
+        default=_DRIVER_DEFAULTS["max_domains"],
+        metadata=_meta(
+            _integer(1),
+            "How many domains may be defined; the next define is refused (OPERATION_INVALID, "
+            "data.limit). Definitions already on disk all load.",
         ),
     )
 

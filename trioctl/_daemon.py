@@ -45,7 +45,7 @@ from ._startup import (
     TokensFileUnusable,
     check_listen_address,
 )
-from ._store import write_atomic
+from ._store import UnsafeDirectory, check_private_dir, write_atomic
 from ._tokens import Tokens, TokensFileError
 
 __all__ = ["DaemonHandle", "ensure_tokens_file", "open_daemon"]
@@ -122,9 +122,16 @@ def load_tokens_file(path: Path) -> Tokens:
 
 def _lock_state_dir(state_dir: Path) -> int:
     try:
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(state_dir / "daemon.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        check_private_dir(state_dir, "state directory")
+        fd = os.open(
+            state_dir / "daemon.lock",
+            os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+        )
     except OSError as exc:
+        # UnsafeDirectory (a PermissionError) already says what and why.
+        if isinstance(exc, UnsafeDirectory):
+            raise StateDirUnusable(str(exc)) from None
         raise StateDirUnusable(f"state directory {state_dir}: {exc.strerror or exc}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -141,11 +148,17 @@ def _lock_state_dir(state_dir: Path) -> int:
 async def open_daemon(config: DaemonConfig) -> AsyncIterator[DaemonHandle]:
     """Run the daemon (driver, pools, server) while the block lasts.
 
+    The daemon writes every file with mode 0600 and creates directories with
+    mode 0700 itself; it does not change the process's umask (that belongs to
+    the embedding program: ``trioctl daemon`` sets 077, and embedders should
+    too).
+
     Raises:
         StartupError: before anything runs, one of its subclasses
-            (:mod:`trioctl._startup`): the state directory is unusable or
-            another daemon holds it, the tokens file cannot be used, the
-            listen address cannot be listened on.
+            (:mod:`trioctl._startup`): the state directory is unusable (a
+            symlink, not owned by the daemon's user, writable by group or
+            others) or another daemon holds it, the tokens file cannot be
+            used, the listen address cannot be listened on.
     """
     driver_config = config.driver_config()
     lock_fd = _lock_state_dir(driver_config.state_dir)

@@ -30,10 +30,13 @@ once with :class:`~trioctl.MonitorUnresponsive` (``monitor_fail_fast``).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import os
+import select
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
@@ -57,7 +60,20 @@ from ._errors import (
     RemoteProtocolError,
 )
 from ._jobs import DEFAULT_MAX_QUEUED, DomainJobs, JobInfo as _HeldJob, JobKind
-from ._launcher import LaunchSpec, QemuProcess, launch
+from ._launcher import (
+    CONTROL_SOCKET,
+    MONITOR_SOCKET,
+    SERIAL_LOG,
+    LaunchSpec,
+    QemuProcess,
+    cmdline,
+    find_processes,
+    launch,
+    names_monitor,
+    prepare_domain_dir,
+    resolve_qemu_user,
+    verify_process,
+)
 from ._models import (
     DEFAULT_MACHINES,
     DomainDefinition,
@@ -82,7 +98,7 @@ from ._policy import (
     resolve_file,
 )
 from ._sansio.qmp import Event
-from ._store import LoadProblem, RuntimeRecord, Store
+from ._store import MAX_DEFINITION_BYTES, LoadProblem, RuntimeRecord, Store, encode_definition
 from ._util import open_service_nursery
 
 __all__ = ["Driver", "DriverConfig", "EventSubscription", "open_driver"]
@@ -140,6 +156,11 @@ class DriverConfig:
     storage_dirs: tuple[Path, ...] = ()
     """Directories disk images, kernels and initrds must lie in (after
     resolving symlinks); empty: definitions cannot name files."""
+    qemu_user: str = ""
+    """When the daemon is root, the account emulators run as ("": ``trioctl-qemu``
+    if it exists, else ``nobody``). Ignored when the daemon is not root."""
+    max_domains: int = 10000
+    """How many domains may be defined (definitions already on disk all load)."""
 
     @property
     def runtime_dir(self) -> Path:
@@ -152,6 +173,8 @@ class _Run:
 
     proc: QemuProcess
     record: RuntimeRecord
+    qmp_path: str
+    """Derived from the run directory and the name, never read from the record."""
     monitor: Monitor | None = None
     nursery: trio.Nursery | None = None
     """The domain nursery, while the run is supervised."""
@@ -197,6 +220,8 @@ class Driver:
     def __init__(self, config: DriverConfig, nursery: trio.Nursery) -> None:
         self.config = config
         self.store = Store(config.state_dir, config.runtime_dir)
+        self.qemu_user = resolve_qemu_user(config.qemu_user)
+        """Who real QEMU runs as (None: as the daemon, which is not root)."""
         self.jobs = DomainJobs(max_queued=config.max_queued, wait_timeout=config.job_wait_timeout)
         self.load_problems: list[LoadProblem] = []
         self._nursery = nursery
@@ -361,9 +386,24 @@ class Driver:
         """
         if not definition.emulator:
             definition = attrs.evolve(definition, emulator=self.config.backend)
+        size = len(encode_definition(definition))
+        if size > MAX_DEFINITION_BYTES:
+            raise InvalidParams(
+                f"the definition of {definition.name!r} is {size} bytes encoded; "
+                f"the limit is {MAX_DEFINITION_BYTES}",
+                domain=definition.name,
+                limit="definition_bytes",
+            )
         await trio.to_thread.run_sync(self._check_content, definition)
         async with self._define_lock:
             existing = self._domains.get(definition.name)
+            if existing is None and len(self._domains) >= self.config.max_domains:
+                raise OperationInvalid(
+                    f"{len(self._domains)} domains are defined, the limit "
+                    f"(driver.max_domains) is {self.config.max_domains}; undefine one first",
+                    domain=definition.name,
+                    limit="driver.max_domains",
+                )
             if existing is not None:
                 uuid = existing.definition.uuid
                 if definition.uuid and definition.uuid != uuid:
@@ -429,44 +469,82 @@ class Driver:
         if dom.run is not None:
             raise OperationInvalid(f"domain {name!r} is already running")
         d = dom.definition
-        spec = await trio.to_thread.run_sync(self._launch_spec, d, paused)
+        # Checked again against the configuration before anything is created.
+        await trio.to_thread.run_sync(self._check_content, d)
+        sim = self.emulators[d.emulator or self.config.backend] == "sim"
+        user = None if sim else self.qemu_user
+        try:
+            dom_dir = await trio.to_thread.run_sync(
+                prepare_domain_dir, self.config.runtime_dir, d.name, user, self.config.state_dir
+            )
+        except OSError as exc:
+            raise LaunchError(
+                f"cannot prepare the run directory of domain {name!r}: {exc}", domain=name
+            ) from None
+        spec = await trio.to_thread.run_sync(self._launch_spec, d, paused, dom_dir)
+        qmp_path = spec.qmp_path
         taints = [TAINT_CUSTOM_ARGV] if d.extra_args else []
         if taints:
             logger.warning(
                 "domain %s starts tainted (%s): extra_args %s", name, ", ".join(taints),
                 list(d.extra_args),
             )  # fmt: skip
-        proc = self._hold_process(await launch(spec, startup_timeout=self.config.start_timeout))
+        # No emulator without a record naming it: "starting" before the spawn,
+        # with its pid right after (launch shields both), "running" once the
+        # monitor answered. A daemon killed in between finds the record at its
+        # next start and kills what it launched (see _load).
         record = RuntimeRecord(
             name=d.name,
-            pid=proc.pid,
-            start_ticks=proc.start_ticks,
-            qmp_path=spec.qmp_path,
-            pidfile=spec.pidfile,
+            pid=None,
+            start_ticks=None,
             emulator=d.emulator,
             started_at=time.time(),
-            control_path=spec.sim_control_path,
+            state="starting",
             taints=list(taints),
             definition=unstructure(d),
         )
-        run = _Run(proc, record, definition=d, taints=taints)
-        try:
+        await trio.to_thread.run_sync(self.store.save_record, record)
+        spawned: QemuProcess | None = None
+
+        async def on_spawn(proc: QemuProcess) -> None:
+            nonlocal record, spawned
+            spawned = proc
+            record = attrs.evolve(record, pid=proc.pid, start_ticks=proc.start_ticks)
             await trio.to_thread.run_sync(self.store.save_record, record)
+
+        try:
+            proc = self._hold_process(
+                await launch(
+                    spec,
+                    run_dir=dom_dir,
+                    user=user,
+                    on_spawn=on_spawn,
+                    startup_timeout=self.config.start_timeout,
+                )
+            )
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                if spawned is None or spawned.exited():
+                    await trio.to_thread.run_sync(self._forget_start, d.name)
+            raise
+        run = _Run(proc, record, qmp_path, definition=d, taints=taints)
+        try:
             dom.run = run
             dom.monitor_state = MonitorState.CONNECTING
             await self._nursery.start(self._supervise, dom, run, False)
             if dom.run is not run or run.exited.is_set():
                 raise LaunchError(f"domain {name!r} exited while starting", domain=name)
+            run.record = attrs.evolve(record, state="running")
+            await trio.to_thread.run_sync(self.store.save_record, run.record)
         except BaseException:
             if dom.run is run:
                 dom.run = None
                 dom.monitor_state = MonitorState.NONE
             with trio.CancelScope(shield=True):
                 await proc.kill(grace=0)
-            run.exited.set()
-            self._release_run(run)
-            self.store.delete_record(name)
-            _remove_runtime_files(record)
+                run.exited.set()
+                self._release_run(run)
+                await trio.to_thread.run_sync(self._forget_start, d.name)
             raise
         if paused:
             self._set_state(dom, DomainState.PAUSED, "user", "started")
@@ -474,15 +552,15 @@ class Driver:
             self._set_state(dom, DomainState.RUNNING, "booted", "started")
         return self._info(dom)
 
-    def _launch_spec(self, d: DomainDefinition, paused: bool) -> LaunchSpec:
+    def _launch_spec(self, d: DomainDefinition, paused: bool, dom_dir: Path) -> LaunchSpec:
         """What to launch for ``d``, checked again against the configuration
         (it may have changed since the define); files are resolved now and
-        QEMU gets the resolved paths.
+        QEMU gets the resolved paths. The domain's sockets and logs live in
+        ``dom_dir`` (its own directory in the run directory).
 
         Raises:
             InvalidParams: see :meth:`define`; or a file is missing.
         """
-        self._check_content(d)
         dirs = self.config.storage_dirs
         disks = tuple(
             attrs.evolve(disk, path=resolve_file(f"disks[{i}].path", disk.path, dirs))
@@ -491,27 +569,41 @@ class Driver:
         for i, disk in enumerate(disks):
             if disk.format == "qcow2":
                 check_qcow2(f"disks[{i}].path", disk.path)
-        run_dir = self.config.runtime_dir
         emulator = self.emulators[d.emulator or self.config.backend]
         sim = emulator == "sim"
         return LaunchSpec(
             name=d.name,
-            qmp_path=str(run_dir / f"{d.name}.qmp"),
-            pidfile=str(run_dir / f"{d.name}.pid"),
+            qmp_path=str(dom_dir / MONITOR_SOCKET),
             emulator=emulator,
             memory_mib=d.memory_mib,
             vcpus=d.vcpus,
             machine=d.machine,
             paused=paused,
             extra_args=d.extra_args,
-            sim_control_path=str(run_dir / f"{d.name}.ctl") if sim else None,
+            sim_control_path=str(dom_dir / CONTROL_SOCKET) if sim else None,
             disks=disks,
             nics=d.nics,
-            serial_log=str(run_dir / f"{d.name}.serial.log") if d.serial_log else None,
+            serial_log=str(dom_dir / SERIAL_LOG) if d.serial_log else None,
             kernel=resolve_file("kernel", d.kernel, dirs) if d.kernel else "",
             initrd=resolve_file("initrd", d.initrd, dirs) if d.initrd else "",
             cmdline=d.cmdline,
         )
+
+    def _forget_start(self, name: str) -> None:
+        """After a failed start whose emulator is gone: no record, no files."""
+        self.store.delete_record(name)
+        self._remove_runtime_files(name)
+
+    def _remove_runtime_files(self, name: str) -> None:
+        """The sockets a killed emulator could not remove itself: names in the
+        domain's run directory only, never a path from a record."""
+        directory = self.store.domain_run_dir(name)
+        paths = [directory / MONITOR_SOCKET, directory / CONTROL_SOCKET]
+        # And those of the flat layout of older daemons (RUN_DIR/NAME.qmp ...).
+        paths += [self.store.run_dir / f"{name}{suffix}" for suffix in (".qmp", ".pid", ".ctl")]
+        for path in paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
     async def start(self, name: str, paused: bool = False, *, client: str = "local") -> DomainInfo:
         return await self.run_job(
@@ -840,7 +932,8 @@ class Driver:
             dom.run = None
             dom.monitor_state = MonitorState.NONE
             self.store.delete_record(name)
-            _remove_runtime_files(run.record)
+            if not run.record.shared:
+                self._remove_runtime_files(name)
             self._set_state(dom, state, reason, detail)
         self._release_run(run)
         run.exited.set()
@@ -893,7 +986,7 @@ class Driver:
             else:
                 handshake = self.config.monitor_timeout
             try:
-                async with open_monitor(run.record.qmp_path, handshake_timeout=handshake) as mon:
+                async with open_monitor(run.qmp_path, handshake_timeout=handshake) as mon:
                     run.monitor = mon
                     mon.add_event_handler(functools.partial(self._on_qmp_event, dom, run))
                     if reconnecting or not first:
@@ -989,26 +1082,67 @@ class Driver:
         for d in definitions:
             if not d.uuid:  # a hand-written file: every domain has a uuid
                 d = attrs.evolve(d, uuid=new_uuid())
+            if not d.emulator:
+                d = attrs.evolve(d, emulator=self.config.backend)
             self._domains[d.name] = _Domain(d)
         reconnecting: list[tuple[_Domain, _Run]] = []
+        argv_cache: dict[int, list[str] | None] = {}
         for name, record in records.items():
             dom = self._domains.get(name)
+            qmp_path = str(self.store.domain_run_dir(name) / MONITOR_SOCKET)
+            if record.state == "starting":
+                # A start the previous daemon never finished: kill what it
+                # launched (found by its command line, even if the pid was
+                # never recorded), then forget the start.
+                killed = await trio.to_thread.run_sync(self._kill_unfinished_start, qmp_path)
+                logger.warning(
+                    "domain %s: a start was interrupted by the daemon's exit; "
+                    "killed its emulator %s",
+                    name,
+                    killed or "(none was running)",
+                )
+                await trio.to_thread.run_sync(self._forget_start, name)
+                continue
             if dom is None:
                 logger.warning("runtime record for undefined domain %s left in place", name)
                 continue
+            assert record.pid is not None and record.start_ticks is not None
             try:
                 shared = self._procs.get((record.pid, record.start_ticks))
-                proc = self._hold_process(
-                    shared[0] if shared else QemuProcess.attach(record.pid, record.start_ticks)
-                )
-                if proc.exited():  # a zombie that init has not reaped yet
-                    self._release_process(proc)
-                    raise ProcessLookupError(record.pid)
-            except (ProcessLookupError, OSError):
+                if shared is not None:
+                    argv = argv_cache.get(record.pid)
+                    if argv is None or not names_monitor(argv, qmp_path):
+                        raise PermissionError(f"pid {record.pid} does not serve {qmp_path}")
+                    proc = self._hold_process(shared[0])
+                else:
+                    try:
+                        found = verify_process(record.pid, record.start_ticks, qmp_path)
+                    except PermissionError:
+                        # An emulator started by a daemon from before per-domain
+                        # run directories serves RUN_DIR/NAME.qmp: adopt it too.
+                        qmp_path = str(self.config.runtime_dir / f"{name}.qmp")
+                        found = verify_process(record.pid, record.start_ticks, qmp_path)
+                    proc = self._hold_process(found)
+                    argv_cache[record.pid] = cmdline(record.pid)
+            except PermissionError as exc:
+                # A record naming a process that is not this domain's emulator:
+                # never signal it; forget the record.
+                logger.error("domain %s: runtime record discarded: %s", name, exc)
                 self.store.delete_record(name)
                 self._set_state(dom, DomainState.CRASHED, "crashed", "crashed")
                 continue
-            run = _Run(proc, record, definition=_running_definition(record), taints=_taints(record))
+            except (ProcessLookupError, OSError):
+                self.store.delete_record(name)
+                self._remove_runtime_files(name)
+                self._set_state(dom, DomainState.CRASHED, "crashed", "crashed")
+                continue
+            run = _Run(
+                proc,
+                record,
+                qmp_path,
+                definition=_running_definition(record),
+                taints=_taints(record),
+            )
             dom.run = run
             dom.state, dom.reason = DomainState.RUNNING, "booted"
             dom.monitor_state = MonitorState.CONNECTING
@@ -1031,6 +1165,32 @@ class Driver:
             for dom, run in reconnecting:
                 self._nursery.start_soon(self._supervise, dom, run, True, held)
             await all_held.wait()
+
+    def _kill_unfinished_start(self, qmp_path: str) -> list[int]:
+        """SIGKILL every emulator serving ``qmp_path`` (run by the daemon's
+        user or the emulators' user), and wait for each to exit. Blocking."""
+        owners = {os.geteuid()} | ({self.qemu_user.uid} if self.qemu_user else set())
+        killed = []
+        for pid in find_processes(qmp_path):
+            try:
+                if os.stat(f"/proc/{pid}").st_uid not in owners:
+                    continue
+                proc = QemuProcess.attach(pid)
+            except OSError:
+                continue
+            try:
+                argv = cmdline(pid)
+                if argv is None or not names_monitor(argv, qmp_path):
+                    continue
+                if proc.send_signal(signal.SIGKILL):
+                    killed.append(pid)
+                poller = select.poll()
+                poller.register(proc.fileno(), select.POLLIN)
+                poller.poll(5000)
+                proc.exited()  # reaps it if it is our child
+            finally:
+                proc.close()
+        return killed
 
     async def _autostart(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -1059,16 +1219,6 @@ def _running_definition(record: RuntimeRecord) -> DomainDefinition | None:
 def _taints(record: RuntimeRecord) -> list[str]:
     taints = record.taints if isinstance(record.taints, list) else []
     return [t for t in taints if isinstance(t, str)]
-
-
-def _remove_runtime_files(record: RuntimeRecord) -> None:
-    """The sockets and pidfile a killed emulator could not remove itself."""
-    for path in (record.qmp_path, record.pidfile, record.control_path):
-        if path:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
 
 
 def _job_record(job: _HeldJob) -> JobInfo:

@@ -284,7 +284,8 @@ class AccessDenied(TrioctlError):
 
 class LaunchError(TrioctlError):
     """The emulator could not be started: it exited with an error (its stderr
-    is in the message), or its pidfile or monitor socket never appeared."""
+    is in the message), or its monitor socket did not accept in time; what it
+    launched is killed."""
 
     reason = "LAUNCH_FAILED"
     rpc_code = -32012

@@ -1,12 +1,18 @@
 """Start, watch and stop QEMU (real or simulated) processes.
 
-QEMU is started daemonized (``-daemonize``): the command returns once QEMU has
-bound its QMP socket and written its pidfile, and the VM is then *not our
-child*. It outlives the daemon, as under libvirt, and is reconnected after a
-restart. Since we cannot ``waitpid`` a process that is not our child, and this
-machine's init reaps orphans slowly (1.5-2 s), exit is watched through a pidfd
-(``os.pidfd_open``), which becomes readable the moment the process exits.
-Signals go through the pidfd too, so a recycled pid is never signalled.
+The daemon starts the emulator itself, as a child in a new session (stdin and
+stdout on /dev/null, stderr in a log file of the domain's run directory), not
+with QEMU's ``-daemonize``: when the daemon runs as root, it drops to an
+unprivileged user *before* ``exec`` (``driver.qemu_user``) and QEMU installs
+its seccomp filter (``-sandbox ...,elevateprivileges=deny``), which kills a
+QEMU that daemonizes or switches user itself. The emulator outlives the
+daemon, as under libvirt, and is reconnected after a restart. Readiness is its
+QMP socket accepting a connection.
+
+Exit is watched through a pidfd (``os.pidfd_open``), which becomes readable the
+moment the process exits, whether or not it is our child (after a daemon
+restart it is not). Signals go through the pidfd too, so a recycled pid is
+never signalled. A child of ours that exits is reaped without blocking.
 
 The argument list is built here and passed to ``exec`` directly, never
 through a shell. The same argument list starts real QEMU and the simulator
@@ -17,13 +23,18 @@ used here.
 from __future__ import annotations
 
 import contextlib
+import errno
+import itertools
 import json
 import os
+import pwd
 import select
 import shutil
 import signal
+import stat
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
 
@@ -35,19 +46,83 @@ from ._models import Disk, Nic
 
 __all__ = [
     "DEFAULT_QEMU",
+    "SANDBOX",
     "LaunchSpec",
     "QemuProcess",
+    "QemuUser",
     "build_argv",
+    "cmdline",
     "emulator_argv",
+    "find_processes",
     "launch",
+    "names_monitor",
+    "prepare_domain_dir",
     "qemu_opt",
+    "resolve_qemu_user",
+    "verify_process",
 ]
 
 #: The real QEMU binary (Debian package qemu-system-x86).
 DEFAULT_QEMU: Final = "qemu-system-x86_64"
 
+#: QEMU's seccomp filter: no obsolete system calls, no set*uid/set*gid, no
+#: fork/exec, no scheduler or CPU-affinity changes.
+SANDBOX: Final = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+
+#: The default ``driver.qemu_user`` when it exists, else ``nobody``.
+DEDICATED_USER: Final = "trioctl-qemu"
+
+#: Names of a domain's files in its run directory.
+MONITOR_SOCKET: Final = "qmp.sock"
+CONTROL_SOCKET: Final = "ctl.sock"
+STDERR_LOG: Final = "stderr.log"
+SERIAL_LOG: Final = "serial.log"
+"""The first serial port's output, when a definition asks for ``serial_log``."""
+
 _SOCKET_POLL = 0.005
 _STOPPED_POLL = 0.02
+_LOG_TAIL = 2000
+
+_children: dict[int, subprocess.Popen[bytes]] = {}
+"""Emulators this process spawned and has not reaped, by pid. A pid cannot be
+reused before its zombie is reaped, so the pid names the child."""
+
+
+@attrs.frozen
+class QemuUser:
+    """The unprivileged account emulators run as when the daemon is root."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+def resolve_qemu_user(configured: str) -> QemuUser | None:
+    """The account for ``driver.qemu_user``; None when the daemon is not root
+    (it cannot switch users, and runs emulators as itself).
+
+    ``""`` (the default) means ``trioctl-qemu`` if that account exists, else
+    ``nobody``; the group is the account's primary group.
+
+    Raises:
+        ValueError: no such account.
+    """
+    if os.geteuid() != 0:
+        return None
+    name = configured
+    if not name:
+        try:
+            pwd.getpwnam(DEDICATED_USER)
+            name = DEDICATED_USER
+        except KeyError:
+            name = "nobody"
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise ValueError(f"driver.qemu_user: no account named {name!r}") from None
+    if entry.pw_uid == 0:
+        return None  # "root": confinement by user turned off
+    return QemuUser(name, entry.pw_uid, entry.pw_gid)
 
 
 def emulator_argv(emulator: str) -> list[str]:
@@ -65,7 +140,6 @@ class LaunchSpec:
 
     name: str
     qmp_path: str
-    pidfile: str
     emulator: str = "sim"
     memory_mib: int = 128
     vcpus: int = 1
@@ -161,9 +235,8 @@ def build_argv(spec: LaunchSpec) -> list[str]:
         "none",
         "-qmp",
         f"unix:{qemu_opt(spec.qmp_path)},server=on,wait=off",
-        "-pidfile",
-        spec.pidfile,
-        "-daemonize",
+        "-sandbox",
+        SANDBOX,
     ]
     if spec.paused:
         argv.append("-S")
@@ -175,7 +248,7 @@ def build_argv(spec: LaunchSpec) -> list[str]:
 
 
 class QemuProcess:
-    """A running VM process watched through a pidfd (it is not our child).
+    """A running VM process watched through a pidfd (our child or not).
 
     Use :meth:`attach` to watch an existing pid and :meth:`close` when done.
     """
@@ -187,6 +260,7 @@ class QemuProcess:
         with the pid, it identifies the process across a daemon restart."""
         self._pidfd = pidfd
         self._watch_done: trio.Event | None = None
+        self._returncode: int | None = None
 
     @classmethod
     def attach(cls, pid: int, start_ticks: int | None = None) -> QemuProcess:
@@ -212,6 +286,10 @@ class QemuProcess:
     def __repr__(self) -> str:
         return f"<QemuProcess pid={self.pid}>"
 
+    def fileno(self) -> int:
+        """The pidfd (readable once the process has exited)."""
+        return self._pidfd
+
     def exited(self) -> bool:
         """True once the process has exited (a zombie counts as exited)."""
         if self._pidfd < 0:
@@ -220,7 +298,25 @@ class QemuProcess:
         # numbered past select()'s limit of 1024.
         poller = select.poll()
         poller.register(self._pidfd, select.POLLIN)
-        return bool(poller.poll(0))
+        if poller.poll(0):
+            self._reap()
+            return True
+        return False
+
+    def _reap(self) -> None:
+        """If the process is our exited child, collect its status (never blocks)."""
+        child = _children.get(self.pid)
+        if child is not None and child.poll() is not None:
+            self._returncode = child.returncode
+            del _children[self.pid]
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status, if the process was our child and has been reaped."""
+        child = _children.get(self.pid)
+        if child is not None:
+            return child.poll()
+        return self._returncode
 
     def stopped(self) -> bool:
         """True if the process is stopped (SIGSTOP: state ``T`` in /proc)."""
@@ -252,6 +348,7 @@ class QemuProcess:
                 done = self._watch_done = trio.Event()
                 try:
                     await trio.lowlevel.wait_readable(self._pidfd)
+                    self._reap()
                 except trio.ClosedResourceError:
                     return
                 finally:
@@ -299,50 +396,221 @@ def _start_ticks(pid: int) -> int:
     return int(stat[stat.rindex(")") + 2 :].split()[19])
 
 
-async def launch(spec: LaunchSpec, *, startup_timeout: float = 10.0) -> QemuProcess:
-    """Start a daemonized VM and return when its QMP socket is ready.
+def names_monitor(argv: list[str], qmp_path: str) -> bool:
+    """True if the command line ``argv`` serves its QMP monitor at ``qmp_path``
+    (QEMU and the simulator), or is the simulator's ``many`` mode serving
+    ``qmp_path`` in its ``--vm-dirs`` layout."""
+    prefix = f"unix:{qmp_path},"
+    if any(arg.startswith(prefix) for arg in argv):
+        return True
+    if "many" not in argv or "--vm-dirs" not in argv:
+        return False
+    options = dict(itertools.pairwise(argv))
+    path = Path(qmp_path)
+    if path.name != MONITOR_SOCKET or options.get("--dir") != str(path.parent.parent):
+        return False
+    name, prefix_opt, count = (
+        path.parent.name,
+        options.get("--prefix", "vm"),
+        options.get("--count"),
+    )
+    index = name[len(prefix_opt) :] if name.startswith(prefix_opt) else ""
+    return index.isdigit() and count is not None and count.isdigit() and int(index) < int(count)
+
+
+def cmdline(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [os.fsdecode(a) for a in raw.split(b"\0")[:-1]]
+
+
+def find_processes(qmp_path: str) -> list[int]:
+    """Every process whose command line serves a monitor at ``qmp_path``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and entry != str(os.getpid()):
+            argv = cmdline(int(entry))
+            if argv and names_monitor(argv, qmp_path):
+                found.append(int(entry))
+    return found
+
+
+def verify_process(pid: int, start_ticks: int, qmp_path: str) -> QemuProcess:
+    """Watch ``pid`` if it is the emulator a record names: same start time,
+    and its command line serves this domain's monitor socket.
 
     Raises:
-        LaunchError: the emulator failed (its stderr is in the message), or the
-            pidfile or socket did not appear within ``startup_timeout``.
+        ProcessLookupError: it has exited (or the pid was recycled and the
+            start time differs).
+        PermissionError: a process that is not this domain's emulator (a
+            stranger: never signal it).
+    """
+    proc = QemuProcess.attach(pid, start_ticks)
+    argv = cmdline(pid)
+    if proc.exited():
+        proc.close()
+        raise ProcessLookupError(f"pid {pid} has exited")
+    if argv is None or not names_monitor(argv, qmp_path):
+        proc.close()
+        raise PermissionError(f"pid {pid} is not the emulator of {qmp_path}")
+    return proc
+
+
+def _reachable(path: Path, user: QemuUser) -> Path | None:
+    """The first directory from / down to ``path`` that ``user`` cannot search."""
+    for directory in [*reversed(path.parents), path]:
+        st = directory.stat()
+        if st.st_uid == user.uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid == user.gid:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return directory
+    return None
+
+
+def prepare_domain_dir(
+    run_dir: Path, name: str, user: QemuUser | None, state_dir: Path | None = None
+) -> Path:
+    """Create (or clean) ``run_dir/name``, the domain's runtime directory,
+    owned by ``user`` (mode 0700) so that the emulator can create its sockets
+    there and nowhere else; ``run_dir`` itself becomes searchable (0711), not
+    readable or writable, and so does ``state_dir`` when ``run_dir`` is in it
+    (the default layout). Blocking.
+
+    Raises:
+        LaunchError: ``user`` cannot reach ``run_dir``, or the directory is
+            not one the daemon made.
+    """
+    path = run_dir / name
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise LaunchError(f"{path} is not a directory; remove it")
+    if user is not None:
+        os.chmod(run_dir, 0o711)
+        if state_dir is not None and run_dir.parent == state_dir:
+            os.chmod(state_dir, 0o711)
+        blocked = _reachable(run_dir, user)
+        if blocked is not None:
+            raise LaunchError(
+                f"the emulator's user {user.name!r} cannot reach {run_dir}: {blocked} is not "
+                "searchable by it (chmod o+x it, or set driver.run_dir elsewhere)"
+            )
+        os.chown(path, user.uid, user.gid, follow_symlinks=False)
+    os.chmod(path, 0o700)
+    for stale in (MONITOR_SOCKET, CONTROL_SOCKET, STDERR_LOG):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path / stale)
+    return path
+
+
+def _spawn(argv: list[str], log_path: Path, user: QemuUser | None) -> subprocess.Popen[bytes]:
+    log_fd = os.open(
+        log_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+    )
+    try:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log_fd,
+            cwd=log_path.parent,
+            start_new_session=True,
+            user=None if user is None else user.uid,
+            group=None if user is None else user.gid,
+            extra_groups=None if user is None else [],
+        )
+    finally:
+        os.close(log_fd)
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        size = os.fstat(fd).st_size
+        os.lseek(fd, max(0, size - _LOG_TAIL), os.SEEK_SET)
+        return os.read(fd, _LOG_TAIL).decode(errors="replace").strip()
+    finally:
+        os.close(fd)
+
+
+async def launch(
+    spec: LaunchSpec,
+    *,
+    run_dir: Path,
+    user: QemuUser | None = None,
+    on_spawn: Callable[[QemuProcess], Awaitable[None]] | None = None,
+    startup_timeout: float = 10.0,
+) -> QemuProcess:
+    """Start the emulator and return when its QMP socket accepts connections.
+
+    ``run_dir`` is the domain's own directory (:func:`prepare_domain_dir`); its
+    stderr goes to ``run_dir/stderr.log``. With ``user``, the emulator runs as
+    that account (dropped before ``exec``; no supplementary groups).
+
+    ``on_spawn(proc)`` runs as soon as the process exists (to record its pid):
+    until it returns, nothing cancels the launch, so a cancelled start never
+    leaves an emulator no record names. Whatever fails after the spawn kills
+    the emulator.
+
+    Raises:
+        LaunchError: the emulator could not run or exited (its stderr is in
+            the message), or its socket did not accept within ``startup_timeout``.
     """
     argv = build_argv(spec)
-    for stale in (spec.qmp_path, spec.pidfile):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(stale)
     name = Path(argv[0]).name
-    # Until we hold a pidfd for the daemonized emulator, a cancellation would
-    # orphan it: this part is shielded, and bounded by startup_timeout.
+    log_path = run_dir / STDERR_LOG
     with trio.CancelScope(shield=True):
-        with trio.move_on_after(startup_timeout) as scope:
-            try:
-                result = await trio.run_process(
-                    argv,
-                    check=False,
-                    stdin=subprocess.DEVNULL,
-                    capture_stdout=True,
-                    capture_stderr=True,
-                )
-            except OSError as exc:
-                raise LaunchError(f"cannot run {argv[0]}: {exc}", argv=argv) from None
-        if scope.cancelled_caught:
-            raise LaunchError(f"{name} did not daemonize within {startup_timeout:g} s", argv=argv)
-        if result.returncode != 0:
-            err = result.stderr.decode(errors="replace").strip()
-            raise LaunchError(
-                f"{name} exited with status {result.returncode}: {err}", argv=argv, stderr=err
-            )
         try:
-            pid = int((await trio.Path(spec.pidfile).read_text()).strip())
-            proc = QemuProcess.attach(pid)
-        except (OSError, ValueError) as exc:
-            raise LaunchError(f"no usable pidfile at {spec.pidfile}: {exc}") from None
+            child = await trio.to_thread.run_sync(_spawn, argv, log_path, user)
+        except OSError as exc:
+            raise LaunchError(f"cannot run {argv[0]}: {exc}", argv=argv) from None
+        _children[child.pid] = child
+        try:
+            proc = QemuProcess(child.pid, os.pidfd_open(child.pid), _start_ticks(child.pid))
+        except BaseException:
+            child.kill()
+            child.wait()
+            del _children[child.pid]
+            raise
+        try:
+            if on_spawn is not None:
+                await on_spawn(proc)
+        except BaseException:
+            await proc.kill(grace=0)
+            proc.close()
+            raise
     try:
         with trio.move_on_after(startup_timeout) as scope:
-            while not await trio.Path(spec.qmp_path).exists():
+            while True:
                 if proc.exited():
-                    raise LaunchError(f"{name} exited before its monitor was ready")
-                await trio.sleep(_SOCKET_POLL)
+                    err = _log_tail(log_path)
+                    status = proc.returncode
+                    raise LaunchError(
+                        f"{name} exited with status {status} before its monitor was ready: {err}",
+                        argv=argv,
+                        stderr=err,
+                    )
+                try:
+                    sock = await trio.open_unix_socket(spec.qmp_path)
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED):
+                        raise LaunchError(f"cannot connect to {spec.qmp_path}: {exc}") from None
+                    await trio.sleep(_SOCKET_POLL)
+                    continue
+                await sock.aclose()
+                break
         if scope.cancelled_caught:
             raise LaunchError(f"no QMP socket at {spec.qmp_path} within {startup_timeout:g} s")
     except BaseException:

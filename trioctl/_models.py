@@ -37,7 +37,7 @@ __all__ = [
 
 T = TypeVar("T")
 
-NAME_RE: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 EMULATOR_NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 """An emulator is named, never given as a path (``driver.emulators`` maps
 names to binaries)."""

@@ -218,8 +218,8 @@ async def _many(ctx: Context, mode: Mode, n: int, k: int, limit: float) -> dict[
     state = reg.new_dir("restart")
     port = free_port()
     say(f"many: starting {n} simulated VMs in 2 processes ({n - k} healthy, {k} to hang)")
-    healthy_sim = await start_many_sim(reg, reg.new_dir("h"), n - k, "h")
-    hung_sim = await start_many_sim(reg, reg.new_dir("x"), k, "x")
+    healthy_sim = await start_many_sim(reg, state, n - k, "h")
+    hung_sim = await start_many_sim(reg, state, k, "x")
     try:
         write_many_domains(state, [healthy_sim, hung_sim])
         first = await start_daemon(reg, state, mode, port=port)

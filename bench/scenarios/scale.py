@@ -179,14 +179,14 @@ async def _run_mode(ctx: Context, mode: Mode, n: int, limit: float) -> dict[str,
     processes = math.ceil(n / PER_PROCESS)
     say(f"starting {n} simulated VMs in {processes} process(es)")
     sims = []
+    state = reg.new_dir("scale")
     t0 = time.perf_counter()
     for j in range(processes):
         count = n // processes + (1 if j < n % processes else 0)
         # Named v0x0.., v1x0..: the daemon meets the second process only after
         # thousands of sockets are open (its pidfd is numbered past 1024).
-        sims.append(await start_many_sim(reg, reg.new_dir("v"), count, f"v{j}x"))
+        sims.append(await start_many_sim(reg, state, count, f"v{j}x"))
     sim_start = time.perf_counter() - t0
-    state = reg.new_dir("scale")
     write_many_domains(state, sims)
     port = free_port()
     out: dict[str, Any] = {"n": n, "sim_processes": processes, "sim_start_s": round(sim_start, 2)}

@@ -27,6 +27,7 @@ import trio
 
 from .._config import ConfigError, DaemonConfig, load_config
 from .._daemon import DaemonHandle, open_daemon
+from .._launcher import resolve_qemu_user
 from .._startup import (
     ListenAddressInUse,
     ListenAddressUnusable,
@@ -35,7 +36,7 @@ from .._startup import (
     StateDirUnusable,
     TokensFileUnusable,
 )
-from .._store import write_atomic
+from .._store import check_private_dir, write_atomic
 from .._tokens import TokensFileError
 
 logger = logging.getLogger("trioctl.daemon")
@@ -172,7 +173,10 @@ def _announce(config: DaemonConfig, daemon: DaemonHandle, ready_file: Path | Non
     print(f"state directory: {config.driver.state_dir}", flush=True)
     logger.info("serving %d domains", len(daemon.driver.list_domains()))
     if ready_file is not None:
-        # It holds the token: written like every state file, mode 0600.
+        # It holds the token: written like every state file, mode 0600, through
+        # a random temporary name (O_EXCL|O_NOFOLLOW) renamed over the path, so
+        # a file another user planted there, or a symlink, is replaced, never
+        # written through.
         write_atomic(
             ready_file,
             json.dumps(
@@ -205,6 +209,24 @@ def daemon_main(
         print(config.to_toml(), end="")
         return 0
     setup_logging(config)
+    # Nothing the daemon creates is for other users (files are 0600 anyway).
+    os.umask(0o077)
+    try:
+        resolve_qemu_user(config.driver.qemu_user)
+    except ValueError as exc:
+        print(f"trioctl daemon: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    for directory, what in (
+        (config.driver.state_dir, "state directory"),
+        (config.driver.run_dir, "run directory"),
+    ):
+        # Refused before anything starts, in one line (open_daemon checks again).
+        try:
+            check_private_dir(directory, what)
+        except OSError as exc:
+            text = str(exc) if exc.strerror is None else f"{what} {directory}: {exc.strerror}"
+            print(f"trioctl daemon: {text}", file=sys.stderr)
+            return StateDirUnusable.exit_status
     try:
         trio.run(functools.partial(run_daemon, config, ready_file=ready_file))
     except BaseException as exc:

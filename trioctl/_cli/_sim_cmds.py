@@ -28,7 +28,7 @@ import trio
 
 from .._config import ConfigError, load_config
 from .._errors import ConnectionLost, InvalidParams, QmpCommandError
-from .._launcher import QemuProcess
+from .._launcher import CONTROL_SOCKET, QemuProcess
 from .._models import structure
 from .._store import RuntimeRecord
 from ..sim import control_request
@@ -147,7 +147,15 @@ def _from_record(run_dir: Path, name: str) -> _Target:
         record = structure(raw, RuntimeRecord)
     except InvalidParams as exc:
         raise CliFailure("BAD_RECORD", f"{path}: {exc.message}") from None
-    return _Target(name, record.pid, record.start_ticks, record.control_path, record.emulator)
+    if record.pid is None:
+        raise CliFailure(
+            "NOT_RUNNING",
+            f"domain {name!r} is starting (its record {path} names no process yet)",
+            data={"domain": name, "record": str(path)},
+        )
+    # Records name processes, never paths: the control socket is derived.
+    control_path = None if record.shared else str(run_dir / name / CONTROL_SOCKET)
+    return _Target(name, record.pid, record.start_ticks, control_path, record.emulator)
 
 
 def _control_path_of(pid: int) -> str | None:

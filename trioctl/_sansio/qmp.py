@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 from collections.abc import Mapping
 from typing import Any, Final, Literal, NoReturn
 
@@ -203,9 +204,10 @@ class QmpConnection:
 
     def _interpret(self, line: bytes) -> QmpMessage:
         try:
-            msg = json.loads(line)
-        except (ValueError, RecursionError):
-            # UnicodeDecodeError is a ValueError; RecursionError from deep nesting.
+            msg = json.loads(line, parse_constant=_no_constant, parse_float=_finite_float)
+        except (ValueError, RecursionError, OverflowError):
+            # UnicodeDecodeError is a ValueError; RecursionError from deep
+            # nesting; Infinity, NaN and 1e400 are refused (ValueError).
             self._fail(f"invalid JSON: {line[:80]!r}")
         if not isinstance(msg, dict):
             self._fail(f"message is not a JSON object: {line[:80]!r}")
@@ -238,7 +240,11 @@ class QmpConnection:
         try:
             qmp = msg["QMP"]
             qemu = qmp["version"]["qemu"]
-            version = (int(qemu["major"]), int(qemu["minor"]), int(qemu["micro"]))
+            version = (
+                _small_int(qemu["major"]),
+                _small_int(qemu["minor"]),
+                _small_int(qemu["micro"]),
+            )
             package = qmp["version"].get("package", "")
             caps = qmp["capabilities"]
             if not isinstance(package, str) or not isinstance(caps, list):
@@ -260,6 +266,8 @@ class QmpConnection:
             micros = stamp["microseconds"]
             if not isinstance(seconds, int) or not isinstance(micros, int):
                 raise TypeError
+            if not (_TIMESTAMP_MIN <= seconds <= _TIMESTAMP_MAX and -1 <= micros < 1_000_000):
+                raise TypeError  # beyond what a float timestamp can hold
         except (KeyError, TypeError):
             self._fail(f"malformed event: {str(msg)[:120]}")
         return Event(name, data, seconds + micros / 1_000_000)
@@ -303,6 +311,35 @@ class QmpConnection:
             return self._next_id, _encode(cmd)
         except (TypeError, ValueError) as exc:
             raise LocalProtocolError(f"arguments are not JSON: {exc}") from None
+
+
+_TIMESTAMP_MIN: Final = -1
+"""QEMU sends ``{"seconds": -1, "microseconds": -1}`` when it has no clock."""
+_TIMESTAMP_MAX: Final = 2**53
+"""Beyond it ``seconds + micros / 1e6`` loses the microseconds (and 10**400
+would overflow a float)."""
+_VERSION_MAX: Final = 2**31
+
+
+def _no_constant(name: str) -> NoReturn:
+    """``json.loads`` hook for ``Infinity``, ``-Infinity`` and ``NaN``."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    """``json.loads`` hook for numbers with a fraction or exponent: ``1e400``
+    would become ``inf``, which no QMP value means."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} does not fit in a float")
+    return value
+
+
+def _small_int(value: object) -> int:
+    """A version number: a non-negative JSON integer below 2**31."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < _VERSION_MAX:
+        raise TypeError
+    return value
 
 
 def _encode(obj: Mapping[str, Any]) -> bytes:

@@ -36,7 +36,7 @@ DRAFT: Final = "https://json-schema.org/draft/2020-12/schema"
 
 #: Constraints the validators enforce, stated for schema readers.
 EXTRAS: Final[dict[tuple[str, str], dict[str, Any]]] = {
-    ("DomainDefinition", "name"): {"pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+    ("DomainDefinition", "name"): {"pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
     ("DomainDefinition", "memory_mib"): {"minimum": 1, "maximum": 1 << 20},
     ("DomainDefinition", "vcpus"): {"minimum": 1, "maximum": 255},
     ("DomainDefinition", "machine"): {"pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"},

@@ -59,6 +59,7 @@ _WITH_VALUE: Final = frozenset(
         "display",
         "sim-control",
         "sim-powerdown",
+        "sandbox",
     }
 )
 # Device options, repeatable: checked for QEMU's syntax and accepted; the
@@ -71,7 +72,7 @@ _FLAGS: Final = frozenset({"daemonize", "S", "nodefaults", "version", "help", "h
 USAGE: Final = f"""\
 usage: {PROG} [options]
        {PROG} many --dir DIR --count N [--prefix vm] [--pidfile PATH] [--daemonize]
-                   [--paused] [--powerdown shutdown|ignore]
+                   [--paused] [--powerdown shutdown|ignore] [--vm-dirs]
 
 A simulated qemu-system-x86_64 speaking QMP (QEMU 7.2), with fault injection.
 
@@ -81,6 +82,8 @@ QEMU options:
   -pidfile PATH      -daemonize        -S (start paused: "prelaunch")
   -m SIZE            -smp N[,sockets=S][,cores=C][,threads=T]
   -machine TYPE[,..] -nodefaults       -display none
+  -sandbox on|off[,obsolete=..,elevateprivileges=..,spawn=..,resourcecontrol=..]
+                     accepted and checked; the simulator installs no filter
   -version           -help
   -blockdev driver=D,node-name=N[,filename=PATH|file=N][,..] (or JSON)  -drive ..
   -netdev user,id=ID -device DRIVER[,..]  -chardev file,id=ID,path=PATH
@@ -158,13 +161,21 @@ class ManyOptions:
     daemonize: bool = False
     paused: bool = False
     powerdown: PowerdownAction = "shutdown"
+    vm_dirs: bool = False
+    """trioctl's run-directory layout: each VM's socket at DIR/NAME/qmp.sock,
+    the control socket at DIR/.PREFIX-control.sock."""
 
     def vm_names(self) -> list[str]:
         return [f"{self.prefix}{i}" for i in range(self.count)]
 
+    def qmp_path(self, name: str) -> str:
+        if self.vm_dirs:
+            return os.path.join(self.dir, name, "qmp.sock")
+        return os.path.join(self.dir, f"{name}.qmp")
+
     def vm_config(self, name: str) -> VMConfig:
         return VMConfig(
-            qmp_path=os.path.join(self.dir, f"{name}.qmp"),
+            qmp_path=self.qmp_path(name),
             name=name,
             paused=self.paused,
             powerdown=self.powerdown,
@@ -172,6 +183,8 @@ class ManyOptions:
 
     @property
     def control_path(self) -> str:
+        if self.vm_dirs:
+            return os.path.join(self.dir, f".{self.prefix}-control.sock")
         return os.path.join(self.dir, "control.sock")
 
 
@@ -218,6 +231,8 @@ def parse_qemu_args(argv: Sequence[str]) -> SimOptions:
         raise UsageError("-qmp: the simulator serves one QMP monitor")
     for option, value in devices:
         _check_device(option, value)
+    if "sandbox" in values:
+        _parse_sandbox(values["sandbox"])
     if "display" in values and values["display"] != "none":
         raise UsageError(f"-display {values['display']}: only 'none' is supported by the simulator")
     vm = VMConfig(
@@ -434,6 +449,25 @@ def _parse_powerdown(value: str) -> PowerdownAction:
     raise UsageError(f"-sim-powerdown {value}: expected 'shutdown' or 'ignore'")
 
 
+_SANDBOX_KEYS: Final = {
+    "obsolete": ("allow", "deny"),
+    "elevateprivileges": ("allow", "deny", "children"),
+    "spawn": ("allow", "deny"),
+    "resourcecontrol": ("allow", "deny"),
+}
+
+
+def _parse_sandbox(value: str) -> None:
+    """``-sandbox``: QEMU 7.2's syntax, checked; the simulator installs no filter."""
+    first, *rest = split_opts(value)
+    if first not in _TRUE | _FALSE:
+        raise UsageError(f"-sandbox {value}: expected 'on' or 'off' first")
+    for item in rest:
+        key, eq, val = item.partition("=")
+        if key not in _SANDBOX_KEYS or not eq or val not in _SANDBOX_KEYS[key]:
+            raise UsageError(f"-sandbox: invalid option {item!r}")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"many: {message}")
@@ -453,6 +487,7 @@ def parse_many_args(argv: Sequence[str]) -> ManyOptions:
     parser.add_argument("--daemonize", action="store_true")
     parser.add_argument("--paused", action="store_true")
     parser.add_argument("--powerdown", choices=("shutdown", "ignore"), default="shutdown")
+    parser.add_argument("--vm-dirs", action="store_true")
     ns = parser.parse_args(list(argv))
     if ns.count < 1:
         raise UsageError(f"many: --count must be at least 1, not {ns.count}")
@@ -466,4 +501,5 @@ def parse_many_args(argv: Sequence[str]) -> ManyOptions:
         daemonize=ns.daemonize,
         paused=ns.paused,
         powerdown=_parse_powerdown(ns.powerdown),
+        vm_dirs=ns.vm_dirs,
     )

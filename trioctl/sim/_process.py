@@ -201,6 +201,12 @@ async def serve_many(options: ManyOptions, ready: Callable[[], None]) -> int:
     except OSError as exc:
         raise StartupError(f"--dir {options.dir}: {exc.strerror or exc}") from None
     vms = {name: SimulatedVM(options.vm_config(name)) for name in options.vm_names()}
+    if options.vm_dirs:
+        for name in vms:
+            try:
+                os.makedirs(os.path.join(options.dir, name), mode=0o700, exist_ok=True)
+            except OSError as exc:
+                raise StartupError(f"--dir {options.dir}/{name}: {exc.strerror or exc}") from None
     control = ControlServer(options.control_path, vms)
     pidfile = None if options.pidfile is None else _Pidfile(options.pidfile)
     try:
