@@ -354,11 +354,75 @@ async def test_qemu_domain_with_a_disk_from_a_storage_dir(sock_dir: Path, storag
             assert (info.state, info.taints) == (DomainState.RUNNING, [])
             nodes = await writer.monitor_command("dev", "query-named-block-nodes")
             found = {n["node-name"]: n for n in nodes}
-            assert found["disk0"]["image"]["filename"] == str(storage / "ro.img")
+            # QEMU got the images as descriptors and opened nothing by name.
+            assert found["disk0"]["image"]["filename"] == "/dev/fdset/1"
+            assert found["disk1"]["image"]["filename"] == "/dev/fdset/2"
             assert found["disk0"]["ro"] is True and found["disk0"]["drv"] == "raw"
             assert found["disk1"]["ro"] is False
-            assert (sock_dir / "run" / "dev.serial.log").exists()
+            assert info.pid is not None
+            fd_dir = Path(f"/proc/{info.pid}/fd")
+            held = {os.readlink(fd_dir / fd) for fd in os.listdir(fd_dir)}
+            assert {str(storage / "ro.img"), str(storage / "rw.img")} <= held
+            assert (sock_dir / "run" / "dev" / "serial.log").exists()
             await writer.destroy("dev")
+
+
+@pytest.mark.qemu
+async def test_qemu_needs_no_access_to_the_storage_dirs(sock_dir: Path, storage: Path) -> None:
+    """Images only root can read (in a directory only root can enter) still
+    serve a confined QEMU: it gets descriptors and a private kernel copy."""
+    if os.geteuid() != 0:
+        pytest.skip("the confinement needs a root daemon")
+    storage.chmod(0o700)
+    with trio.fail_after(60):
+        async with (
+            running_daemon(sock_dir, driver__storage_dirs=[str(storage)]) as daemon,
+            clients(daemon) as (writer, _admin),
+        ):
+            await writer.define(_device_definition(storage, "qemu"))
+            info = await writer.start("dev")
+            assert info.pid is not None
+            status = Path(f"/proc/{info.pid}/status").read_text()
+            assert "\nUid:\t0\t" not in status
+            nodes = await writer.monitor_command("dev", "query-named-block-nodes")
+            assert {n["node-name"] for n in nodes} >= {"disk0", "disk1"}
+            await writer.destroy("dev")
+
+
+async def test_kernel_and_initrd_are_private_copies(sock_dir: Path, storage: Path) -> None:
+    kernel, initrd = storage / "vmlinuz", storage / "initrd"
+    kernel.write_bytes(b"kernel" * 1000)
+    initrd.write_bytes(b"initrd" * 1000)
+    definition = {
+        "name": "boot",
+        "emulator": "sim",
+        "machine": "pc",
+        "kernel": str(kernel),
+        "initrd": str(initrd),
+        "cmdline": "console=ttyS0",
+    }
+    with trio.fail_after(30):
+        async with (
+            running_daemon(sock_dir, driver__storage_dirs=[str(storage)]) as daemon,
+            clients(daemon) as (writer, _admin),
+        ):
+            await writer.define(definition)
+            info = await writer.start("boot")
+            assert info.pid is not None
+            argv = Path(f"/proc/{info.pid}/cmdline").read_bytes().decode().split("\0")
+            dom_dir = sock_dir / "run" / "boot"
+            assert argv[argv.index("-kernel") + 1] == str(dom_dir / "kernel")
+            assert argv[argv.index("-initrd") + 1] == str(dom_dir / "initrd")
+            assert (dom_dir / "kernel").read_bytes() == kernel.read_bytes()
+            assert (dom_dir / "initrd").stat().st_mode & 0o777 == 0o400
+            await writer.destroy("boot")
+            # A kernel swapped for a hard link to a file outside: refused at start.
+            outside = sock_dir / "secret"
+            outside.write_bytes(b"secret")
+            kernel.unlink()
+            os.link(outside, kernel)
+            with pytest.raises(InvalidParams, match="hard links"):
+                await writer.start("boot")
 
 
 async def test_sim_domain_with_devices_starts(sock_dir: Path, storage: Path) -> None:

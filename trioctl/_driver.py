@@ -66,6 +66,7 @@ from ._launcher import (
     SERIAL_LOG,
     LaunchSpec,
     QemuProcess,
+    QemuUser,
     cmdline,
     find_processes,
     launch,
@@ -93,8 +94,10 @@ from ._policy import (
     TAINT_CUSTOM_MONITOR,
     check_definition,
     check_qcow2,
+    copy_boot_file,
     emulator_table,
     monitor_command_allowed,
+    open_storage_file,
     resolve_file,
 )
 from ._sansio.qmp import Event
@@ -481,52 +484,57 @@ class Driver:
             raise LaunchError(
                 f"cannot prepare the run directory of domain {name!r}: {exc}", domain=name
             ) from None
-        spec = await trio.to_thread.run_sync(self._launch_spec, d, paused, dom_dir)
-        qmp_path = spec.qmp_path
-        taints = [TAINT_CUSTOM_ARGV] if d.extra_args else []
-        if taints:
-            logger.warning(
-                "domain %s starts tainted (%s): extra_args %s", name, ", ".join(taints),
-                list(d.extra_args),
-            )  # fmt: skip
-        # No emulator without a record naming it: "starting" before the spawn,
-        # with its pid right after (launch shields both), "running" once the
-        # monitor answered. A daemon killed in between finds the record at its
-        # next start and kills what it launched (see _load).
-        record = RuntimeRecord(
-            name=d.name,
-            pid=None,
-            start_ticks=None,
-            emulator=d.emulator,
-            started_at=time.time(),
-            state="starting",
-            taints=list(taints),
-            definition=unstructure(d),
-        )
-        await trio.to_thread.run_sync(self.store.save_record, record)
-        spawned: QemuProcess | None = None
-
-        async def on_spawn(proc: QemuProcess) -> None:
-            nonlocal record, spawned
-            spawned = proc
-            record = attrs.evolve(record, pid=proc.pid, start_ticks=proc.start_ticks)
-            await trio.to_thread.run_sync(self.store.save_record, record)
-
+        spec = await trio.to_thread.run_sync(self._launch_spec, d, paused, dom_dir, user)
         try:
-            proc = self._hold_process(
-                await launch(
-                    spec,
-                    run_dir=dom_dir,
-                    user=user,
-                    on_spawn=on_spawn,
-                    startup_timeout=self.config.start_timeout,
-                )
+            qmp_path = spec.qmp_path
+            taints = [TAINT_CUSTOM_ARGV] if d.extra_args else []
+            if taints:
+                logger.warning(
+                    "domain %s starts tainted (%s): extra_args %s", name, ", ".join(taints),
+                    list(d.extra_args),
+                )  # fmt: skip
+            # No emulator without a record naming it: "starting" before the spawn,
+            # with its pid right after (launch shields both), "running" once the
+            # monitor answered. A daemon killed in between finds the record at its
+            # next start and kills what it launched (see _load).
+            record = RuntimeRecord(
+                name=d.name,
+                pid=None,
+                start_ticks=None,
+                emulator=d.emulator,
+                started_at=time.time(),
+                state="starting",
+                taints=list(taints),
+                definition=unstructure(d),
             )
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                if spawned is None or spawned.exited():
-                    await trio.to_thread.run_sync(self._forget_start, d.name)
-            raise
+            await trio.to_thread.run_sync(self.store.save_record, record)
+            spawned: QemuProcess | None = None
+
+            async def on_spawn(proc: QemuProcess) -> None:
+                nonlocal record, spawned
+                spawned = proc
+                record = attrs.evolve(record, pid=proc.pid, start_ticks=proc.start_ticks)
+                await trio.to_thread.run_sync(self.store.save_record, record)
+
+            try:
+                proc = self._hold_process(
+                    await launch(
+                        spec,
+                        run_dir=dom_dir,
+                        user=user,
+                        on_spawn=on_spawn,
+                        startup_timeout=self.config.start_timeout,
+                    )
+                )
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    if spawned is None or spawned.exited():
+                        await trio.to_thread.run_sync(self._forget_start, d.name)
+                raise
+        finally:
+            # The emulator holds its own copies of the disks' descriptors.
+            for fd in spec.disk_fds:
+                os.close(fd)
         run = _Run(proc, record, qmp_path, definition=d, taints=taints)
         try:
             dom.run = run
@@ -552,23 +560,50 @@ class Driver:
             self._set_state(dom, DomainState.RUNNING, "booted", "started")
         return self._info(dom)
 
-    def _launch_spec(self, d: DomainDefinition, paused: bool, dom_dir: Path) -> LaunchSpec:
-        """What to launch for ``d``, checked again against the configuration
-        (it may have changed since the define); files are resolved now and
-        QEMU gets the resolved paths. The domain's sockets and logs live in
-        ``dom_dir`` (its own directory in the run directory).
+    def _launch_spec(
+        self, d: DomainDefinition, paused: bool, dom_dir: Path, user: QemuUser | None
+    ) -> LaunchSpec:
+        """What to launch for ``d``. The domain's sockets and logs live in
+        ``dom_dir`` (its own directory in the run directory). Files are
+        resolved and opened now, and what was opened is checked: QEMU gets
+        the disks as descriptors (``spec.disk_fds``, which the caller closes)
+        and private copies of the kernel and initrd in ``dom_dir``.
 
         Raises:
-            InvalidParams: see :meth:`define`; or a file is missing.
+            InvalidParams: see :meth:`define`; or a file is missing, or changed.
         """
         dirs = self.config.storage_dirs
+        owner = None if user is None else (user.uid, user.gid)
         disks = tuple(
             attrs.evolve(disk, path=resolve_file(f"disks[{i}].path", disk.path, dirs))
             for i, disk in enumerate(d.disks)
         )
-        for i, disk in enumerate(disks):
-            if disk.format == "qcow2":
-                check_qcow2(f"disks[{i}].path", disk.path)
+        disk_fds: list[int] = []
+        try:
+            for i, disk in enumerate(disks):
+                field = f"disks[{i}].path"
+                fd = open_storage_file(field, disk.path, dirs, writable=not disk.readonly)
+                disk_fds.append(fd)
+                if disk.format == "qcow2":
+                    check_qcow2(field, disk.path, fd)
+            boot: dict[str, str] = {}
+            for field, path in (("kernel", d.kernel), ("initrd", d.initrd)):
+                if not path:
+                    continue
+                real = resolve_file(field, path, dirs)
+                fd = open_storage_file(field, real, dirs, writable=False)
+                try:
+                    target = dom_dir / field
+                    with contextlib.suppress(FileNotFoundError):
+                        target.unlink()
+                    copy_boot_file(field, fd, str(target), owner)
+                finally:
+                    os.close(fd)
+                boot[field] = str(target)
+        except BaseException:
+            for fd in disk_fds:
+                os.close(fd)
+            raise
         emulator = self.emulators[d.emulator or self.config.backend]
         sim = emulator == "sim"
         return LaunchSpec(
@@ -582,10 +617,11 @@ class Driver:
             extra_args=d.extra_args,
             sim_control_path=str(dom_dir / CONTROL_SOCKET) if sim else None,
             disks=disks,
+            disk_fds=tuple(disk_fds),
             nics=d.nics,
             serial_log=str(dom_dir / SERIAL_LOG) if d.serial_log else None,
-            kernel=resolve_file("kernel", d.kernel, dirs) if d.kernel else "",
-            initrd=resolve_file("initrd", d.initrd, dirs) if d.initrd else "",
+            kernel=boot.get("kernel", ""),
+            initrd=boot.get("initrd", ""),
             cmdline=d.cmdline,
         )
 

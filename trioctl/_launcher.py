@@ -150,6 +150,9 @@ class LaunchSpec:
     """Simulator only: where its fault-injection control socket listens."""
     disks: tuple[Disk, ...] = ()
     """Disk images, their paths already resolved and checked (see _policy)."""
+    disk_fds: tuple[int, ...] = ()
+    """If given, one open descriptor per disk, passed to the emulator: QEMU
+    then opens ``/dev/fdset/N``, never the path."""
     nics: tuple[Nic, ...] = ()
     serial_log: str | None = None
     """Log the first serial port to this file."""
@@ -174,6 +177,12 @@ def _device_argv(spec: LaunchSpec) -> list[str]:
     bus = "none" if spec.machine == "none" else "mmio" if spec.machine == "microvm" else "pci"
     for index, disk in enumerate(spec.disks):
         node = f"disk{index}"
+        filename = disk.path
+        if spec.disk_fds:
+            # A descriptor set per disk: QEMU dup()s the descriptor whose
+            # access mode matches instead of opening anything by name.
+            argv += ["-add-fd", f"fd={spec.disk_fds[index]},set={index + 1}"]
+            filename = f"/dev/fdset/{index + 1}"
         # JSON syntax: no escaping to get wrong, and ``backing: null`` (the
         # dotted syntax can only name a node): a qcow2 image's backing file,
         # a path in the image's header, is never opened. The format is
@@ -181,7 +190,7 @@ def _device_argv(spec: LaunchSpec) -> list[str]:
         file: dict[str, object] = {
             "driver": "file",
             "node-name": f"{node}-file",
-            "filename": disk.path,
+            "filename": filename,
             "read-only": disk.readonly,
         }
         fmt: dict[str, object] = {
@@ -510,7 +519,9 @@ def prepare_domain_dir(
     return path
 
 
-def _spawn(argv: list[str], log_path: Path, user: QemuUser | None) -> subprocess.Popen[bytes]:
+def _spawn(
+    argv: list[str], log_path: Path, user: QemuUser | None, pass_fds: tuple[int, ...]
+) -> subprocess.Popen[bytes]:
     log_fd = os.open(
         log_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
     )
@@ -522,6 +533,7 @@ def _spawn(argv: list[str], log_path: Path, user: QemuUser | None) -> subprocess
             stderr=log_fd,
             cwd=log_path.parent,
             start_new_session=True,
+            pass_fds=pass_fds,
             user=None if user is None else user.uid,
             group=None if user is None else user.gid,
             extra_groups=None if user is None else [],
@@ -573,7 +585,7 @@ async def launch(
     log_path = run_dir / STDERR_LOG
     with trio.CancelScope(shield=True):
         try:
-            child = await trio.to_thread.run_sync(_spawn, argv, log_path, user)
+            child = await trio.to_thread.run_sync(_spawn, argv, log_path, user, spec.disk_fds)
         except OSError as exc:
             raise LaunchError(f"cannot run {argv[0]}: {exc}", argv=argv) from None
         _children[child.pid] = child

@@ -214,7 +214,7 @@ class DomainDefinition:
     nics: tuple[Nic, ...] = attrs.field(default=(), validator=_bounded(MAX_NICS))
     """Up to 8 user-mode network interfaces (``-netdev user``)."""
     serial_log: bool = False
-    """Log the first serial port to ``NAME.serial.log`` in the run directory."""
+    """Log the first serial port to ``serial.log`` in the domain's run directory."""
     kernel: str = attrs.field(default="", validator=_check_file)
     """Direct kernel boot (``-kernel``): a file from the storage directories."""
     initrd: str = attrs.field(default="", validator=_check_file)

@@ -8,14 +8,18 @@ The rules of ``docs/security.md``, in one place:
 - **Machine types** are plain names from an allow-list (``driver.machines``).
 - **Files** (disk images, kernel, initrd) must lie, after resolving
   symlinks, inside one of the storage directories (``driver.storage_dirs``);
-  checked at define and again at start, and QEMU is given the resolved path.
+  checked at define and again at start. At start the daemon opens each file
+  itself (:func:`open_storage_file`) and checks what it opened: QEMU gets
+  disks as file descriptors and private copies of the kernel and initrd, so
+  it never opens a storage path by name and needs no access to it.
 - **Monitor commands**: below the admin role only :data:`WRITE_MONITOR_COMMANDS`
   and ``query-*``; an admin's command outside that list taints the run.
 - **Taints**: ``custom-argv`` (started with ``extra_args``) and
   ``custom-monitor``; kept until the process exits.
 
 Plain functions without I/O except :func:`resolve_file` (``realpath``,
-``stat``), which the driver runs in a thread.
+``stat``), :func:`open_storage_file`, :func:`copy_boot_file` and
+:func:`check_qcow2`, which the driver runs in a thread.
 """
 
 from __future__ import annotations
@@ -37,9 +41,11 @@ __all__ = [
     "WRITE_MONITOR_COMMANDS",
     "check_definition",
     "check_qcow2",
+    "copy_boot_file",
     "emulator_table",
     "machine_allowed",
     "monitor_command_allowed",
+    "open_storage_file",
     "resolve_file",
 ]
 
@@ -165,19 +171,19 @@ def resolve_file(
     return real
 
 
-def check_qcow2(field: str, path: str) -> None:
+def check_qcow2(field: str, path: str, fd: int) -> None:
     """Refuse a qcow2 image that needs an external data file.
 
     Its header names that file (any path on the host), and QEMU opens it
     unless told otherwise. (A backing file is never opened: ``backing`` is
-    null.) A file that is not qcow2 at all is left for QEMU to refuse.
+    null.) A file that is not qcow2 at all is left for QEMU to refuse. The
+    header is read from ``fd``, the file QEMU will be given.
 
     Raises:
         InvalidParams: the image has the external data file feature.
     """
     try:
-        with open(path, "rb") as image:
-            header = image.read(80)
+        header = os.pread(fd, 80, 0)
     except OSError as exc:
         raise InvalidParams(f"'{field}' {path!r}: {exc.strerror}") from None
     if len(header) < 80 or header[:4] != b"QFI\xfb":
@@ -189,6 +195,87 @@ def check_qcow2(field: str, path: str) -> None:
             f"'{field}' {path!r} is a qcow2 image with an external data file, which could "
             "name any file on the host; such images are not supported"
         )
+
+
+def open_storage_file(
+    field: str,
+    path: str,
+    storage_dirs: Iterable[os.PathLike[str] | str],
+    *,
+    writable: bool,
+) -> int:
+    """Open ``path`` (already resolved by :func:`resolve_file`) for QEMU.
+
+    What was opened is checked, not what the path named a moment before: a
+    regular file with one link, whose path (as the kernel reports it for the
+    open file) lies inside a storage directory. So a symlink or a hard link
+    swapped in after the check is refused, and QEMU, given the descriptor,
+    never opens anything by name.
+
+    Returns:
+        A descriptor (close-on-exec; read-write if ``writable``), which the
+        caller closes.
+
+    Raises:
+        InvalidParams: the file cannot be opened, is not a regular file, has
+            other hard links, or lies outside the storage directories.
+    """
+    flags = os.O_RDWR if writable else os.O_RDONLY
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise InvalidParams(f"'{field}' {path!r}: cannot open it ({exc.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidParams(f"'{field}' {path!r} is not a regular file")
+        if st.st_nlink != 1:
+            raise InvalidParams(
+                f"'{field}' {path!r} has {st.st_nlink} hard links; a file with other names "
+                "could be a file outside the storage directories"
+            )
+        opened = os.readlink(f"/proc/self/fd/{fd}")
+        dirs = [os.path.realpath(d).rstrip("/") + "/" for d in storage_dirs]
+        if not any(opened.startswith(d) for d in dirs):
+            raise InvalidParams(f"'{field}' {path!r} changed while it was opened; refused")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+#: Largest kernel or initrd the daemon copies for QEMU.
+MAX_BOOT_FILE: Final = 512 << 20
+
+
+def copy_boot_file(field: str, fd: int, target: str, owner: tuple[int, int] | None) -> None:
+    """Copy an opened kernel or initrd to ``target`` (a new file in the
+    domain's own run directory), readable by ``owner`` (uid, gid) only.
+
+    QEMU loads ``-kernel`` and ``-initrd`` by name, without file descriptor
+    sets: a private copy means it opens nothing of the storage directories.
+
+    Raises:
+        InvalidParams: larger than :data:`MAX_BOOT_FILE`.
+    """
+    size = os.fstat(fd).st_size
+    if size > MAX_BOOT_FILE:
+        raise InvalidParams(f"'{field}' is {size} bytes; the limit is {MAX_BOOT_FILE}")
+    out = os.open(
+        target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o400
+    )
+    try:
+        if owner is not None:
+            os.fchown(out, *owner)
+        offset = 0
+        while offset < size:
+            sent = os.sendfile(out, fd, offset, size - offset)
+            if sent == 0:
+                break
+            offset += sent
+    finally:
+        os.close(out)
 
 
 _QCOW2_EXTERNAL_DATA_FILE: Final = 1 << 2

@@ -65,7 +65,18 @@ _WITH_VALUE: Final = frozenset(
 # Device options, repeatable: checked for QEMU's syntax and accepted; the
 # simulated guest has no devices (QMP shows none).
 _DEVICES: Final = frozenset(
-    {"drive", "blockdev", "netdev", "device", "chardev", "serial", "kernel", "initrd", "append"}
+    {
+        "drive",
+        "blockdev",
+        "netdev",
+        "device",
+        "chardev",
+        "serial",
+        "kernel",
+        "initrd",
+        "append",
+        "add-fd",
+    }
 )
 _FLAGS: Final = frozenset({"daemonize", "S", "nodefaults", "version", "help", "h"})
 
@@ -86,6 +97,7 @@ QEMU options:
                      accepted and checked; the simulator installs no filter
   -version           -help
   -blockdev driver=D,node-name=N[,filename=PATH|file=N][,..] (or JSON)  -drive ..
+  -add-fd fd=N,set=M (then filename=/dev/fdset/M)
   -netdev user,id=ID -device DRIVER[,..]  -chardev file,id=ID,path=PATH
   -serial chardev:ID -kernel PATH  -initrd PATH  -append CMDLINE
   (accepted and checked; the simulated guest has no devices)
@@ -413,6 +425,15 @@ def _check_device(option: str, value: str) -> None:
         return
     parts = split_opts(value)
     opts = dict(part.partition("=")[::2] for part in parts if "=" in part)
+    if option == "add-fd":
+        fd, fdset = opts.get("fd", ""), opts.get("set", "")
+        if not fd.isdigit() or not fdset.isdigit():
+            raise UsageError(f"-add-fd {value}: 'fd' and 'set' must be numbers")
+        try:
+            os.fstat(int(fd))
+        except OSError:
+            raise UsageError(f"-add-fd {value}: fd {fd} is not open") from None
+        return
     if option == "blockdev" and value.startswith("{"):
         try:
             loaded = json.loads(value)
@@ -435,7 +456,13 @@ def _check_device(option: str, value: str) -> None:
         if not opts.get("driver"):
             raise UsageError(f"-blockdev {value}: Parameter 'driver' is missing")
         filename = opts.get("filename")
-        if opts["driver"] == "file" and (filename is None or not os.path.exists(filename)):
+        # /dev/fdset/N: a descriptor passed with -add-fd (checked there).
+        passed = filename is not None and filename.startswith("/dev/fdset/")
+        if (
+            opts["driver"] == "file"
+            and not passed
+            and (filename is None or not os.path.exists(filename))
+        ):
             raise UsageError(
                 f"-blockdev {value}: Could not open '{filename}': No such file or directory"
             )
