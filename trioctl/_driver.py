@@ -140,10 +140,18 @@ class DriverConfig:
     storage_dirs: tuple[Path, ...] = ()
     """Directories disk images, kernels and initrds must lie in (after
     resolving symlinks); empty: definitions cannot name files."""
+    private_dirs: tuple[Path, ...] = ()
+    """Directories no file named by a definition may lie in, besides
+    ``state_dir`` and the run directory (the daemon adds the tokens file's)."""
 
     @property
     def runtime_dir(self) -> Path:
         return self.run_dir if self.run_dir is not None else self.state_dir / "run"
+
+    @property
+    def own_dirs(self) -> tuple[Path, ...]:
+        """The daemon's own directories: no definition may name a file there."""
+        return (self.state_dir, self.runtime_dir, *self.private_dirs)
 
 
 @attrs.define(eq=False)
@@ -394,7 +402,13 @@ class Driver:
         return self.get_info(definition.name)
 
     def _check_content(self, definition: DomainDefinition) -> None:
-        check_definition(definition, self.emulators, self.config.machines, self.config.storage_dirs)
+        check_definition(
+            definition,
+            self.emulators,
+            self.config.machines,
+            self.config.storage_dirs,
+            self.config.own_dirs,
+        )
 
     async def undefine_locked(self, name: str) -> None:
         """Remove a domain's definition. Refused while it runs."""
@@ -483,9 +497,11 @@ class Driver:
             InvalidParams: see :meth:`define`; or a file is missing.
         """
         self._check_content(d)
-        dirs = self.config.storage_dirs
+        dirs, own = self.config.storage_dirs, self.config.own_dirs
         disks = tuple(
-            attrs.evolve(disk, path=resolve_file(f"disks[{i}].path", disk.path, dirs))
+            attrs.evolve(
+                disk, path=resolve_file(f"disks[{i}].path", disk.path, dirs, private_dirs=own)
+            )
             for i, disk in enumerate(d.disks)
         )
         for i, disk in enumerate(disks):
@@ -508,8 +524,8 @@ class Driver:
             disks=disks,
             nics=d.nics,
             serial_log=str(run_dir / f"{d.name}.serial.log") if d.serial_log else None,
-            kernel=resolve_file("kernel", d.kernel, dirs) if d.kernel else "",
-            initrd=resolve_file("initrd", d.initrd, dirs) if d.initrd else "",
+            kernel=resolve_file("kernel", d.kernel, dirs, private_dirs=own) if d.kernel else "",
+            initrd=resolve_file("initrd", d.initrd, dirs, private_dirs=own) if d.initrd else "",
             cmdline=d.cmdline,
         )
 
