@@ -571,7 +571,8 @@ class DriverSettings:
             _path(),
             "Runtime records and QMP sockets; keep it short (socket paths are limited to "
             "107 bytes). Default: STATE_DIR/run when state_dir is set; else "
-            "$XDG_RUNTIME_DIR/trioctl, /run/trioctl for root, or STATE_DIR/run.",
+            "$XDG_RUNTIME_DIR/trioctl, /run/trioctl for root, or STATE_DIR/run. Never "
+            "state_dir itself.",
             textual=True,
         ),
     )
@@ -689,8 +690,9 @@ class DriverSettings:
         default=_DRIVER_DEFAULTS["storage_dirs"],
         metadata=_meta(
             _storage_dirs,
-            "Directories disk images, kernels and initrds must lie in, after resolving "
-            "symlinks. Empty: definitions cannot name files.",
+            "Directories disk images, kernels and initrds must lie in, as written and after "
+            "resolving symlinks. Empty: definitions cannot name files. None may be, contain or "
+            "lie in state_dir, run_dir or the tokens file's directory.",
         ),
     )
 

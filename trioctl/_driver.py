@@ -494,7 +494,9 @@ class Driver:
         QEMU gets the resolved paths.
 
         Raises:
-            InvalidParams: see :meth:`define`; or a file is missing.
+            InvalidParams: see :meth:`define`; or a file is missing, is not a
+                regular file with one link, or lies in the daemon's own
+                directories (:attr:`DriverConfig.own_dirs`).
         """
         self._check_content(d)
         dirs, own = self.config.storage_dirs, self.config.own_dirs
