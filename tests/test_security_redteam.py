@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given, strategies as st
 
 from trioctl import DomainExists, InvalidParams
 from trioctl._client import Client, connect
@@ -141,6 +143,59 @@ def test_resolve_file_never_resolves_outside_and_maps_os_errors(
     with pytest.raises(InvalidParams, match=r"cannot be resolved\Z") as refused:
         resolve_file("kernel", str(storage / "k"), [storage])
     assert "secret" not in refused.value.message
+
+
+def test_resolve_file_property() -> None:
+    """Whatever the path, ``resolve_file`` either returns a regular file with
+    one link inside a storage directory (as written and as resolved, and
+    outside the daemon's own directories), or refuses with InvalidParams
+    without saying where the path leads."""
+    with tempfile.TemporaryDirectory(prefix="tc-prop-") as top:
+        root = Path(top)
+        storage, outside, state = root / "images", root / "outside", root / "images" / "state"
+        for directory in (storage / "sub", outside, state):
+            directory.mkdir(parents=True)
+        _image(storage, "img")
+        _image(storage / "sub", "img2")
+        _image(state, "tokens.json")
+        os.link(_image(outside, "secret"), storage / "hard")
+        for name, target in [("out", outside), ("proc", Path("/proc/self")), ("etc", Path("/etc")),
+                             ("in", storage / "sub"), ("loop", storage / "loop"),
+                             ("up", root)]:  # fmt: skip
+            (storage / name).symlink_to(target)
+        names = ["img", "img2", "hard", "out", "proc", "etc", "in", "sub", "loop", "up",
+                 "secret", "state", "tokens.json", "fd", "1", "cwd", "exe", "passwd"]  # fmt: skip
+        prefixes = [str(storage), str(outside), str(root), "/proc/self", "/proc/1", "/etc", ""]
+
+        @given(
+            st.sampled_from(prefixes),
+            st.lists(st.sampled_from(names), max_size=4),
+            st.booleans(),
+        )
+        def check(prefix: str, parts: list[str], must_exist: bool) -> None:
+            path = "/".join([prefix, *parts]) or "/"
+            refused = ""
+            try:
+                real = resolve_file(
+                    "kernel", path, [storage], must_exist=must_exist, private_dirs=[state]
+                )
+            except InvalidParams as exc:
+                refused = exc.message
+            if refused:
+                try:
+                    leads_to = os.path.realpath(path)
+                except OSError:
+                    return
+                if leads_to != os.path.normpath(path):
+                    assert repr(leads_to) not in refused, (path, refused)
+                return
+            assert os.path.normpath(path).startswith(f"{storage}/")
+            assert real.startswith(f"{storage}/") and not real.startswith(f"{state}/")
+            if must_exist or os.path.lexists(real):
+                info = os.lstat(real)
+                assert stat.S_ISREG(info.st_mode) and info.st_nlink == 1, path
+
+        check()
 
 
 # -- 2: the simulator ignores code in the daemon's working directory -------------------------
