@@ -202,6 +202,8 @@ def test_explicit_state_dir_owns_run_dir_and_tokens(
 def test_driver_settings_mirror_driver_config(tmp_path: Path) -> None:
     settings = {f.name: f for f in attrs.fields(DriverSettings)}
     for field in attrs.fields(DriverConfig):
+        if field.name == "private_dirs":  # the tokens file's directory, from [auth]
+            continue
         assert field.name in settings
         if field.name not in ("state_dir", "run_dir"):
             assert settings[field.name].default == field.default, field.name
@@ -222,6 +224,8 @@ def test_driver_settings_mirror_driver_config(tmp_path: Path) -> None:
     assert driver.runtime_dir == tmp_path / "run"
     assert (driver.max_queued, driver.monitor_timeout, driver.reconnect) == (3, None, "serial")
     assert driver.job_wait_timeout == 30.0
+    assert driver.private_dirs == (tmp_path,)
+    assert driver.own_dirs == (tmp_path, tmp_path / "run", tmp_path)
 
 
 def test_pool_limits_pass_the_pools_own_check() -> None:

@@ -12,7 +12,8 @@ import logging
 import os
 import shutil
 import struct
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -46,10 +47,14 @@ async def clients(daemon: DaemonHandle) -> AsyncIterator[tuple[Client, Client]]:
 
 
 @pytest.fixture
-def storage(sock_dir: Path) -> Path:
-    path = sock_dir / "images"
-    path.mkdir()
-    return path
+def storage() -> Iterator[Path]:
+    """A storage directory apart from the daemon's state directory (one
+    holding or inside it is refused)."""
+    path = Path(tempfile.mkdtemp(prefix="tc-img-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _image(storage: Path, name: str = "disk.img", size: int = 1 << 20) -> Path:
@@ -224,14 +229,14 @@ async def test_files_outside_the_storage_dirs_are_refused(sock_dir: Path, storag
                 for path, why in [
                     (str(outside), "outside the storage directories"),
                     ("/etc/shadow", "outside the storage directories"),
-                    (str(storage / "escape"), "resolves to '/etc/passwd'"),
+                    (str(storage / "escape"), "symbolic link leading out of them"),
                     (f"{storage}/sub/../disk.img", "without '.', '..'"),
                     (f"{storage}/./disk.img", "without '.', '..'"),
                     (f"{storage}//disk.img", "without '.', '..'"),
                     ("disk.img", "absolute path"),
                     (f"{inside},format=qcow2", "must not contain ','"),
                     (str(storage), "outside the storage directories"),
-                    (str(storage / "comma" / "x.img"), "resolves to .* ','"),
+                    (str(storage / "comma" / "x.img"), "leads through a name containing ','"),
                 ]:
                     with pytest.raises(InvalidParams, match=why):
                         await client.define({"name": "d", "disks": [{"path": path}]})
@@ -264,8 +269,9 @@ async def test_symlink_swapped_after_define_is_refused_at_start(
             with pytest.raises(InvalidParams, match="No such file"):
                 await writer.start("d")
             image.symlink_to("/etc/passwd")
-            with pytest.raises(InvalidParams, match="resolves to '/etc/passwd'"):
+            with pytest.raises(InvalidParams, match="symbolic link leading out") as refused:
                 await writer.start("d")
+            assert "/etc/passwd" not in refused.value.message
             info = await writer.get_info("d")
             assert (info.state, info.pid) == (DomainState.SHUTOFF, None)
 

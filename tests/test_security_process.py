@@ -28,6 +28,7 @@ import pytest
 import trio
 
 from trioctl import InvalidParams, LaunchError, OperationInvalid
+from trioctl._cli._daemon_cmd import EXIT_CONFIG
 from trioctl._client import connect
 from trioctl._driver import DriverConfig, open_driver
 from trioctl._launcher import LaunchSpec, QemuProcess, launch, names_monitor
@@ -572,7 +573,8 @@ def test_unknown_qemu_user_is_one_line(tmp_path: Path) -> None:
         check=False,
     )
     lines = result.stderr.strip().splitlines()
-    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    # A bad value in the configuration: the configuration's exit status.
+    assert result.returncode == EXIT_CONFIG and len(lines) == 1, result.stderr
     assert "no account named 'no-such-account-x'" in lines[0]
 
 

@@ -581,7 +581,8 @@ class DriverSettings:
             _path(),
             "Runtime records and QMP sockets; keep it short (socket paths are limited to "
             "107 bytes). Default: STATE_DIR/run when state_dir is set; else "
-            "$XDG_RUNTIME_DIR/trioctl, /run/trioctl for root, or STATE_DIR/run.",
+            "$XDG_RUNTIME_DIR/trioctl, /run/trioctl for root, or STATE_DIR/run. Never "
+            "state_dir itself.",
             textual=True,
         ),
     )
@@ -699,8 +700,9 @@ class DriverSettings:
         default=_DRIVER_DEFAULTS["storage_dirs"],
         metadata=_meta(
             _storage_dirs,
-            "Directories disk images, kernels and initrds must lie in, after resolving "
-            "symlinks. Empty: definitions cannot name files.",
+            "Directories disk images, kernels and initrds must lie in, as written and after "
+            "resolving symlinks. Empty: definitions cannot name files. None may be, contain or "
+            "lie in state_dir, run_dir or the tokens file's directory.",
         ),
     )
     qemu_user: str = attrs.field(
@@ -867,9 +869,15 @@ class DaemonConfig:
         return self.mode == "legacy"
 
     def driver_config(self) -> DriverConfig:
-        """The ``[driver]`` table as the driver's own :class:`DriverConfig`."""
+        """The ``[driver]`` table as the driver's own :class:`DriverConfig`
+        (its ``private_dirs``: the tokens file's directory)."""
         return DriverConfig(
-            **{f.name: getattr(self.driver, f.name) for f in attrs.fields(DriverConfig)}
+            **{
+                f.name: getattr(self.driver, f.name)
+                for f in attrs.fields(DriverConfig)
+                if f.name != "private_dirs"
+            },
+            private_dirs=(self.auth.tokens_file.parent,),
         )
 
     def to_toml(self) -> str:
@@ -1041,6 +1049,55 @@ def load_config(path: Path | None, *, overrides: Mapping[str, Any] | None = None
     return _build(given, fallback)
 
 
+def _real(path: Path) -> Path:
+    try:
+        return Path(os.path.realpath(path))
+    except (OSError, ValueError):
+        return path
+
+
+def _check_own_dirs(
+    driver: Mapping[str, Any], tokens_file: Path, fail: Callable[..., NoReturn]
+) -> None:
+    """Keep the daemon's own files apart (paths compared after resolving
+    symlinks): runtime records never share a directory with definitions or
+    the tokens file, and no storage directory holds, or lies in, the state
+    directory, the run directory or the tokens file's directory (a disk image
+    there could be the tokens file)."""
+    state, run = _real(driver["state_dir"]), _real(driver["run_dir"])
+    domains, tokens_dir = state / "domains", _real(tokens_file.parent)
+    if run in (state, domains):
+        fail(
+            f"the run directory {_show(str(run))} cannot be the state directory or its "
+            "domains directory: runtime records (NAME.json) would mix with the daemon's "
+            "files; use another directory (the default is STATE_DIR/run)",
+            "driver.run_dir",
+            "driver.state_dir",
+        )
+    if tokens_dir in (run, domains):
+        fail(
+            f"the tokens file cannot be in {_show(str(tokens_dir))}, the run directory or "
+            "the domains directory: it would be read as a runtime record or a definition",
+            "auth.tokens_file",
+            "driver.run_dir",
+        )
+    own = (("state", state), ("run", run), ("tokens file's", tokens_dir))
+    for storage in driver.get("storage_dirs", ()):
+        real = _real(storage)
+        for what, directory in own:
+            if real == directory or directory.is_relative_to(real):
+                relation = "is" if real == directory else "contains"
+            elif real.is_relative_to(directory):
+                relation = "is inside"
+            else:
+                continue
+            fail(
+                f"storage directory {_show(str(storage))} {relation} the {what} directory "
+                f"{_show(str(directory))}; keep images apart from the daemon's own files",
+                "driver.storage_dirs",
+            )
+
+
 def _build(given: Mapping[str, _Given], fallback: str) -> DaemonConfig:
     def parse(dotted: str, spec: _Spec) -> Any:
         item = given[dotted]
@@ -1094,6 +1151,8 @@ def _build(given: Mapping[str, _Given], fallback: str) -> DaemonConfig:
             fail(f"{_show(path)} exists and is not a directory", dotted)
         if not want_dir and stat.S_ISDIR(mode_bits):
             fail(f"{_show(path)} is a directory", dotted)
+
+    _check_own_dirs(driver, auth["tokens_file"], fail)
 
     min_workers: int = pools.get("min_workers", PoolsConfig().min_workers)
     max_workers: int = pools.get("max_workers", PoolsConfig().max_workers)

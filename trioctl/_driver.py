@@ -164,10 +164,18 @@ class DriverConfig:
     if it exists, else ``nobody``). Ignored when the daemon is not root."""
     max_domains: int = 10000
     """How many domains may be defined (definitions already on disk all load)."""
+    private_dirs: tuple[Path, ...] = ()
+    """Directories no file named by a definition may lie in, besides
+    ``state_dir`` and the run directory (the daemon adds the tokens file's)."""
 
     @property
     def runtime_dir(self) -> Path:
         return self.run_dir if self.run_dir is not None else self.state_dir / "run"
+
+    @property
+    def own_dirs(self) -> tuple[Path, ...]:
+        """The daemon's own directories: no definition may name a file there."""
+        return (self.state_dir, self.runtime_dir, *self.private_dirs)
 
 
 @attrs.define(eq=False)
@@ -437,7 +445,13 @@ class Driver:
         return self.get_info(definition.name)
 
     def _check_content(self, definition: DomainDefinition) -> None:
-        check_definition(definition, self.emulators, self.config.machines, self.config.storage_dirs)
+        check_definition(
+            definition,
+            self.emulators,
+            self.config.machines,
+            self.config.storage_dirs,
+            self.config.own_dirs,
+        )
 
     async def undefine_locked(self, name: str) -> None:
         """Remove a domain's definition. Refused while it runs."""
@@ -570,19 +584,26 @@ class Driver:
         and private copies of the kernel and initrd in ``dom_dir``.
 
         Raises:
-            InvalidParams: see :meth:`define`; or a file is missing, or changed.
+            InvalidParams: see :meth:`define`; or a file is missing, is not a
+                regular file with one link, lies in the daemon's own
+                directories (:attr:`DriverConfig.own_dirs`), or changed.
         """
-        dirs = self.config.storage_dirs
+        self._check_content(d)
+        dirs, own = self.config.storage_dirs, self.config.own_dirs
         owner = None if user is None else (user.uid, user.gid)
         disks = tuple(
-            attrs.evolve(disk, path=resolve_file(f"disks[{i}].path", disk.path, dirs))
+            attrs.evolve(
+                disk, path=resolve_file(f"disks[{i}].path", disk.path, dirs, private_dirs=own)
+            )
             for i, disk in enumerate(d.disks)
         )
         disk_fds: list[int] = []
         try:
             for i, disk in enumerate(disks):
                 field = f"disks[{i}].path"
-                fd = open_storage_file(field, disk.path, dirs, writable=not disk.readonly)
+                fd = open_storage_file(
+                    field, disk.path, dirs, writable=not disk.readonly, private_dirs=own
+                )
                 disk_fds.append(fd)
                 if disk.format == "qcow2":
                     check_qcow2(field, disk.path, fd)
@@ -590,8 +611,8 @@ class Driver:
             for field, path in (("kernel", d.kernel), ("initrd", d.initrd)):
                 if not path:
                     continue
-                real = resolve_file(field, path, dirs)
-                fd = open_storage_file(field, real, dirs, writable=False)
+                real = resolve_file(field, path, dirs, private_dirs=own)
+                fd = open_storage_file(field, real, dirs, writable=False, private_dirs=own)
                 try:
                     target = dom_dir / field
                     with contextlib.suppress(FileNotFoundError):

@@ -126,9 +126,16 @@ def resolve_qemu_user(configured: str) -> QemuUser | None:
 
 
 def emulator_argv(emulator: str) -> list[str]:
-    """The argv prefix for an emulator name: ``sim``, ``qemu`` or a path."""
+    """The argv prefix for an emulator name: ``sim``, ``qemu`` or a path.
+
+    The simulator runs in Python's isolated mode (``-I``): ``-m`` alone would
+    put the current directory first on ``sys.path``, so a ``trioctl``
+    package there would run as the daemon's user (root), and ``PYTHON*``
+    variables would be obeyed too. It must be importable from the
+    interpreter's own ``sys.path`` (an installed package, as usual).
+    """
     if emulator == "sim":
-        return [sys.executable, "-m", "trioctl.sim"]
+        return [sys.executable, "-I", "-m", "trioctl.sim"]
     if emulator == "qemu":
         return [shutil.which(DEFAULT_QEMU) or DEFAULT_QEMU]
     return [emulator]

@@ -37,18 +37,18 @@ __all__ = [
 
 T = TypeVar("T")
 
-NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-EMULATOR_NAME_RE: Final = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+EMULATOR_NAME_RE: Final = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 """An emulator is named, never given as a path (``driver.emulators`` maps
 names to binaries)."""
-MACHINE_RE: Final = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+MACHINE_RE: Final = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 """A plain machine type name: no ``,`` or ``=``, so no QEMU sub-options."""
 DEFAULT_MACHINES: Final = ("none", "pc", "q35", "isapc", "microvm", "pc-i440fx-*", "pc-q35-*")
 """``driver.machines``' default: machine types a definition may name
 (``*`` matches the rest of a versioned name, such as ``pc-q35-7.2``)."""
 DISK_FORMATS: Final = ("raw", "qcow2")
 NIC_MODELS: Final = ("virtio-net-pci", "e1000")
-MAC_RE: Final = re.compile(r"^[0-9a-f][02468ace](:[0-9a-f]{2}){5}$")
+MAC_RE: Final = re.compile(r"[0-9a-f][02468ace](:[0-9a-f]{2}){5}")
 MAX_PATH: Final = 1024
 MAX_CMDLINE: Final = 4096
 MAX_DISKS: Final = 16
@@ -70,8 +70,32 @@ class MonitorState(enum.Enum):
 
 
 def _check_name(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):
         raise ValueError(f"'{attr.name}' must be 1 to 64 letters, digits, '_', '.' or '-'")
+
+
+def _normal_uuid(value: Any) -> Any:
+    """The canonical form of a uuid (lower case, with dashes), so that one
+    uuid written two ways is the same uuid; anything else is left for the
+    validator to refuse."""
+    if isinstance(value, str) and value:
+        try:
+            return str(uuid_mod.UUID(value))
+        except ValueError:
+            pass
+    return value
+
+
+def _utf8(attr: attrs.Attribute[Any], value: str) -> None:
+    """Refuse a string that is not valid Unicode text (a lone surrogate such
+    as ``"\\ud800"``, which JSON can carry): it cannot be a file name or an
+    argument."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"'{attr.name}' is not valid UTF-8 (it contains a lone surrogate)"
+        ) from None
 
 
 def _check_uuid(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
@@ -84,7 +108,7 @@ def _check_uuid(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
 
 
 def _check_emulator(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
-    if value and not EMULATOR_NAME_RE.match(value):
+    if value and not EMULATOR_NAME_RE.fullmatch(value):
         raise ValueError(
             f"'{attr.name}' must be the name of a configured emulator (such as 'qemu' or "
             f"'sim'), not {value[:80]!r}: binaries are chosen by the daemon's configuration"
@@ -92,7 +116,7 @@ def _check_emulator(_inst: object, attr: attrs.Attribute[str], value: str) -> No
 
 
 def _check_machine(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
-    if not MACHINE_RE.match(value):
+    if not MACHINE_RE.fullmatch(value):
         raise ValueError(
             f"'{attr.name}' must be a plain machine type name (lower-case letters, digits, "
             f"'.', '_', '-'; no ',' or '='), not {value[:80]!r}"
@@ -105,6 +129,7 @@ def _check_file(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
         return
     if "\0" in value or len(value) > MAX_PATH:
         raise ValueError(f"'{attr.name}' must be a path of at most {MAX_PATH} characters, no NUL")
+    _utf8(attr, value)
     parts = value.split("/")
     if not value.startswith("/") or any(p in ("", ".", "..") for p in parts[1:]):
         raise ValueError(
@@ -120,6 +145,7 @@ def _check_cmdline(_inst: object, attr: attrs.Attribute[str], value: str) -> Non
         raise ValueError(
             f"'{attr.name}' must be at most {MAX_CMDLINE} characters, without NUL bytes"
         )
+    _utf8(attr, value)
 
 
 def _one_of(options: tuple[str, ...]) -> Any:
@@ -133,7 +159,7 @@ def _one_of(options: tuple[str, ...]) -> Any:
 
 
 def _check_mac(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
-    if value and not MAC_RE.match(value):
+    if value and not MAC_RE.fullmatch(value):
         raise ValueError(
             f"'{attr.name}' must be a unicast MAC address in lower case, such as "
             f"'52:54:00:12:34:56', not {value[:40]!r}"
@@ -146,6 +172,7 @@ def _check_extra_args(
     for arg in value:
         if "\0" in arg:
             raise ValueError(f"'{attr.name}' must not contain NUL bytes")
+        _utf8(attr, arg)
 
 
 def new_uuid() -> str:
@@ -187,9 +214,11 @@ class DomainDefinition:
 
     name: str = attrs.field(validator=_check_name)
     """Unique name: 1 to 64 letters, digits, ``_``, ``.`` or ``-``."""
-    uuid: str = attrs.field(default="", validator=_check_uuid)
-    """Generated when absent. A domain's uuid never changes: a redefine without
-    one keeps it, a redefine with another one is refused."""
+    uuid: str = attrs.field(default="", converter=_normal_uuid, validator=_check_uuid)
+    """Generated when absent; kept in canonical form (lower case, with
+    dashes), so one uuid written in upper case or without dashes is the same
+    uuid. A domain's uuid never changes: a redefine without one keeps it, a
+    redefine with another one is refused."""
     memory_mib: int = attrs.field(
         default=128, validator=[attrs.validators.ge(1), attrs.validators.le(1 << 20)]
     )
@@ -317,6 +346,11 @@ def _make_converter() -> cattrs.Converter:
     def _str(value: Any, _t: type) -> str:
         if not isinstance(value, str):
             raise TypeError(f"expected a string, got {type(value).__name__}")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            # JSON's "\ud800" escape: not text any file name or argument can hold.
+            raise TypeError("expected valid UTF-8 text, got a lone surrogate") from None
         return value
 
     def _bool(value: Any, _t: type) -> bool:

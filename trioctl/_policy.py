@@ -6,19 +6,21 @@ The rules of ``docs/security.md``, in one place:
   table (``driver.emulators``, plus the built-in ``qemu`` and ``sim``); the
   binary is the host's, chosen by whoever configures the daemon.
 - **Machine types** are plain names from an allow-list (``driver.machines``).
-- **Files** (disk images, kernel, initrd) must lie, after resolving
-  symlinks, inside one of the storage directories (``driver.storage_dirs``);
-  checked at define and again at start. At start the daemon opens each file
-  itself (:func:`open_storage_file`) and checks what it opened: QEMU gets
-  disks as file descriptors and private copies of the kernel and initrd, so
-  it never opens a storage path by name and needs no access to it.
+- **Files** (disk images, kernel, initrd) must lie, as named and after
+  resolving symlinks, inside one of the storage directories
+  (``driver.storage_dirs``), outside the daemon's own directories, and be
+  regular files with one link; checked at define and again at start. At
+  start the daemon opens each file itself (:func:`open_storage_file`) and
+  checks what it opened: QEMU gets disks as file descriptors and private
+  copies of the kernel and initrd, so it never opens a storage path by name
+  and needs no access to it.
 - **Monitor commands**: below the admin role only :data:`WRITE_MONITOR_COMMANDS`
   and ``query-*``; an admin's command outside that list taints the run.
 - **Taints**: ``custom-argv`` (started with ``extra_args``) and
   ``custom-monitor``; kept until the process exits.
 
 Plain functions without I/O except :func:`resolve_file` (``realpath``,
-``stat``), :func:`open_storage_file`, :func:`copy_boot_file` and
+``lstat``), :func:`open_storage_file`, :func:`copy_boot_file` and
 :func:`check_qcow2`, which the driver runs in a thread.
 """
 
@@ -97,11 +99,13 @@ def check_definition(
     emulators: Mapping[str, str],
     machines: Iterable[str],
     storage_dirs: Iterable[os.PathLike[str] | str],
+    private_dirs: Iterable[os.PathLike[str] | str] = (),
 ) -> None:
     """Refuse a definition naming an unknown emulator, a machine type outside
     the allow-list, or a file outside the storage directories.
 
-    Files need not exist yet (they are checked again at start).
+    Files need not exist yet (they are checked again at start); one that
+    exists must be a regular file with one link (see :func:`resolve_file`).
 
     Raises:
         InvalidParams: naming the field, what is allowed and why.
@@ -118,10 +122,10 @@ def check_definition(
             f"'machine' {definition.machine!r} is not in the allow-list "
             f"(driver.machines: {', '.join(machines) or 'empty'})"
         )
-    dirs = tuple(storage_dirs)
+    dirs, private = tuple(storage_dirs), tuple(private_dirs)
     for field, path in definition.files():
         try:
-            resolve_file(field, path, dirs, must_exist=False)
+            resolve_file(field, path, dirs, must_exist=False, private_dirs=private)
         except InvalidParams as exc:
             errors.append(exc.message)
     if errors:
@@ -131,43 +135,87 @@ def check_definition(
         )
 
 
+def _within(path: str, directory: str) -> bool:
+    """True if ``path`` lies strictly inside ``directory`` (both normalized)."""
+    return path.startswith(directory.rstrip("/") + "/")
+
+
 def resolve_file(
     field: str,
     path: str,
     storage_dirs: Iterable[os.PathLike[str] | str],
     *,
     must_exist: bool = True,
+    private_dirs: Iterable[os.PathLike[str] | str] = (),
 ) -> str:
     """``path`` with symlinks resolved, if that lies inside a storage directory.
 
+    In this order, so that nothing outside the storage directories is ever
+    resolved or looked at (the daemon runs as root; ``/proc/PID/fd/N`` or
+    ``/proc/PID/cwd`` would tell where they lead):
+
+    1. ``path``, normalized but not resolved, must lie inside a storage
+       directory as configured or as resolved;
+    2. resolved (``realpath``), it must still lie inside a resolved storage
+       directory, and not inside one of ``private_dirs`` (the state and run
+       directories, the tokens file's): errors never show where it leads;
+    3. if it exists (``must_exist``: it must), it must be a regular file with
+       a single link: a hard link to ``/etc/shadow`` made inside a storage
+       directory is that file.
+
     Args:
-        must_exist: also require a regular file (at start).
+        must_exist: also require the file to exist (at start).
+        private_dirs: directories no file may lie in, even inside a storage
+            directory.
 
     Raises:
-        InvalidParams: no storage directories are configured, the resolved
-            path lies outside them, or (``must_exist``) it is not a regular file.
+        InvalidParams: naming the field and the path as given, never the
+            path it resolves to.
     """
-    dirs = [os.path.realpath(d) for d in storage_dirs]
-    if not dirs:
+    configured = [os.path.normpath(os.fspath(d)) for d in storage_dirs]
+    if not configured:
         raise InvalidParams(
             f"'{field}' names {path!r}, but no storage directories are configured "
             "(driver.storage_dirs): definitions cannot name files"
         )
-    real = os.path.realpath(path)
-    if not any(real.startswith(d.rstrip("/") + "/") for d in dirs):
-        shown = "" if real == path else f" (resolves to {real!r})"
-        raise InvalidParams(
-            f"'{field}' {path!r}{shown} is outside the storage directories ({', '.join(dirs)})"
-        )
+    shown = ", ".join(configured)
+    outside = f"'{field}' {path!r} is outside the storage directories ({shown})"
+    try:
+        dirs = [os.path.realpath(d) for d in configured]
+        if not any(_within(os.path.normpath(path), d) for d in configured + dirs):
+            raise InvalidParams(outside)
+        real = os.path.realpath(path)
+    except (OSError, ValueError):
+        raise InvalidParams(f"'{field}' {path!r} cannot be resolved") from None
+    if not any(_within(real, d) for d in dirs):
+        raise InvalidParams(f"{outside}: it is a symbolic link leading out of them")
     if "," in real:
-        raise InvalidParams(f"'{field}' {path!r} resolves to {real!r}, which contains ','")
-    if must_exist:
+        raise InvalidParams(f"'{field}' {path!r} leads through a name containing ','")
+    for private in private_dirs:
         try:
-            mode = os.stat(real).st_mode
-        except OSError as exc:
-            raise InvalidParams(f"'{field}' {path!r}: {exc.strerror}") from None
-        if not stat.S_ISREG(mode):
-            raise InvalidParams(f"'{field}' {path!r} is not a regular file")
+            private_real = os.path.realpath(private)
+        except (OSError, ValueError):
+            continue
+        if real == private_real or _within(real, private_real):
+            raise InvalidParams(
+                f"'{field}' {path!r} lies in the daemon's own files (state, run or tokens "
+                "directory), which no definition may name"
+            )
+    try:
+        info = os.lstat(real)
+    except FileNotFoundError:
+        if must_exist:
+            raise InvalidParams(f"'{field}' {path!r}: No such file or directory") from None
+        return real
+    except OSError as exc:
+        raise InvalidParams(f"'{field}' {path!r} cannot be read: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise InvalidParams(f"'{field}' {path!r} is not a regular file")
+    if info.st_nlink > 1:
+        raise InvalidParams(
+            f"'{field}' {path!r} has {info.st_nlink} hard links; an image must have one "
+            "(a hard link made inside a storage directory could be any file of the host)"
+        )
     return real
 
 
@@ -203,6 +251,7 @@ def open_storage_file(
     storage_dirs: Iterable[os.PathLike[str] | str],
     *,
     writable: bool,
+    private_dirs: Iterable[os.PathLike[str] | str] = (),
 ) -> int:
     """Open ``path`` (already resolved by :func:`resolve_file`) for QEMU.
 
@@ -236,7 +285,10 @@ def open_storage_file(
             )
         opened = os.readlink(f"/proc/self/fd/{fd}")
         dirs = [os.path.realpath(d).rstrip("/") + "/" for d in storage_dirs]
-        if not any(opened.startswith(d) for d in dirs):
+        private = [os.path.realpath(d).rstrip("/") + "/" for d in private_dirs]
+        if not any(opened.startswith(d) for d in dirs) or any(
+            opened.startswith(d) for d in private
+        ):
             raise InvalidParams(f"'{field}' {path!r} changed while it was opened; refused")
         os.set_blocking(fd, True)
     except BaseException:

@@ -68,5 +68,7 @@ __all__ = [
 
 
 def sim_command() -> list[str]:
-    """The argv prefix that starts the simulator with this interpreter."""
-    return [sys.executable, "-m", "trioctl.sim"]
+    """The argv prefix that starts the simulator with this interpreter, in
+    isolated mode (``-I``: nothing from the current directory or ``PYTHON*``
+    variables), as the daemon starts it."""
+    return [sys.executable, "-I", "-m", "trioctl.sim"]
