@@ -29,7 +29,11 @@ from ._dispatch import (
 from ._driver import Driver as Driver, DriverConfig as DriverConfig, open_driver as open_driver
 from ._errors import (
     AccessDenied as AccessDenied,
+    ConnectError as ConnectError,
     ConnectionLost as ConnectionLost,
+    ConnectionRejected as ConnectionRejected,
+    ConnectTimeout as ConnectTimeout,
+    DaemonConnectionLost as DaemonConnectionLost,
     DeadlineExceeded as DeadlineExceeded,
     DomainDestroyed as DomainDestroyed,
     DomainExists as DomainExists,
@@ -39,6 +43,7 @@ from ._errors import (
     JobQueueFull as JobQueueFull,
     JobTimeout as JobTimeout,
     LaunchError as LaunchError,
+    LimitExceeded as LimitExceeded,
     LocalProtocolError as LocalProtocolError,
     MethodNotFound as MethodNotFound,
     MonitorError as MonitorError,
