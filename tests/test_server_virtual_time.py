@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import trio
 import trio.testing
@@ -56,12 +55,7 @@ async def memory_server(
         trio.open_nursery() as nursery,
     ):
         server = Server(config.server, driver, Dispatcher(pools, driver.jobs), tokens=None)
-        # trio-websocket's annotation names socket listeners; any Listener works.
-        listeners: list[Any] = [listener]
-        ws_server = trio_websocket.WebSocketServer(
-            server._handle_connection, listeners, handler_nursery=nursery
-        )
-        await nursery.start(ws_server.run)
+        await nursery.start(server.run, [listener])
         yield server, listener
         nursery.cancel_scope.cancel()
 

@@ -115,6 +115,10 @@ class DriverConfig:
     monitor-unresponsive (reconnect attempts continue in the background)."""
     event_buffer: int = 1024
     """Each event subscriber's buffer; events beyond it are dropped and counted."""
+    max_events_per_second: float = 100.0
+    """QMP events one domain may send on to subscribers per second (a token
+    bucket holding one second's worth); beyond it they are dropped, counted,
+    and reported by an ``events_dropped`` event. 0: no bound."""
     backend: str = "sim"
     """The emulator of definitions that name none (``sim`` or ``qemu``)."""
 

@@ -7,7 +7,9 @@ Usage::
 
 Each procedure gets ``schemas/NAME.params.json`` and ``schemas/NAME.result.json``
 (JSON Schema draft 2020-12); the domain definition gets
-``schemas/domain.json``. Field descriptions come from the attribute
+``schemas/domain.json``; the whole table, with errors and the
+``events.event`` notification, is ``schemas/openrpc.json`` (OpenRPC 1.3,
+what ``rpc.discover`` answers). Field descriptions come from the attribute
 docstrings of the attrs classes.
 """
 
@@ -28,8 +30,11 @@ from typing import Any, Final, Union
 
 import attrs
 
-from .._models import DomainDefinition
+from .._errors import _BY_REASON, TrioctlError
+from .._models import DomainDefinition, DomainEvent
+from .._pools import Priority
 from .._procedures import PROCEDURES, PROTOCOL_VERSION, Procedure
+from .._version import __version__
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 DRAFT: Final = "https://json-schema.org/draft/2020-12/schema"
@@ -166,8 +171,148 @@ def generate() -> dict[Path, str]:
         out[ROOT / "schemas" / f"{proc.name}.result.json"] = _dump(
             document(f"{proc.name} result", proc.result if proc.result else Any, proc.doc)
         )
+    out[ROOT / "schemas" / "openrpc.json"] = _dump(openrpc_document())
     out[ROOT / "docs" / "procedures.md"] = procedures_markdown()
     return out
+
+
+OPENRPC_VERSION: Final = "1.3.2"
+
+#: Errors any call may get, by reason.
+_COMMON_ERRORS: Final = (
+    "INVALID_PARAMS",
+    "ACCESS_DENIED",
+    "DEADLINE_EXCEEDED",
+    "SERVER_BUSY",
+    "INTERNAL_ERROR",
+)
+_JOB_ERRORS: Final = ("OPERATION_INVALID", "JOB_TIMEOUT", "JOB_QUEUE_FULL", "DOMAIN_DESTROYED")
+_MONITOR_ERRORS: Final = ("MONITOR_TIMEOUT", "MONITOR_UNRESPONSIVE", "MONITOR_ERROR")
+_EXTRA_ERRORS: Final[dict[str, tuple[str, ...]]] = {
+    "domain.define": ("DOMAIN_EXISTS",),
+    "domain.undefine": ("OPERATION_INVALID",),
+    "domain.start": ("LAUNCH_FAILED",),
+}
+
+
+def _first_paragraph(cls: type) -> str:
+    return " ".join((inspect.getdoc(cls) or "").split("\n\n")[0].split())
+
+
+def method_errors(proc: Procedure) -> list[str]:
+    """The reasons a call of ``proc`` may fail with, besides the protocol's."""
+    reasons = list(_COMMON_ERRORS)
+    if "name" in attrs.fields_dict(proc.params):
+        reasons.append("NO_DOMAIN")
+    if proc.job is not None:
+        reasons += _JOB_ERRORS
+        if proc.priority is Priority.LOW:
+            reasons += _MONITOR_ERRORS
+    reasons += _EXTRA_ERRORS.get(proc.name, ())
+    return list(dict.fromkeys(reasons))
+
+
+def _content_descriptors(cls: type, defs: dict[str, Any]) -> list[dict[str, Any]]:
+    """One OpenRPC content descriptor per field of ``cls``, in field order
+    (the order positional params follow)."""
+    body = object_schema(cls, defs)
+    required = set(body.get("required", []))
+    out = []
+    for name, schema in body["properties"].items():
+        descriptor: dict[str, Any] = {"name": name}
+        if "description" in schema:
+            descriptor["description"] = schema["description"]
+        descriptor["required"] = name in required
+        descriptor["schema"] = schema
+        out.append(descriptor)
+    return out
+
+
+def _refs_to_components(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {
+            key: (
+                value.replace("#/$defs/", "#/components/schemas/")
+                if key == "$ref" and isinstance(value, str)
+                else _refs_to_components(value)
+            )
+            for key, value in obj.items()
+        }
+    if isinstance(obj, list):
+        return [_refs_to_components(value) for value in obj]
+    return obj
+
+
+def openrpc_document() -> dict[str, Any]:
+    """The OpenRPC document of the procedure table: what ``rpc.discover``
+    answers and ``schemas/openrpc.json`` holds."""
+    defs: dict[str, Any] = {}
+    methods: list[dict[str, Any]] = []
+    for proc in PROCEDURES:
+        method: dict[str, Any] = {
+            "name": proc.name,
+            "summary": proc.doc.split(". ")[0].rstrip(".") if proc.doc else proc.name,
+            "description": proc.doc,
+            "paramStructure": "either",
+            "params": _content_descriptors(proc.params, defs),
+            "result": {
+                "name": f"{proc.name} result",
+                "schema": schema_for(proc.result, defs) if proc.result is not None else {},
+            },
+            "errors": [{"$ref": f"#/components/errors/{reason}"} for reason in method_errors(proc)],
+            "x-priority": proc.priority.value,
+            "x-role": proc.role.name.lower(),
+            "x-deadline": proc.deadline,
+        }
+        if proc.job is not None:
+            method["x-domain-job"] = proc.job.value
+        if proc.endpoint == "admin":
+            method["servers"] = [{"name": "admin", "url": "/admin"}]
+        methods.append(method)
+    methods.append(
+        {
+            "name": "events.event",
+            "summary": "A domain event, sent by the server after events.subscribe",
+            "description": (
+                "A notification from the server to the client (never called by a "
+                "client), one per domain event, while the client is subscribed. "
+                "kind is lifecycle, monitor or qmp; monitor events include "
+                "events_dropped (data.count: QMP events of that domain dropped "
+                "by the per-domain rate bound, driver.max_events_per_second)."
+            ),
+            "paramStructure": "by-name",
+            "params": _content_descriptors(DomainEvent, defs),
+            "x-notification": "server-to-client",
+        }
+    )
+    errors = {}
+    for reason, cls in sorted(_BY_REASON.items(), key=lambda kv: (-kv[1].rpc_code, kv[0])):
+        if cls is TrioctlError:
+            continue
+        errors[reason] = {
+            "code": cls.rpc_code,
+            "message": _first_paragraph(cls),
+            "data": {"reason": reason},
+        }
+    document = {
+        "openrpc": OPENRPC_VERSION,
+        "info": {
+            "title": "trioctl",
+            "version": __version__,
+            "description": (
+                f"trioctl JSON-RPC 2.0 over WebSocket, protocol {PROTOCOL_VERSION}. "
+                "`/` serves the API, `/admin` the admin procedures. Params may be "
+                "an object or an array in the order listed here. Every error has "
+                "data.reason. rpc.discover returns this document."
+            ),
+        },
+        "servers": [{"name": "api", "url": "/"}],
+        "methods": methods,
+        "components": {"schemas": dict(sorted(defs.items())), "errors": errors},
+    }
+    result = _refs_to_components(document)
+    assert isinstance(result, dict)
+    return result
 
 
 def _type_name(tp: Any) -> str:
