@@ -33,7 +33,13 @@ import trio
 import trio_websocket
 
 from .._client import DEFAULT_URL, Client, connect
-from .._errors import ConnectionLost, TrioctlError
+from .._errors import (
+    ConnectError,
+    ConnectionRejected,
+    ConnectTimeout,
+    DaemonConnectionLost,
+    TrioctlError,
+)
 from .._models import DomainInfo, JobInfo, converter
 
 __all__ = [
@@ -182,15 +188,19 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
         yield exc
 
 
-def _rejected_message(exc: trio_websocket.ConnectionRejected, url: str) -> str:
-    body = (exc.body or b"").decode("utf-8", "replace").strip()
+def _rejected_message(exc: trio_websocket.ConnectionRejected | ConnectionRejected, url: str) -> str:
+    if isinstance(exc, ConnectionRejected):
+        body, status = exc.body, exc.status
+    else:
+        body = (exc.body or b"").decode("utf-8", "replace").strip()
+        status = exc.status_code
     hint = {
         401: "give a token with --token or $TRIOCTL_TOKEN, or --tokens-file "
         "(the daemon's STATE_DIR/tokens.json)",
         403: "this token's role does not allow that endpoint",
         503: "the daemon is busy or stopping; try again later",
-    }.get(exc.status_code, "")
-    text = f"{url} refused the connection (HTTP {exc.status_code})"
+    }.get(status, "")
+    text = f"{url} refused the connection (HTTP {status})"
     if body:
         text += f": {body}"
     if hint:
@@ -203,10 +213,33 @@ def classify(exc: BaseException, url: str | None) -> CliFailure | None:
     where = url or "the daemon"
     if isinstance(exc, CliFailure):
         return exc
-    if isinstance(exc, ConnectionLost) and url is not None:
+    if isinstance(exc, DaemonConnectionLost):
         # Raised by the client library itself: the daemon's own errors come
-        # back as the class of their reason, never as ConnectionLost.
+        # back as the class of their reason, never as DaemonConnectionLost.
         return CliFailure("CONNECTION_LOST", f"{where}: {exc.message}", exit_code=EXIT_CONNECTION)
+    if isinstance(exc, ConnectionRejected):
+        return CliFailure(
+            "CONNECTION_REJECTED",
+            _rejected_message(exc, where),
+            exit_code=EXIT_CONNECTION,
+            data={"url": url, "status_code": exc.status},
+        )
+    if isinstance(exc, ConnectTimeout):
+        return CliFailure(
+            "CONNECTION_TIMEOUT",
+            f"{where} did not complete the WebSocket handshake in time",
+            exit_code=EXIT_CONNECTION,
+            data={"url": url},
+        )
+    if isinstance(exc, ConnectError):
+        return CliFailure(
+            "CONNECTION_FAILED",
+            f"{exc.message} (is `trioctl daemon` running there?)"
+            if isinstance(exc.__cause__, OSError)
+            else exc.message,
+            exit_code=EXIT_CONNECTION,
+            data={"url": url},
+        )
     if isinstance(exc, TrioctlError):
         reason = exc.reason
         wire_reason = exc.data.get("reason")
