@@ -426,7 +426,7 @@ async def open_websocket(
                         max_message_size=max_message_size,
                     )
             except Exception as exc:
-                raise _connect_error(url, exc) from None
+                raise _connect_error(url, exc) from exc
             connected = not scope.cancelled_caught
             if scope.cancelled_caught:
                 raise ConnectTimeout(
@@ -444,13 +444,21 @@ async def open_websocket(
         # trio-websocket 0.12 answers a ping that arrives while it closes with
         # a pong wsproto refuses; it escapes the connection's reader task.
         # Closing never raises it; anything else propagates (bare if alone).
-        rest = group.subgroup(lambda exc: not (closing and _closing_pong(exc)))
+        # (subgroup applies the test to groups too: let it judge leaves only.)
+        rest = group.subgroup(
+            lambda exc: (
+                not isinstance(exc, BaseExceptionGroup) and not (closing and _closing_pong(exc))
+            )
+        )
         if rest is not None:
             only = rest.exceptions[0] if len(rest.exceptions) == 1 else None
             if isinstance(only, Exception) and not isinstance(only, BaseExceptionGroup):
                 if not connected:
                     # trio-websocket raises a refusal from its reader task.
-                    raise _connect_error(url, only) from None
+                    error = _connect_error(url, only)
+                    if error is only:
+                        raise only from only.__cause__
+                    raise error from only
                 raise only from None
             if isinstance(only, BaseException) and not isinstance(only, BaseExceptionGroup):
                 raise only from None
@@ -482,7 +490,6 @@ def _connect_error(url: str, exc: Exception) -> TrioctlError:
         error = ConnectError(f"cannot connect to {url}: {detail}", url=url)
     else:
         error = ConnectError(f"cannot connect to {url}: {type(exc).__name__}: {exc}", url=url)
-    error.__cause__ = exc
     return error
 
 

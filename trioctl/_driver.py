@@ -66,7 +66,7 @@ from ._models import (
     JobInfo,
     MonitorState,
 )
-from ._monitor import Monitor, open_monitor
+from ._monitor import EventRateLimit, Monitor, open_monitor
 from ._sansio.qmp import Event
 from ._store import LoadProblem, RuntimeRecord, Store
 from ._util import open_service_nursery
@@ -143,6 +143,8 @@ class _Run:
     probing: bool = False
     released: bool = False
     """The run's hold on its process (pidfd) has been given back."""
+    events: EventRateLimit | None = None
+    """The bound on QMP events passed on to subscribers (None: unbounded)."""
 
 
 @attrs.define(eq=False)
@@ -840,7 +842,7 @@ class Driver:
 
     def _on_qmp_event(self, dom: _Domain, run: _Run, event: Event) -> None:
         name = dom.definition.name
-        self._emit(name, "qmp", event.name, dict(event.data))
+        self._forward_qmp_event(name, run, event)
         if dom.run is not run:
             return
         if event.name == "STOP":
@@ -851,6 +853,39 @@ class Driver:
             self._emit(name, "lifecycle", "reset")
         elif event.name == "SHUTDOWN":
             run.shutdown_reason = str(event.data.get("reason", "shutdown"))
+
+    def _forward_qmp_event(self, name: str, run: _Run, event: Event) -> None:
+        """Pass a QMP event on to subscribers, within the domain's rate bound.
+
+        Beyond ``max_events_per_second`` (a burst of one second's worth) the
+        event is dropped and counted (``events_dropped`` in the driver and the
+        server stats); the next event that passes is preceded by a
+        ``monitor``/``events_dropped`` event whose ``data.count`` says how
+        many were dropped since the last such report.
+        """
+        rate = self.config.max_events_per_second
+        if rate > 0:
+            if run.events is None:
+                run.events = EventRateLimit(rate)
+            if not run.events.admit(trio.current_time()):
+                self.events_dropped += 1
+                if run.events.dropped == 1 or run.events.dropped % 10_000 == 0:
+                    logger.warning(
+                        "domain %s sends more than %g QMP events a second: dropping (%d so far)",
+                        name,
+                        rate,
+                        run.events.dropped,
+                    )
+                return
+            dropped = run.events.take_unreported()
+            if dropped:
+                self._emit(
+                    name,
+                    "monitor",
+                    "events_dropped",
+                    {"count": dropped, "max_events_per_second": rate},
+                )
+        self._emit(name, "qmp", event.name, dict(event.data))
 
     def _hold_process(self, proc: QemuProcess) -> QemuProcess:
         key = (proc.pid, proc.start_ticks)

@@ -53,6 +53,7 @@ import json
 import logging
 import math
 import os
+import select
 import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -119,6 +120,8 @@ _FD_RESERVE: Final = 16
 """Descriptors held at start and given back when accept runs out, so the
 daemon's own work (a domain start, a state file) still gets some."""
 _FD_RETRY: Final = 0.1
+_HANGUP_POLL: Final = 0.25
+_POLLRDHUP: Final = getattr(select, "POLLRDHUP", 0x2000)
 
 
 @attrs.frozen
@@ -208,6 +211,10 @@ class _Session:
     """The session's call slots (``max_client_requests``), shared by single
     calls and batch items."""
     outbox: _Outbox
+    stream: trio.abc.Stream | None = None
+    """The transport, to notice a peer that hung up while nothing reads it."""
+    reader_waiting: bool = False
+    """The reader is stopped: max_client_requests messages are in flight."""
     connected_at: float = attrs.Factory(time.monotonic)
     in_flight: int = 0
     """Messages (single calls or batches) read and not yet answered."""
@@ -412,27 +419,29 @@ class Server:
                     raise
                 await self._wait_for_fds(exc)
                 continue
+            if self.fds_exhausted:
+                self.fds_exhausted = False
+                logger.warning("file descriptors available again: accepting connections")
             nursery.start_soon(self._handle_stream, stream)
 
     async def _wait_for_fds(self, exc: OSError) -> None:
         """Out of descriptors: give the reserve to the daemon's own work, stop
-        accepting (pending connections wait in the kernel's backlog) until the
-        reserve can be taken again, and say so once, not once per accept."""
+        accepting (pending connections wait in the kernel's backlog) for at
+        least :data:`_FD_RETRY` and until the reserve can be taken again.
+        Said once per episode (until an accept succeeds), not once per accept."""
         async with self._fd_lock:
-            if self._reserve or not self.fds_exhausted:
+            if not self.fds_exhausted:
                 self.fds_exhausted = True
                 self.fd_pauses += 1
-                self._give_back_reserve()
                 logger.warning(
                     "out of file descriptors (%s): not accepting connections until %d are free",
                     os.strerror(exc.errno or errno.EMFILE),
                     _FD_RESERVE,
                 )
+            self._give_back_reserve()
+            await trio.sleep(_FD_RETRY)
             while not self._take_reserve():
                 await trio.sleep(_FD_RETRY)
-            if self.fds_exhausted:
-                self.fds_exhausted = False
-                logger.warning("file descriptors available again: accepting connections")
 
     async def _handle_stream(self, stream: trio.abc.Stream) -> None:
         """One connection, from accept to close; its socket is closed on return."""
@@ -479,6 +488,7 @@ class Server:
                     handshake.cancel_scope.cancel()
             slot.release()
             if session is not None:
+                session.stream = stream
                 await self._session(session)
             conn_nursery.cancel_scope.cancel()
 
@@ -576,7 +586,7 @@ class Server:
             with session.scope:
                 async with trio.open_nursery() as nursery:
                     session.nursery = nursery
-                    nursery.start_soon(_cancel_when_closed, ws, session.scope)
+                    nursery.start_soon(self._watch_peer, session)
                     nursery.start_soon(self._writer, session)
                     if self.config.keepalive_interval > 0:
                         nursery.start_soon(self._keepalive, session)
@@ -589,6 +599,30 @@ class Server:
             # that complete the closing handshake still run.
             del self._sessions[session.id]
             logger.info("client %s disconnected", session.id)
+
+    async def _watch_peer(self, session: _Session) -> None:
+        """Cancel the session as soon as its peer is gone.
+
+        trio-websocket notices a close frame, EOF or a reset while its reader
+        runs. When the session's reader is stopped (all its slots in flight),
+        trio-websocket's reader is stopped too, behind the one message it
+        holds, and sees nothing: then the socket itself is asked every
+        :data:`_HANGUP_POLL` seconds whether the peer hung up (``POLLRDHUP``,
+        which shows even behind unread data).
+        """
+        closed = getattr(session.ws, "_close_handshake", None)
+        while True:
+            with trio.move_on_after(_HANGUP_POLL):
+                if isinstance(closed, trio.Event):
+                    await closed.wait()
+                    break
+                await trio.sleep_forever()  # pragma: no cover - another trio-websocket
+            if session.ws.closed is not None:
+                break
+            if session.reader_waiting and _peer_hung_up(session.stream):
+                logger.info("client %s hung up while its calls ran", session.id)
+                break
+        session.scope.cancel()
 
     async def _writer(self, session: _Session) -> None:
         while True:
@@ -633,7 +667,11 @@ class Server:
             # max_client_requests, stop reading.
             while session.in_flight >= self.max_client_requests:
                 session.slot_free = trio.Event()
-                await session.slot_free.wait()
+                session.reader_waiting = True
+                try:
+                    await session.slot_free.wait()
+                finally:
+                    session.reader_waiting = False
             try:
                 message = await session.ws.get_message()
             except trio_websocket.ConnectionClosed:
@@ -842,6 +880,25 @@ async def _cancel_when_closed(
         while ws.closed is None:
             await trio.sleep(0.25)
     scope.cancel()
+
+
+def _peer_hung_up(stream: trio.abc.Stream | None) -> bool:
+    """Whether the peer of a socket stream closed or reset it, even with
+    unread data in front of the FIN (Linux ``POLLRDHUP``). False for streams
+    without a socket."""
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if not isinstance(stream, trio.SocketStream):
+        return False
+    try:
+        fd = stream.socket.fileno()
+    except OSError:
+        return True
+    if fd < 0:
+        return True
+    poller = select.poll()
+    poller.register(fd, _POLLRDHUP | select.POLLHUP | select.POLLERR)
+    return bool(poller.poll(0))
 
 
 def _ssl_context(cert: str, key: str) -> ssl.SSLContext:
