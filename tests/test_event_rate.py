@@ -77,8 +77,8 @@ async def test_a_flooding_domain_is_bounded_and_the_drop_reported(
             assert driver.events_dropped == 9_901
             await trio.sleep(1)
             driver._on_qmp_event(dom, run, Event("RESUME", {}, 0.0))
-            assert [e.detail for e in driver_lifecycle(later)] == ["resumed"]
             later = drain(sub.receive_channel)
+            assert [e.detail for e in driver_lifecycle(later)] == ["resumed"]
             report = [e for e in later if e.detail == "events_dropped"]
             assert len(report) == 1
             assert report[0].kind == "monitor"
