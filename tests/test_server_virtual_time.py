@@ -114,3 +114,38 @@ async def test_keepalive_disabled_with_zero_interval(
         await stream.receive_some()
         await trio.sleep(3600)
         assert len(server._sessions) == 1
+
+
+async def test_handshake_deadline_and_early_leavers(
+    autojump_clock: trio.testing.MockClock, sock_dir: Path
+) -> None:
+    async with memory_server(sock_dir, handshake_timeout=5, max_anonymous_clients=3) as (
+        server,
+        listener,
+    ):
+        # A slow-loris request that never ends is closed at the deadline.
+        slow = await listener.connect()
+        start = trio.current_time()
+        await slow.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        assert await slow.receive_some() == b""
+        assert 5.0 <= trio.current_time() - start <= 5.01
+        # A peer that leaves without a byte is let go at once, not at the deadline.
+        gone = await listener.connect()
+        start = trio.current_time()
+        while server._anonymous == 0:
+            await trio.sleep(0.001)
+        await gone.aclose()
+        while server._anonymous:
+            await trio.sleep(0.001)
+        assert trio.current_time() - start < 0.1
+        # Beyond max_anonymous_clients, a connection is closed at once.
+        held = [await listener.connect() for _ in range(3)]
+        while server._anonymous < 3:
+            await trio.sleep(0.001)
+        extra = await listener.connect()
+        start = trio.current_time()
+        assert await extra.receive_some() == b""
+        assert trio.current_time() - start < 0.1
+        assert server.anonymous_refused == 1
+        for stream in held:
+            await stream.aclose()
