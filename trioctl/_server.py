@@ -28,15 +28,14 @@ check -> params (an object, or an array in the procedure's parameter order)
 then a worker of the procedure's priority) -> handler -> unstructure ->
 outbox -> frame. Every call runs under its procedure's deadline.
 
-Bounds of one session (see docs/design.md, "The RPC edge"): a message is one
-slot whatever it holds, single call or batch of up to ``max_batch`` items, so
-a batch never waits for slots it holds itself; its items run as calls, at
-most ``max_client_requests`` of the session's calls at once. The slot is
-released once the reply is in the outbox; the outbox holds at most
-``max_output_bytes`` (one reply may exceed it alone) and a reply waits for
-room, so a client that does not read stops being read: what a session holds
-is about ``max_client_requests * max_message_size`` of requests plus
-``max_output_bytes`` (plus one reply) of replies and events.
+Bounds of one session (docs/design.md, "The RPC edge: what one client can
+make the daemon hold"): a message is one slot whatever it holds, single call
+or batch of up to ``max_batch`` items, so a batch never waits for slots it
+holds itself; its items run as calls, at most ``max_client_requests`` of the
+session's calls at once. The slot is released once the reply is in the
+outbox; the outbox holds at most ``max_output_bytes`` (one reply may exceed
+it alone) and a reply waits for room, so a client that does not read stops
+being read.
 
 Event policy: each subscribed client has a bounded queue (``event_queue``);
 the driver never waits for it; events that do not fit are dropped and counted
