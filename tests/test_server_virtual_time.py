@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import trio
 import trio.testing
@@ -149,3 +150,32 @@ async def test_handshake_deadline_and_early_leavers(
         assert server.anonymous_refused == 1
         for stream in held:
             await stream.aclose()
+
+
+async def test_a_live_client_with_stuck_calls_is_not_dropped_by_keepalive(
+    autojump_clock: trio.testing.MockClock, sock_dir: Path
+) -> None:
+    async with memory_server(
+        sock_dir, keepalive_interval=5, keepalive_count=2, max_client_requests=1
+    ) as (server, listener):
+        gate = trio.Event()
+        real = server._invoke
+
+        async def stuck(*args: Any) -> Any:
+            await gate.wait()
+            return await real(*args)
+
+        server._invoke = stuck  # type: ignore[method-assign,assignment]
+        stream = await listener.connect()
+        async with trio.open_nursery() as nursery:
+            ws = await trio_websocket.wrap_client_stream(nursery, stream, "x", "/")  # type: ignore[arg-type]
+            call = '{"jsonrpc": "2.0", "id": 1, "method": "connect.get_version"}'
+            for _ in range(3):  # one in flight, one queued, one behind it
+                await ws.send_message(call)
+            await trio.sleep(120)  # far beyond interval * (count + 1)
+            assert len(server._sessions) == 1
+            gate.set()
+            for _ in range(3):
+                assert '"protocol":1' in str(await ws.get_message())
+            await ws.aclose()
+            nursery.cancel_scope.cancel()

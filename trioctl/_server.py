@@ -635,7 +635,9 @@ class Server:
     async def _keepalive(self, session: _Session) -> None:
         """A ping every ``keepalive_interval``; ``keepalive_count`` pings in a
         row without a pong close the connection: a silent peer is gone after
-        ``interval * (count + 1)`` seconds, as with libvirt's keepalive."""
+        ``interval * (count + 1)`` seconds, as with libvirt's keepalive. Pings
+        missed while the session's reader is stopped by backpressure do not
+        count (the pong cannot be read then)."""
         interval = self.config.keepalive_interval
         missed = 0
         await trio.sleep(interval)
@@ -650,6 +652,11 @@ class Server:
             if not scope.cancelled_caught:
                 missed = 0
                 await trio.sleep_until(deadline)
+                continue
+            if session.reader_waiting:
+                # All its slots are in flight and the client sent more: the
+                # connection's reader waits behind that message and cannot
+                # see the pong. The watcher covers a peer that hangs up then.
                 continue
             missed += 1
             if missed >= self.config.keepalive_count:
