@@ -91,3 +91,10 @@ async def test_a_flooding_domain_is_bounded_and_the_drop_reported(
                 driver._on_qmp_event(dom, run, Event("RTC_CHANGE", {}, 0.0))
             assert driver.events_dropped == before
             assert len([e for e in drain(sub.receive_channel) if e.kind == "qmp"]) == 50
+            # A flood that stops: the report comes alone, a second after.
+            for _ in range(500):
+                driver._on_qmp_event(dom, run, Event("RTC_CHANGE", {}, 0.0))
+            await trio.sleep(1.5)
+            reports = [e for e in drain(sub.receive_channel) if e.detail == "events_dropped"]
+            assert len(reports) == 1
+            assert 0 < reports[0].data["count"] < 500

@@ -670,7 +670,7 @@ class DriverSettings:
             _seconds(zero=True),
             "QMP events one domain passes on to subscribers per second, with a burst of one "
             "second's worth; beyond it they are dropped, counted (admin.get_stats "
-            "events_dropped) and reported by an events_dropped event. 0: no bound.",
+            "events_dropped) and reported by a monitor event events_dropped. 0: no bound.",
         ),
     )
     backend: Literal["sim", "qemu"] = attrs.field(

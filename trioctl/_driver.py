@@ -145,6 +145,8 @@ class _Run:
     """The run's hold on its process (pidfd) has been given back."""
     events: EventRateLimit | None = None
     """The bound on QMP events passed on to subscribers (None: unbounded)."""
+    drop_report_due: bool = False
+    """A report of dropped events is scheduled (see _report_drops)."""
 
 
 @attrs.define(eq=False)
@@ -861,7 +863,8 @@ class Driver:
         event is dropped and counted (``events_dropped`` in the driver and the
         server stats); the next event that passes is preceded by a
         ``monitor``/``events_dropped`` event whose ``data.count`` says how
-        many were dropped since the last such report.
+        many were dropped since the last such report; if no event passes
+        within a second of the first drop, the report goes alone then.
         """
         rate = self.config.max_events_per_second
         if rate > 0:
@@ -869,6 +872,9 @@ class Driver:
                 run.events = EventRateLimit(rate)
             if not run.events.admit(trio.current_time()):
                 self.events_dropped += 1
+                if not run.drop_report_due:
+                    run.drop_report_due = True
+                    self._nursery.start_soon(self._report_drops, name, run)
                 if run.events.dropped == 1 or run.events.dropped % 10_000 == 0:
                     logger.warning(
                         "domain %s sends more than %g QMP events a second: dropping (%d so far)",
@@ -877,15 +883,26 @@ class Driver:
                         run.events.dropped,
                     )
                 return
-            dropped = run.events.take_unreported()
-            if dropped:
-                self._emit(
-                    name,
-                    "monitor",
-                    "events_dropped",
-                    {"count": dropped, "max_events_per_second": rate},
-                )
+            self._emit_drops(name, run)
         self._emit(name, "qmp", event.name, dict(event.data))
+
+    def _emit_drops(self, name: str, run: _Run) -> None:
+        dropped = run.events.take_unreported() if run.events is not None else 0
+        if dropped:
+            self._emit(
+                name,
+                "monitor",
+                "events_dropped",
+                {"count": dropped, "max_events_per_second": self.config.max_events_per_second},
+            )
+
+    async def _report_drops(self, name: str, run: _Run) -> None:
+        """Report drops a second after the first, if no event passed since."""
+        try:
+            await trio.sleep(1.0)
+            self._emit_drops(name, run)
+        finally:
+            run.drop_report_due = False
 
     def _hold_process(self, proc: QemuProcess) -> QemuProcess:
         key = (proc.pid, proc.start_ticks)
