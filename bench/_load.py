@@ -28,7 +28,12 @@ import trio
 import trio_websocket
 
 from trioctl._client import Client
-from trioctl._errors import ConnectionLost, TrioctlError
+from trioctl._errors import (
+    ConnectError,
+    ConnectionRejected,
+    DaemonConnectionLost,
+    TrioctlError,
+)
 from trioctl._models import DomainInfo, MonitorState
 
 from ._conn import connect
@@ -56,8 +61,12 @@ CONNECT_TIMEOUT = 10.0
 
 def outcome_of(exc: BaseException) -> str:
     """The stable name of how a call failed."""
-    if isinstance(exc, ConnectionLost):
+    if isinstance(exc, DaemonConnectionLost):
         return "CONNECTION_LOST"
+    if isinstance(exc, ConnectionRejected):
+        return f"REJECTED_{exc.status}"
+    if isinstance(exc, ConnectError):
+        return "CONNECT_FAILED"
     if isinstance(exc, TrioctlError):
         return exc.reason
     if isinstance(exc, trio_websocket.ConnectionRejected):

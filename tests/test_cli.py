@@ -28,6 +28,7 @@ import attrs
 import pytest
 import trio
 
+from trioctl import ConnectionRejected
 from trioctl._client import Client, connect
 
 pytestmark = pytest.mark.timeout(90)
@@ -347,18 +348,15 @@ def test_a_refused_token_names_where_it_came_from(daemon: Daemon) -> None:
     assert f"no token: none given, and tokens file {missing}: cannot open" in result.stderr
 
     # The daemon itself never names a file to an unauthenticated peer.
-    async def body() -> bytes:
-        import trio_websocket
+    async def body() -> ConnectionRejected:
+        with trio.fail_after(CALL_TIMEOUT), pytest.raises(ConnectionRejected) as caught:
+            async with connect(daemon.url, "y" * 32):
+                pass
+        return caught.value
 
-        with trio.fail_after(CALL_TIMEOUT):
-            try:
-                async with connect(daemon.url, "y" * 32):
-                    pass
-            except trio_websocket.ConnectionRejected as exc:
-                return exc.body or b""
-        raise AssertionError("accepted")
-
-    assert str(daemon.state_dir).encode() not in trio.run(body)
+    refused = trio.run(body)
+    assert refused.status == 401 and refused.body
+    assert str(daemon.state_dir) not in refused.body
 
 
 def test_a_web_server_page_is_one_line() -> None:

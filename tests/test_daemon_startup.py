@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 import trio
-import trio_websocket
 
+from trioctl import ConnectionRejected
 from trioctl._cli._daemon_cmd import EXIT_STATUSES, _report_failure
 from trioctl._client import connect
 from trioctl._startup import (
@@ -258,8 +258,8 @@ async def _role_of(url: str, token: str) -> int | None:
     try:
         async with connect(url, token, connect_timeout=10):
             return None
-    except trio_websocket.ConnectionRejected as exc:
-        return exc.status_code
+    except ConnectionRejected as exc:
+        return exc.status
 
 
 async def _wait_for_status(url: str, token: str, wanted: int | None) -> None:

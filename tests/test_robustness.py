@@ -12,6 +12,7 @@ from pathlib import Path
 import trio
 import trio_websocket
 
+import trioctl
 from trioctl._driver import DriverConfig, open_driver
 from trioctl._launcher import LaunchSpec, QemuProcess, launch
 from trioctl._models import DomainDefinition, DomainState, MonitorState
@@ -152,8 +153,8 @@ async def test_max_clients_holds_under_concurrent_handshakes(sock_dir: Path) -> 
                     async with raw_ws(daemon.url, daemon.token):
                         accepted.append(i)
                         await trio.sleep(1)
-                except trio_websocket.ConnectionRejected as exc:
-                    refused.append(exc.status_code)
+                except trioctl.ConnectionRejected as exc:
+                    refused.append(exc.status)
 
             async with trio.open_nursery() as nursery:
                 for i in range(8):

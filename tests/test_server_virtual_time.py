@@ -56,12 +56,7 @@ async def memory_server(
         trio.open_nursery() as nursery,
     ):
         server = Server(config.server, driver, Dispatcher(pools, driver.jobs), tokens=None)
-        # trio-websocket's annotation names socket listeners; any Listener works.
-        listeners: list[Any] = [listener]
-        ws_server = trio_websocket.WebSocketServer(
-            server._handle_connection, listeners, handler_nursery=nursery
-        )
-        await nursery.start(ws_server.run)
+        await nursery.start(server.run, [listener])
         yield server, listener
         nursery.cancel_scope.cancel()
 
@@ -120,3 +115,67 @@ async def test_keepalive_disabled_with_zero_interval(
         await stream.receive_some()
         await trio.sleep(3600)
         assert len(server._sessions) == 1
+
+
+async def test_handshake_deadline_and_early_leavers(
+    autojump_clock: trio.testing.MockClock, sock_dir: Path
+) -> None:
+    async with memory_server(sock_dir, handshake_timeout=5, max_anonymous_clients=3) as (
+        server,
+        listener,
+    ):
+        # A slow-loris request that never ends is closed at the deadline.
+        slow = await listener.connect()
+        start = trio.current_time()
+        await slow.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        assert await slow.receive_some() == b""
+        assert 5.0 <= trio.current_time() - start <= 5.01
+        # A peer that leaves without a byte is let go at once, not at the deadline.
+        gone = await listener.connect()
+        start = trio.current_time()
+        while server._anonymous == 0:
+            await trio.sleep(0.001)
+        await gone.aclose()
+        while server._anonymous:
+            await trio.sleep(0.001)
+        assert trio.current_time() - start < 0.1
+        # Beyond max_anonymous_clients, a connection is closed at once.
+        held = [await listener.connect() for _ in range(3)]
+        while server._anonymous < 3:
+            await trio.sleep(0.001)
+        extra = await listener.connect()
+        start = trio.current_time()
+        assert await extra.receive_some() == b""
+        assert trio.current_time() - start < 0.1
+        assert server.anonymous_refused == 1
+        for stream in held:
+            await stream.aclose()
+
+
+async def test_a_live_client_with_stuck_calls_is_not_dropped_by_keepalive(
+    autojump_clock: trio.testing.MockClock, sock_dir: Path
+) -> None:
+    async with memory_server(
+        sock_dir, keepalive_interval=5, keepalive_count=2, max_client_requests=1
+    ) as (server, listener):
+        gate = trio.Event()
+        real = server._invoke
+
+        async def stuck(*args: Any) -> Any:
+            await gate.wait()
+            return await real(*args)
+
+        server._invoke = stuck  # type: ignore[method-assign,assignment]
+        stream = await listener.connect()
+        async with trio.open_nursery() as nursery:
+            ws = await trio_websocket.wrap_client_stream(nursery, stream, "x", "/")  # type: ignore[arg-type]
+            call = '{"jsonrpc": "2.0", "id": 1, "method": "connect.get_version"}'
+            for _ in range(3):  # one in flight, one queued, one behind it
+                await ws.send_message(call)
+            await trio.sleep(120)  # far beyond interval * (count + 1)
+            assert len(server._sessions) == 1
+            gate.set()
+            for _ in range(3):
+                assert '"protocol":1' in str(await ws.get_message())
+            await ws.aclose()
+            nursery.cancel_scope.cancel()

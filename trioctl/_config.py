@@ -424,6 +424,23 @@ def _account(value: object, _base: Path | None) -> str:
 _ACCOUNT_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\$?", re.ASCII)
 
 
+_ORIGIN_RE: Final = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+", re.ASCII)
+
+
+def _origins(value: object, _base: Path | None) -> tuple[str, ...]:
+    """A list of origins, each ``scheme://host[:port]`` (RFC 6454), lower-cased."""
+    if isinstance(value, tuple):
+        value = list(value)
+    if not isinstance(value, list):
+        raise _Invalid(f"expected an array of origins, got {_show(value)}")
+    out: list[str] = []
+    for item in value:
+        if not isinstance(item, str) or not _ORIGIN_RE.fullmatch(item.lower()):
+            raise _Invalid(f'expected origins such as "https://ui.example:8443", got {_show(item)}')
+        out.append(item.lower())
+    return tuple(out)
+
+
 def _listen(value: object, _base: Path | None) -> str:
     if not isinstance(value, str):
         raise _Invalid(f"expected a string, got {_show(value)}")
@@ -497,6 +514,55 @@ class ServerConfig:
         metadata=_meta(
             _integer(1),
             "Event notifications buffered per client; beyond it they are dropped and counted.",
+        ),
+    )
+    max_batch: int = attrs.field(
+        default=100,
+        metadata=_meta(
+            _integer(1),
+            "Items of one JSON-RPC batch, at most; a larger batch gets one Invalid Request "
+            "(data.reason LIMIT_EXCEEDED) and nothing in it runs.",
+        ),
+    )
+    max_output_bytes: int = attrs.field(
+        default=8 * 1024 * 1024,
+        metadata=_meta(
+            _integer(1),
+            "Bytes of replies and events queued for one client that does not read; beyond "
+            "it the client's reader stops reading (one message may exceed it alone).",
+        ),
+    )
+    handshake_timeout: float = attrs.field(
+        default=5.0,
+        metadata=_meta(
+            _seconds(),
+            "Seconds a new connection gets to complete its WebSocket handshake "
+            "(TLS included); then it is closed.",
+        ),
+    )
+    max_anonymous_clients: int = attrs.field(
+        default=20,
+        metadata=_meta(
+            _integer(1),
+            "Connections still in their handshake at once; the next is closed at once. "
+            "libvirtd: max_anonymous_clients.",
+        ),
+    )
+    admin_max_clients: int = attrs.field(
+        default=5000,
+        metadata=_meta(
+            _integer(1),
+            "Clients of /admin at once, counted apart from max_clients, so an admin "
+            "can connect when the API is full. libvirtd: admin_max_clients.",
+        ),
+    )
+    allowed_origins: tuple[str, ...] = attrs.field(
+        default=(),
+        metadata=_meta(
+            _origins,
+            'Origins (such as "https://ui.example:8443") whose pages may open a WebSocket; '
+            "a handshake with any other Origin header is refused with 403, with or without "
+            "auth. Clients that send no Origin (not browsers) are unaffected.",
         ),
     )
 
@@ -667,6 +733,15 @@ class DriverSettings:
             _integer(1),
             "Events buffered per subscriber inside the driver; beyond it they are dropped "
             "and counted.",
+        ),
+    )
+    max_events_per_second: float = attrs.field(
+        default=_DRIVER_DEFAULTS["max_events_per_second"],
+        metadata=_meta(
+            _seconds(zero=True),
+            "QMP events one domain passes on to subscribers per second, with a burst of one "
+            "second's worth; beyond it they are dropped, counted (admin.get_stats "
+            "events_dropped) and reported by a monitor event events_dropped. 0: no bound.",
         ),
     )
     backend: Literal["sim", "qemu"] = attrs.field(

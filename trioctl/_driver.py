@@ -88,7 +88,7 @@ from ._models import (
     structure,
     unstructure,
 )
-from ._monitor import Monitor, open_monitor
+from ._monitor import EventRateLimit, Monitor, open_monitor
 from ._policy import (
     TAINT_CUSTOM_ARGV,
     TAINT_CUSTOM_MONITOR,
@@ -148,6 +148,10 @@ class DriverConfig:
     monitor-unresponsive (reconnect attempts continue in the background)."""
     event_buffer: int = 1024
     """Each event subscriber's buffer; events beyond it are dropped and counted."""
+    max_events_per_second: float = 100.0
+    """QMP events one domain may send on to subscribers per second (a token
+    bucket holding one second's worth); beyond it they are dropped, counted,
+    and reported by an ``events_dropped`` event. 0: no bound."""
     backend: str = "sim"
     """The emulator of definitions that name none (``sim`` or ``qemu``)."""
     emulators: Mapping[str, str] = attrs.field(factory=dict)
@@ -201,6 +205,10 @@ class _Run:
     restart from an old record; the stored one is shown then)."""
     taints: list[str] = attrs.Factory(list)
     """Why the run is tainted; kept until the process exits."""
+    events: EventRateLimit | None = None
+    """The bound on QMP events passed on to subscribers (None: unbounded)."""
+    drop_report_due: bool = False
+    """A report of dropped events is scheduled (see _report_drops)."""
 
 
 @attrs.define(eq=False)
@@ -1096,7 +1104,7 @@ class Driver:
 
     def _on_qmp_event(self, dom: _Domain, run: _Run, event: Event) -> None:
         name = dom.definition.name
-        self._emit(name, "qmp", event.name, dict(event.data))
+        self._forward_qmp_event(name, run, event)
         if dom.run is not run:
             return
         if event.name == "STOP":
@@ -1107,6 +1115,54 @@ class Driver:
             self._emit(name, "lifecycle", "reset")
         elif event.name == "SHUTDOWN":
             run.shutdown_reason = str(event.data.get("reason", "shutdown"))
+
+    def _forward_qmp_event(self, name: str, run: _Run, event: Event) -> None:
+        """Pass a QMP event on to subscribers, within the domain's rate bound.
+
+        Beyond ``max_events_per_second`` (a burst of one second's worth) the
+        event is dropped and counted (``events_dropped`` in the driver and the
+        server stats); the next event that passes is preceded by a
+        ``monitor``/``events_dropped`` event whose ``data.count`` says how
+        many were dropped since the last such report; if no event passes
+        within a second of the first drop, the report goes alone then.
+        """
+        rate = self.config.max_events_per_second
+        if rate > 0:
+            if run.events is None:
+                run.events = EventRateLimit(rate)
+            if not run.events.admit(trio.current_time()):
+                self.events_dropped += 1
+                if not run.drop_report_due:
+                    run.drop_report_due = True
+                    self._nursery.start_soon(self._report_drops, name, run)
+                if run.events.dropped == 1 or run.events.dropped % 10_000 == 0:
+                    logger.warning(
+                        "domain %s sends more than %g QMP events a second: dropping (%d so far)",
+                        name,
+                        rate,
+                        run.events.dropped,
+                    )
+                return
+            self._emit_drops(name, run)
+        self._emit(name, "qmp", event.name, dict(event.data))
+
+    def _emit_drops(self, name: str, run: _Run) -> None:
+        dropped = run.events.take_unreported() if run.events is not None else 0
+        if dropped:
+            self._emit(
+                name,
+                "monitor",
+                "events_dropped",
+                {"count": dropped, "max_events_per_second": self.config.max_events_per_second},
+            )
+
+    async def _report_drops(self, name: str, run: _Run) -> None:
+        """Report drops a second after the first, if no event passed since."""
+        try:
+            await trio.sleep(1.0)
+            self._emit_drops(name, run)
+        finally:
+            run.drop_report_due = False
 
     def _hold_process(self, proc: QemuProcess) -> QemuProcess:
         key = (proc.pid, proc.start_ticks)

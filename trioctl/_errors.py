@@ -17,6 +17,7 @@ trioctl never wraps :class:`trio.Cancelled` or a caller's own
           |    +-- RemoteProtocolError     the peer (QEMU) broke QMP
           +-- ParseError                   PARSE_ERROR      -32700
           +-- InvalidRequest               INVALID_REQUEST  -32600
+          |    +-- LimitExceeded           LIMIT_EXCEEDED   -32600 (a batch or message too big)
           +-- MethodNotFound               METHOD_NOT_FOUND -32601
           +-- InvalidParams                INVALID_PARAMS   -32602
           +-- InternalError                INTERNAL_ERROR   -32603
@@ -35,6 +36,10 @@ trioctl never wraps :class:`trio.Cancelled` or a caller's own
           +-- AccessDenied                 ACCESS_DENIED    -32011
           +-- LaunchError                  LAUNCH_FAILED    -32012
           +-- DeadlineExceeded             DEADLINE_EXCEEDED -32013
+          +-- ConnectError                 (client only) connect() failed
+          |    +-- ConnectionRejected      the daemon refused the handshake (.status)
+          |    +-- ConnectTimeout          no handshake within the client's deadline
+          +-- DaemonConnectionLost         (client only) the daemon connection ended
 """
 
 from __future__ import annotations
@@ -43,7 +48,11 @@ from typing import Any, ClassVar
 
 __all__ = [
     "AccessDenied",
+    "ConnectError",
+    "ConnectTimeout",
     "ConnectionLost",
+    "ConnectionRejected",
+    "DaemonConnectionLost",
     "DeadlineExceeded",
     "DomainDestroyed",
     "DomainExists",
@@ -53,6 +62,7 @@ __all__ = [
     "JobQueueFull",
     "JobTimeout",
     "LaunchError",
+    "LimitExceeded",
     "LocalProtocolError",
     "MethodNotFound",
     "MonitorError",
@@ -140,6 +150,15 @@ class InvalidRequest(TrioctlError):
     """The JSON is valid but not a JSON-RPC 2.0 request object."""
 
     reason = "INVALID_REQUEST"
+    rpc_code = -32600
+
+
+class LimitExceeded(InvalidRequest):
+    """A message over a server limit (a batch of more than ``server.max_batch``
+    items, a text over ``server.max_message_size``): answered with this one
+    error and nothing in it is run. ``data`` names the limit and the size."""
+
+    reason = "LIMIT_EXCEEDED"
     rpc_code = -32600
 
 
@@ -298,3 +317,42 @@ class DeadlineExceeded(TrioctlError):
 
     reason = "DEADLINE_EXCEEDED"
     rpc_code = -32013
+
+
+# -- client library errors (never on the wire) ------------------------------------------
+
+
+class ConnectError(TrioctlError):
+    """:func:`trioctl.connect` could not open a session: nothing listens
+    there, the handshake was refused or took too long, or the URL is not a
+    ``ws://``/``wss://`` one. The cause, if any, is ``__cause__``."""
+
+
+class ConnectionRejected(ConnectError):
+    """The daemon answered the WebSocket handshake with an HTTP error:
+    401 (bad token), 403 (role, or a refused ``Origin``), 404 (path),
+    503 (too many clients, or shutting down).
+
+    Attributes:
+        status: the HTTP status code.
+        body: the first line of the response body (at most 200 characters).
+    """
+
+    def __init__(self, message: str = "", **data: Any) -> None:
+        super().__init__(message, **data)
+        status = data.get("status", 0)
+        body = data.get("body", "")
+        self.status: int = status if isinstance(status, int) else 0
+        self.body: str = body if isinstance(body, str) else ""
+
+
+class ConnectTimeout(ConnectError):
+    """No completed handshake within ``connect_timeout``."""
+
+
+class DaemonConnectionLost(TrioctlError):
+    """The connection to the daemon closed (by the daemon, the network, or
+    :func:`trioctl.connect`'s block ending) while a call waited for its
+    reply, or a call was made after it closed. Unlike the monitor's
+    :class:`ConnectionLost`, this is not a :class:`MonitorError`: whether the
+    call ran is unknown."""

@@ -23,6 +23,12 @@ waits for a subscriber; an event that does not fit is dropped *for that
 subscriber only*, and counted in ``Subscription.dropped`` and in
 ``MonitorStatistics.events_dropped``. Command replies never wait behind
 events.
+
+Event rate policy: :class:`EventRateLimit` is the token bucket the driver
+puts in front of each domain's fan-out (``driver.max_events_per_second``),
+so one QEMU flooding events cannot take the daemon's loop with notifications
+to every subscriber: state tracking still sees every event; what passes the
+bucket goes on to subscribers; the rest is dropped, counted and reported.
 """
 
 from __future__ import annotations
@@ -54,9 +60,53 @@ from ._sansio.qmp import (
 )
 from ._util import open_service_nursery
 
-__all__ = ["Monitor", "MonitorStatistics", "Subscription", "open_monitor", "open_monitor_stream"]
+__all__ = [
+    "EventRateLimit",
+    "Monitor",
+    "MonitorStatistics",
+    "Subscription",
+    "open_monitor",
+    "open_monitor_stream",
+]
 
 logger = logging.getLogger(__name__)
+
+
+class EventRateLimit:
+    """A token bucket: ``rate`` events a second on average, bursts of up to
+    ``burst``. Sans-I/O: the caller passes the time.
+
+    ``admit(now)`` says whether one more event may pass; refused events are
+    counted in :attr:`dropped` (in total) and :attr:`unreported` (since the
+    last :meth:`take_unreported`). A ``rate`` of 0 admits everything.
+    """
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        self.rate = rate
+        self.burst = max(1.0, burst if burst is not None else rate)
+        self._tokens = self.burst
+        self._last: float | None = None
+        self.dropped = 0
+        self.unreported = 0
+
+    def admit(self, now: float) -> bool:
+        if self.rate <= 0:
+            return True
+        if self._last is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        self.dropped += 1
+        self.unreported += 1
+        return False
+
+    def take_unreported(self) -> int:
+        """Events dropped since the last call (and reset that count)."""
+        count, self.unreported = self.unreported, 0
+        return count
+
 
 _RECEIVE_SIZE = 65536
 _CLOSE_TIMEOUT = 1.0

@@ -1,21 +1,41 @@
-"""The WebSocket JSON-RPC endpoint: sessions, limits, auth, dispatch, events.
+"""The WebSocket JSON-RPC endpoint: connections, sessions, limits, auth, dispatch, events.
 
 Shape::
 
     serve (the server nursery)
-    ├── listener (trio-websocket)          refuses beyond max_clients (503)
-    └── one session per client             its own nursery
-        ├── reader                         stops reading at max_client_requests
-        │                                  in flight (backpressure, as libvirt)
-        ├── one task per call              table -> access -> params -> dispatcher
-        ├── keepalive                      a ping every keepalive_interval; a peer
-        │                                  missing keepalive_count pongs is closed
-        └── event forwarder                driver events -> events.event notifications
+    ├── accept loop, one per listener       pauses while the process is out of fds
+    └── one task per connection
+        ├── handshake                       server.handshake_timeout; at most
+        │                                   server.max_anonymous_clients at once
+        ├── Origin, auth (header or         403 / 401 / 404 / 503 before accepting
+        │   subprotocol), limits
+        └── session                         its own nursery, cancelled when the
+            │                               peer closes, resets or misses pongs
+            ├── reader                      one message at a time; stops reading at
+            │                               max_client_requests messages in flight
+            ├── one task per message        a single call or a whole batch; each call
+            │   └── one task per call       holds one of the session's
+            │                               max_client_requests call slots
+            ├── writer                      sends the outbox (bounded in bytes)
+            ├── watcher                     the peer went away: cancel the session
+            ├── keepalive                   a ping every keepalive_interval; a peer
+            │                               missing keepalive_count pongs is closed
+            └── event forwarder             driver events -> events.event notifications
 
 One call: text frame -> sans-I/O JSON-RPC parse -> procedure table -> role
-check -> cattrs structure (unknown keys refused) -> dispatcher (domain queue
-first, then a worker of the procedure's priority) -> handler -> unstructure ->
-frame. Every call runs under its procedure's deadline.
+check -> params (an object, or an array in the procedure's parameter order)
+-> cattrs structure (unknown keys refused) -> dispatcher (domain queue first,
+then a worker of the procedure's priority) -> handler -> unstructure ->
+outbox -> frame. Every call runs under its procedure's deadline.
+
+Bounds of one session (docs/design.md, "The RPC edge: what one client can
+make the daemon hold"): a message is one slot whatever it holds, single call
+or batch of up to ``max_batch`` items, so a batch never waits for slots it
+holds itself; its items run as calls, at most ``max_client_requests`` of the
+session's calls at once. The slot is released once the reply is in the
+outbox; the outbox holds at most ``max_output_bytes`` (one reply may exceed
+it alone) and a reply waits for room, so a client that does not read stops
+being read.
 
 Event policy: each subscribed client has a bounded queue (``event_queue``);
 the driver never waits for it; events that do not fit are dropped and counted
@@ -25,19 +45,22 @@ the driver never waits for it; events that do not fit are dropped and counted
 from __future__ import annotations
 
 import collections
-import functools
+import errno
 import itertools
 import logging
 import math
+import os
+import select
 import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import attrs
 import trio
 import trio_websocket
+from wsproto import ConnectionType, WSConnection
 
 from ._config import ServerConfig
 from ._dispatch import Dispatcher
@@ -75,7 +98,7 @@ from ._tokens import Tokens
 from ._util import open_service_nursery
 from ._version import __version__
 
-__all__ = ["Server", "Tokens", "serve"]
+__all__ = ["BEARER_PREFIX", "SUBPROTOCOL", "Server", "Tokens", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,17 +106,57 @@ _LATENCY_WINDOW: Final = 10_000
 _CLOSE_GOING_AWAY: Final = 1001
 _CLOSE_POLICY: Final = 1008
 
+SUBPROTOCOL: Final = "trioctl.v1"
+"""The WebSocket subprotocol the server selects when a client offers it."""
+BEARER_PREFIX: Final = "bearer."
+"""A browser, which cannot set ``Authorization``, offers ``bearer.<token>``
+beside :data:`SUBPROTOCOL`; the server selects only ``trioctl.v1``."""
 
-@attrs.define(eq=False)
-class _Batch:
-    """One incoming message's calls: their replies go out together."""
+_FD_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_FD_RESERVE: Final = 16
+"""Descriptors held at start and given back when accept runs out, so the
+daemon's own work (a domain start, a state file) still gets some."""
+_FD_RETRY: Final = 0.1
+_HANGUP_POLL: Final = 0.25
+_POLLRDHUP: Final = getattr(select, "POLLRDHUP", 0x2000)
 
-    replies: list[rpc.Response | None]
-    pending: int = 0
-    """Calls not finished yet."""
-    held: int = 0
-    """In-flight slots held until the reply is written (one per request)."""
-    done: trio.Event = attrs.Factory(trio.Event)
+
+class _Outbox:
+    """Frames waiting for the session's writer, bounded in bytes.
+
+    :meth:`put` waits while the queue is not empty and the frame would take
+    it past ``limit`` (so one frame larger than the limit still goes, alone).
+    Frames are ASCII (the encoder escapes everything else), so characters are
+    bytes.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self._queue: collections.deque[str] = collections.deque()
+        self._changed = trio.Event()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def fits(self, text: str) -> bool:
+        return not self._queue or self.size + len(text) <= self.limit
+
+    async def put(self, text: str) -> None:
+        while not self.fits(text):
+            await self._changed.wait()
+        self._queue.append(text)
+        self.size += len(text)
+        self._wake()
+
+    async def get(self) -> str:
+        while not self._queue:
+            await self._changed.wait()
+        text = self._queue.popleft()
+        self.size -= len(text)
+        self._wake()
+        return text
 
 
 @attrs.define(eq=False)
@@ -104,8 +167,17 @@ class _Session:
     peer: str
     ws: trio_websocket.WebSocketConnection
     server: Server
+    limiter: trio.CapacityLimiter
+    """The session's call slots (``max_client_requests``), shared by single
+    calls and batch items."""
+    outbox: _Outbox
+    stream: trio.abc.Stream | None = None
+    """The transport, to notice a peer that hung up while nothing reads it."""
+    reader_waiting: bool = False
+    """The reader is stopped: max_client_requests messages are in flight."""
     connected_at: float = attrs.Factory(time.monotonic)
     in_flight: int = 0
+    """Messages (single calls or batches) read and not yet answered."""
     calls: int = 0
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     nursery: trio.Nursery | None = None
@@ -139,10 +211,9 @@ class _Session:
                 self.events = sub
                 async for event in sub:
                     text = rpc.encode_notification("events.event", unstructure(event))
-                    try:
-                        await self.ws.send_message(text)
-                    except trio_websocket.ConnectionClosed:
-                        return
+                    # Waits while the outbox is full: the driver then drops
+                    # this client's events and counts them.
+                    await self.outbox.put(text)
 
     def info(self) -> ClientInfo:
         return ClientInfo(
@@ -187,7 +258,17 @@ class Server:
         self._errors: collections.Counter[str] = collections.Counter()
         self._latency = {p: collections.deque[float](maxlen=_LATENCY_WINDOW) for p in Priority}
         self._accepting = True
-        self._handshaking = 0
+        self._handshaking: collections.Counter[str] = collections.Counter()
+        self._anonymous = 0
+        self._reserve: list[int] = []
+        self._fd_lock = trio.Lock()
+        self._openrpc: dict[str, Any] | None = None
+        self.fds_exhausted = False
+        """Accepting is paused: the process ran out of file descriptors."""
+        self.fd_pauses = 0
+        """How many times accepting paused for want of file descriptors."""
+        self.anonymous_refused = 0
+        """Connections closed at once: max_anonymous_clients were in their handshake."""
 
     # -- the Services protocol of _procedures ----------------------------------------
 
@@ -232,6 +313,7 @@ class Server:
         if params.max_client_requests is not None:
             self.max_client_requests = params.max_client_requests
             for session in self._sessions.values():
+                session.limiter.total_tokens = params.max_client_requests
                 session.slot_free.set()  # a larger limit may free the reader
         return self.client_limits()
 
@@ -256,7 +338,130 @@ class Server:
 
     # -- connections --------------------------------------------------------------------
 
+    async def run(
+        self,
+        listeners: Sequence[trio.abc.Listener[Any]],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Accept on every listener and serve each connection until cancelled
+        (``nursery.start(server.run, listeners)``)."""
+        self._take_reserve()
+        try:
+            async with trio.open_nursery() as nursery:
+                for listener in listeners:
+                    nursery.start_soon(self._accept_loop, listener, nursery)
+                task_status.started()
+        finally:
+            self._give_back_reserve()
+
+    def _take_reserve(self) -> bool:
+        """Hold :data:`_FD_RESERVE` descriptors; False if the process has not
+        that many free (nothing is held then)."""
+        while len(self._reserve) < _FD_RESERVE:
+            try:
+                self._reserve.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+            except OSError:
+                self._give_back_reserve()
+                return False
+        return True
+
+    def _give_back_reserve(self) -> None:
+        while self._reserve:
+            os.close(self._reserve.pop())
+
+    async def _accept_loop(self, listener: trio.abc.Listener[Any], nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _FD_ERRNOS:
+                    raise
+                await self._wait_for_fds(exc)
+                continue
+            if self.fds_exhausted:
+                self.fds_exhausted = False
+                logger.warning("file descriptors available again: accepting connections")
+            nursery.start_soon(self._handle_stream, stream)
+
+    async def _wait_for_fds(self, exc: OSError) -> None:
+        """Out of descriptors: give the reserve to the daemon's own work, stop
+        accepting (pending connections wait in the kernel's backlog) for at
+        least :data:`_FD_RETRY` and until the reserve can be taken again.
+        Said once per episode (until an accept succeeds), not once per accept."""
+        async with self._fd_lock:
+            if not self.fds_exhausted:
+                self.fds_exhausted = True
+                self.fd_pauses += 1
+                logger.warning(
+                    "out of file descriptors (%s): not accepting connections until %d are free",
+                    os.strerror(exc.errno or errno.EMFILE),
+                    _FD_RESERVE,
+                )
+            self._give_back_reserve()
+            await trio.sleep(_FD_RETRY)
+            while not self._take_reserve():
+                await trio.sleep(_FD_RETRY)
+
+    async def _handle_stream(self, stream: trio.abc.Stream) -> None:
+        """One connection, from accept to close; its socket is closed on return."""
+        try:
+            if self._anonymous >= self.config.max_anonymous_clients:
+                self.anonymous_refused += 1
+                return
+            slot = _AnonymousSlot(self)
+            try:
+                await self._connection(stream, slot)
+            finally:
+                slot.release()
+        except Exception:
+            # A failure here must end this connection only, never the listener.
+            logger.exception("client connection failed")
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+
+    async def _connection(self, stream: trio.abc.Stream, slot: _AnonymousSlot) -> None:
+        ws = trio_websocket.WebSocketConnection(
+            stream,
+            WSConnection(ConnectionType.SERVER),
+            message_queue_size=1,
+            max_message_size=self.config.max_message_size,
+        )
+        async with trio.open_nursery() as conn_nursery:
+            # trio-websocket's reader for this connection: it runs until the
+            # stream is closed, so the closing handshake completes in the session.
+            conn_nursery.start_soon(ws._reader_task)
+            session: _Session | None = None
+            with trio.move_on_after(self.config.handshake_timeout):
+                async with trio.open_nursery() as handshake:
+                    # A peer that leaves before its request is gone now, not
+                    # at the deadline.
+                    handshake.start_soon(_cancel_when_closed, ws, handshake.cancel_scope)
+                    try:
+                        request = await ws._get_request()
+                        accepted = await self._handshake(request)
+                        if accepted is not None:
+                            session = self._register(accepted)
+                    except (trio_websocket.ConnectionClosed, trio_websocket.HandshakeError):
+                        pass
+                    handshake.cancel_scope.cancel()
+            slot.release()
+            if session is not None:
+                session.stream = stream
+                await self._session(session)
+            conn_nursery.cancel_scope.cancel()
+
+    def _origin_allowed(self, request: trio_websocket.WebSocketRequest) -> bool:
+        for key, value in request.headers:
+            if key.lower() == b"origin":
+                origin = value.decode("latin-1").strip().lower()
+                return origin in self.config.allowed_origins
+        return True
+
     def _authenticate(self, request: trio_websocket.WebSocketRequest) -> Role | None:
+        """The token of the ``Authorization`` header, else of a ``bearer.``
+        subprotocol; the role it grants, or None."""
         if self.tokens is None:
             return Role.ADMIN
         for key, value in request.headers:
@@ -264,56 +469,88 @@ class Server:
                 scheme, _, token = value.decode("latin-1").partition(" ")
                 if scheme.lower() == "bearer" and token:
                     return self.tokens.role_for(token.strip())
+                return None
+        for proposed in request.proposed_subprotocols:
+            if proposed.startswith(BEARER_PREFIX) and len(proposed) > len(BEARER_PREFIX):
+                return self.tokens.role_for(proposed[len(BEARER_PREFIX) :])
         return None
 
-    async def _handle_connection(self, request: trio_websocket.WebSocketRequest) -> None:
-        # A failure here must end this connection only, never the listener.
-        try:
-            await self._session(request)
-        except (trio_websocket.ConnectionClosed, trio_websocket.HandshakeError):
-            pass
-        except Exception:
-            logger.exception("client connection failed")
-
-    async def _session(self, request: trio_websocket.WebSocketRequest) -> None:
+    async def _handshake(self, request: trio_websocket.WebSocketRequest) -> _Accepted | None:
         path = request.path.split("?", 1)[0]
         if path not in ("/", "/admin"):
             await request.reject(404, body=b"no such endpoint: use / or /admin\n")
-            return
+            return None
+        if not self._origin_allowed(request):
+            await request.reject(403, body=b"this Origin is not in server.allowed_origins\n")
+            return None
+        offered = request.proposed_subprotocols
+        bearer = any(p.startswith(BEARER_PREFIX) for p in offered)
+        if bearer and SUBPROTOCOL not in offered:
+            await request.reject(
+                400, body=b"offer the trioctl.v1 subprotocol with bearer.<token>\n"
+            )
+            return None
         if not self._accepting:
             await request.reject(503, body=b"the daemon is shutting down\n")
-            return
-        if len(self._sessions) + self._handshaking >= self.max_clients:
-            await request.reject(503, body=b"too many clients (max_clients)\n")
-            return
+            return None
+        endpoint = "admin" if path == "/admin" else "api"
+        limit = self.config.admin_max_clients if endpoint == "admin" else self.max_clients
+        current = sum(1 for s in self._sessions.values() if s.endpoint == endpoint)
+        if current + self._handshaking[endpoint] >= limit:
+            which = "admin_max_clients" if endpoint == "admin" else "max_clients"
+            await request.reject(503, body=f"too many clients ({which})\n".encode())
+            return None
         role = self._authenticate(request)
         if role is None:
             await request.reject(401, body=b"a valid bearer token is required\n")
-            return
-        endpoint = "admin" if path == "/admin" else "api"
+            return None
         if endpoint == "admin" and role < Role.ADMIN:
             await request.reject(403, body=b"/admin needs an admin token\n")
-            return
+            return None
         # Count this client from here on: concurrent handshakes must not all
-        # pass the max_clients check while none is registered yet.
-        self._handshaking += 1
+        # pass the limit check while none is registered yet.
+        self._handshaking[endpoint] += 1
         try:
-            ws = await request.accept()
-        finally:
-            self._handshaking -= 1
-        remote = request.remote
-        peer = str(remote) if isinstance(remote, str) else f"{remote.address}:{remote.port}"
-        session = _Session(f"c{next(self._ids)}", role, endpoint, peer, ws, self)
+            ws = await request.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+        except BaseException:
+            self._handshaking[endpoint] -= 1
+            raise
+        try:
+            remote = request.remote
+            peer = str(remote) if isinstance(remote, str) else f"{remote.address}:{remote.port}"
+        except OSError:
+            peer = "?"
+        return _Accepted(ws, role, endpoint, peer)
+
+    def _register(self, accepted: _Accepted) -> _Session:
+        session = _Session(
+            f"c{next(self._ids)}",
+            accepted.role,
+            accepted.endpoint,
+            accepted.peer,
+            accepted.ws,
+            self,
+            trio.CapacityLimiter(self.max_client_requests),
+            _Outbox(self.config.max_output_bytes),
+        )
         self._sessions[session.id] = session
-        logger.info("client %s connected from %s as %s", session.id, peer, role.name.lower())
+        self._handshaking[accepted.endpoint] -= 1
+        logger.info(
+            "client %s connected from %s as %s", session.id, session.peer, session.role.name.lower()
+        )
+        return session
+
+    async def _session(self, session: _Session) -> None:
+        ws = session.ws
         try:
             with session.scope:
                 async with trio.open_nursery() as nursery:
                     session.nursery = nursery
+                    nursery.start_soon(self._watch_peer, session)
+                    nursery.start_soon(self._writer, session)
                     if self.config.keepalive_interval > 0:
                         nursery.start_soon(self._keepalive, session)
                     await self._read_loop(session, nursery)
-                    nursery.cancel_scope.cancel()
         finally:
             session.unsubscribe()
             with trio.CancelScope(shield=True), trio.move_on_after(1):
@@ -323,10 +560,45 @@ class Server:
             del self._sessions[session.id]
             logger.info("client %s disconnected", session.id)
 
+    async def _watch_peer(self, session: _Session) -> None:
+        """Cancel the session as soon as its peer is gone.
+
+        trio-websocket notices a close frame, EOF or a reset while its reader
+        runs. When the session's reader is stopped (all its slots in flight),
+        trio-websocket's reader is stopped too, behind the one message it
+        holds, and sees nothing: then the socket itself is asked every
+        :data:`_HANGUP_POLL` seconds whether the peer hung up (``POLLRDHUP``,
+        which shows even behind unread data).
+        """
+        closed = getattr(session.ws, "_close_handshake", None)
+        while True:
+            with trio.move_on_after(_HANGUP_POLL):
+                if isinstance(closed, trio.Event):
+                    await closed.wait()
+                    break
+                await trio.sleep_forever()  # pragma: no cover - another trio-websocket
+            if session.ws.closed is not None:
+                break
+            if session.reader_waiting and _peer_hung_up(session.stream):
+                logger.info("client %s hung up while its calls ran", session.id)
+                break
+        session.scope.cancel()
+
+    async def _writer(self, session: _Session) -> None:
+        while True:
+            text = await session.outbox.get()
+            try:
+                await session.ws.send_message(text)
+            except trio_websocket.ConnectionClosed:
+                session.scope.cancel()
+                return
+
     async def _keepalive(self, session: _Session) -> None:
         """A ping every ``keepalive_interval``; ``keepalive_count`` pings in a
         row without a pong close the connection: a silent peer is gone after
-        ``interval * (count + 1)`` seconds, as with libvirt's keepalive."""
+        ``interval * (count + 1)`` seconds, as with libvirt's keepalive. Pings
+        missed while the session's reader is stopped by backpressure do not
+        count (the pong cannot be read then)."""
         interval = self.config.keepalive_interval
         missed = 0
         await trio.sleep(interval)
@@ -336,10 +608,16 @@ class Server:
                 try:
                     await session.ws.ping()
                 except trio_websocket.ConnectionClosed:
+                    session.scope.cancel()
                     return
             if not scope.cancelled_caught:
                 missed = 0
                 await trio.sleep_until(deadline)
+                continue
+            if session.reader_waiting:
+                # All its slots are in flight and the client sent more: the
+                # connection's reader waits behind that message and cannot
+                # see the pong. The watcher covers a peer that hangs up then.
                 continue
             missed += 1
             if missed >= self.config.keepalive_count:
@@ -351,64 +629,65 @@ class Server:
 
     async def _read_loop(self, session: _Session, nursery: trio.Nursery) -> None:
         while True:
+            # Backpressure: a message (a call or a whole batch) holds its
+            # slot until its reply is in the outbox; beyond
+            # max_client_requests, stop reading.
+            while session.in_flight >= self.max_client_requests:
+                session.slot_free = trio.Event()
+                session.reader_waiting = True
+                try:
+                    await session.slot_free.wait()
+                finally:
+                    session.reader_waiting = False
             try:
                 message = await session.ws.get_message()
             except trio_websocket.ConnectionClosed:
+                session.scope.cancel()
                 return
-            incoming = rpc.parse_request_text(message, max_size=self.config.max_message_size)
-            batch = _Batch([None] * len(incoming.items))
-            for index, item in enumerate(incoming.items):
-                if isinstance(item, rpc.Invalid):
-                    batch.replies[index] = item.response()
-                    continue
-                # Backpressure: a call holds its slot until its reply is
-                # written; beyond max_client_requests, stop reading.
-                while session.in_flight >= self.max_client_requests:
-                    session.slot_free = trio.Event()
-                    await session.slot_free.wait()
-                session.in_flight += 1
-                batch.pending += 1
-                if isinstance(item, rpc.Request):
-                    batch.held += 1
-                nursery.start_soon(self._call, session, item, batch, index)
-            if batch.pending == 0:
-                batch.done.set()
-            if incoming.expects_reply:
-                nursery.start_soon(self._reply_when_done, session, incoming, batch)
-
-    def _release(self, session: _Session, slots: int) -> None:
-        session.in_flight -= slots
-        session.slot_free.set()
-
-    async def _reply_when_done(
-        self, session: _Session, incoming: rpc.Incoming, batch: _Batch
-    ) -> None:
-        try:
-            await batch.done.wait()
-            answers = [r for r in batch.replies if r is not None]
-            text = rpc.encode_responses(
-                answers if incoming.batch else (answers[0] if answers else None)
+            incoming = rpc.parse_request_text(
+                message, max_size=self.config.max_message_size, max_batch=self.config.max_batch
             )
-            if text is not None:
-                with suppress(trio_websocket.ConnectionClosed):
-                    await session.ws.send_message(text)
+            del message
+            session.in_flight += 1
+            nursery.start_soon(self._handle_message, session, incoming)
+
+    async def _handle_message(self, session: _Session, incoming: rpc.Incoming) -> None:
+        try:
+            replies: list[rpc.Response | None] = [None] * len(incoming.items)
+            async with trio.open_nursery() as calls:
+                for index, item in enumerate(incoming.items):
+                    if isinstance(item, rpc.Invalid):
+                        replies[index] = item.response()
+                    else:
+                        calls.start_soon(self._call, session, item, replies, index)
+            if incoming.expects_reply:
+                answers = [r for r in replies if r is not None]
+                text = rpc.encode_responses(
+                    answers if incoming.batch else (answers[0] if answers else None)
+                )
+                if text is not None:
+                    await session.outbox.put(text)
         finally:
-            self._release(session, batch.held)
+            session.in_flight -= 1
+            session.slot_free.set()
 
     async def _call(
         self,
         session: _Session,
         item: rpc.Request | rpc.Notification,
-        batch: _Batch,
+        replies: list[rpc.Response | None],
         index: int,
     ) -> None:
-        start = time.perf_counter()
         call_id = item.id if isinstance(item, rpc.Request) else None
-        try:
+        async with session.limiter:
+            start = time.perf_counter()
             proc = None
             try:
-                proc = self._lookup(session, item.method)
-                result = await self._invoke(session, proc, item.params)
+                if item.method == DISCOVER:
+                    result = self._discover(item.params)
+                else:
+                    proc = self._lookup(session, item.method)
+                    result = await self._invoke(session, proc, item.params)
                 response = rpc.Response.result(call_id, result)
             except TrioctlError as exc:
                 self._errors[exc.reason] += 1
@@ -419,18 +698,24 @@ class Server:
                 response = rpc.Response.error(
                     call_id, InternalError(f"internal error: {type(exc).__name__}: {exc}")
                 )
+            finally:
+                session.calls += 1
             if proc is not None:
                 self._calls[proc.name] += 1
                 self._latency[proc.priority].append(time.perf_counter() - start)
             if isinstance(item, rpc.Request):
-                batch.replies[index] = response
-        finally:
-            session.calls += 1
-            if isinstance(item, rpc.Notification):
-                self._release(session, 1)  # nothing to write back
-            batch.pending -= 1
-            if batch.pending == 0:
-                batch.done.set()
+                replies[index] = response
+
+    def _discover(self, params: rpc.Params) -> Any:
+        if params:
+            raise InvalidParams(f"{DISCOVER} takes no parameters", method=DISCOVER)
+        if self._openrpc is None:
+            # Built from the procedure table on first use, as gen_schemas
+            # writes it to schemas/openrpc.json.
+            from ._tools.gen_schemas import openrpc_document
+
+            self._openrpc = openrpc_document()
+        return self._openrpc
 
     def _lookup(self, session: _Session, method: str) -> Procedure:
         proc = self.table.get(method)
@@ -447,7 +732,7 @@ class Server:
 
     async def _invoke(self, session: _Session, proc: Procedure, raw: rpc.Params) -> Any:
         if isinstance(raw, list):
-            raise InvalidParams(f"{proc.name} takes named parameters (an object), not an array")
+            raw = positional_params(proc, raw)
         params: Any = structure(raw if raw is not None else {}, proc.params)
         ctx = CallContext(self, session)
         with trio.move_on_after(proc.deadline) as scope:
@@ -505,6 +790,84 @@ def _percentiles(samples: Sequence[float]) -> LatencyPercentiles:
     return LatencyPercentiles(n, pick(0.50), pick(0.99), round(ordered[-1] * 1000, 3))
 
 
+DISCOVER: Final = "rpc.discover"
+
+
+def positional_params(proc: Procedure, values: list[Any]) -> dict[str, Any]:
+    """Map a params array onto ``proc``'s parameters in table order
+    (JSON-RPC 2.0 section 4.2); ``[]`` means none.
+
+    Raises:
+        InvalidParams: more values than the procedure has parameters.
+    """
+    names = [field.name for field in attrs.fields(proc.params)]
+    if len(values) > len(names):
+        order = ", ".join(names) if names else "none"
+        raise InvalidParams(
+            f"{proc.name} takes at most {len(names)} positional parameters ({order}), "
+            f"got {len(values)}",
+            method=proc.name,
+            order=names,
+        )
+    return dict(zip(names, values, strict=False))
+
+
+class _AnonymousSlot:
+    """A connection counted against ``max_anonymous_clients`` until its
+    handshake ends; :meth:`release` is idempotent."""
+
+    def __init__(self, server: Server) -> None:
+        self._server: Server | None = server
+        server._anonymous += 1
+
+    def release(self) -> None:
+        if self._server is not None:
+            self._server._anonymous -= 1
+            self._server = None
+
+
+@attrs.frozen
+class _Accepted:
+    ws: trio_websocket.WebSocketConnection
+    role: Role
+    endpoint: str
+    peer: str
+
+
+async def _cancel_when_closed(
+    ws: trio_websocket.WebSocketConnection, scope: trio.CancelScope
+) -> None:
+    """Cancel ``scope`` as soon as the connection is closed, by either side:
+    a close frame, EOF or a reset all end trio-websocket's reader, which then
+    sets its close event."""
+    closed = getattr(ws, "_close_handshake", None)
+    if isinstance(closed, trio.Event):
+        await closed.wait()
+    else:  # pragma: no cover - another trio-websocket: poll the public state
+        while ws.closed is None:
+            await trio.sleep(0.25)
+    scope.cancel()
+
+
+def _peer_hung_up(stream: trio.abc.Stream | None) -> bool:
+    """Whether the peer of a socket stream closed or reset it, even with
+    unread data in front of the FIN (Linux ``POLLRDHUP``). False for streams
+    without a socket."""
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if not isinstance(stream, trio.SocketStream):
+        return False
+    try:
+        fd = stream.socket.fileno()
+    except OSError:
+        return True
+    if fd < 0:
+        return True
+    poller = select.poll()
+    poller.register(fd, _POLLRDHUP | select.POLLHUP | select.POLLERR)
+    return bool(poller.poll(0))
+
+
 def _ssl_context(cert: str, key: str) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert, key)
@@ -529,20 +892,19 @@ async def serve(
     closes every session and the listener.
     """
     server = Server(config, driver, dispatcher, tokens=tokens, backend=backend)
-    async with open_service_nursery() as nursery:
-        ws_server = await nursery.start(
-            functools.partial(
-                trio_websocket.serve_websocket,
-                server._handle_connection,
-                host,
-                port,
-                ssl_context,
-                handler_nursery=nursery,
-                max_message_size=config.max_message_size,
-            )
-        )
-        server.port = ws_server.port
-        try:
-            yield server
-        finally:
-            nursery.cancel_scope.cancel()
+    listeners: list[trio.abc.Listener[Any]] = []
+    sockets = await trio.open_tcp_listeners(port, host=host)
+    server.port = sockets[0].socket.getsockname()[1]
+    for sock in sockets:
+        listeners.append(sock if ssl_context is None else trio.SSLListener(sock, ssl_context))
+    try:
+        async with open_service_nursery() as nursery:
+            await nursery.start(server.run, listeners)
+            try:
+                yield server
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        for listener in listeners:
+            with trio.CancelScope(shield=True):
+                await listener.aclose()

@@ -33,7 +33,13 @@ import trio
 import trio_websocket
 
 from .._client import DEFAULT_URL, Client, connect
-from .._errors import ConnectionLost, TrioctlError
+from .._errors import (
+    ConnectError,
+    ConnectionRejected,
+    ConnectTimeout,
+    DaemonConnectionLost,
+    TrioctlError,
+)
 from .._models import DomainInfo, JobInfo, converter
 from .._tokens import ROLE_NAMES, TokensFileError, read_tokens_file
 
@@ -210,25 +216,16 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
         yield exc
 
 
-def _content_type(exc: trio_websocket.ConnectionRejected) -> str:
-    for key, value in exc.headers or ():
-        if key.lower() == b"content-type":
-            return value.decode("latin-1").split(";")[0].strip()
-    return ""
-
-
-def _rejected_message(
-    exc: trio_websocket.ConnectionRejected, url: str, token_source: str | None
-) -> str:
-    raw = exc.body or b""
-    body = raw.decode("utf-8", "replace").strip()
-    kind = _content_type(exc)
-    if "html" in kind or "\n" in body or len(body) > 200 or body.startswith("<"):
+def _rejected_message(exc: ConnectionRejected, url: str, token_source: str | None) -> str:
+    body, status = exc.body, exc.status
+    kind = str(exc.data.get("content_type", ""))
+    size = exc.data.get("body_bytes", len(body))
+    if "html" in kind or exc.data.get("multiline") or len(body) >= 200 or body.startswith("<"):
         # Not the daemon's one-line reason: a web server's page. Say so in
         # one line instead of printing the page.
         return (
-            f"{url} is not a trioctl daemon: it answered HTTP {exc.status_code} "
-            f"({kind or 'no content type'}, {len(raw)} bytes) instead of a WebSocket "
+            f"{url} is not a trioctl daemon: it answered HTTP {status} "
+            f"({kind or 'no content type'}, {size} bytes) instead of a WebSocket "
             f"handshake; check -c / $TRIOCTL_URL"
         )
     hint = {
@@ -236,8 +233,8 @@ def _rejected_message(
         "(the daemon's STATE_DIR/tokens.json)",
         403: "this token's role does not allow that endpoint",
         503: "the daemon is busy or stopping; try again later",
-    }.get(exc.status_code, "")
-    if exc.status_code == 401 and token_source is not None:
+    }.get(status, "")
+    if status == 401 and token_source is not None:
         # The daemon never says which file it reads (an unauthenticated peer
         # must not learn paths): the client says where its token came from.
         if token_source.startswith("no token"):
@@ -245,7 +242,7 @@ def _rejected_message(
         else:
             text = f"{url}: the token from {token_source} was refused (HTTP 401)"
         return f"{text}; {hint}"
-    text = f"{url} refused the connection (HTTP {exc.status_code})"
+    text = f"{url} refused the connection (HTTP {status})"
     if body:
         text += f": {body}"
     if hint:
@@ -263,24 +260,40 @@ def classify(
     where = url or "the daemon"
     if isinstance(exc, CliFailure):
         return exc
-    if isinstance(exc, ConnectionLost) and url is not None:
+    if isinstance(exc, DaemonConnectionLost):
         # Raised by the client library itself: the daemon's own errors come
-        # back as the class of their reason, never as ConnectionLost.
+        # back as the class of their reason, never as DaemonConnectionLost.
         return CliFailure("CONNECTION_LOST", f"{where}: {exc.message}", exit_code=EXIT_CONNECTION)
+    if isinstance(exc, ConnectionRejected):
+        return CliFailure(
+            "CONNECTION_REJECTED",
+            _rejected_message(exc, where, token_source),
+            exit_code=EXIT_CONNECTION,
+            data={"url": url, "status_code": exc.status}
+            | ({"token_from": token_source} if exc.status == 401 and token_source else {}),
+        )
+    if isinstance(exc, ConnectTimeout):
+        return CliFailure(
+            "CONNECTION_TIMEOUT",
+            f"{where} did not complete the WebSocket handshake in time",
+            exit_code=EXIT_CONNECTION,
+            data={"url": url},
+        )
+    if isinstance(exc, ConnectError):
+        return CliFailure(
+            "CONNECTION_FAILED",
+            f"{exc.message} (is `trioctl daemon` running there?)"
+            if isinstance(exc.__cause__, OSError)
+            else exc.message,
+            exit_code=EXIT_CONNECTION,
+            data={"url": url},
+        )
     if isinstance(exc, TrioctlError):
         reason = exc.reason
         wire_reason = exc.data.get("reason")
         if type(exc) is TrioctlError and isinstance(wire_reason, str):
             reason = wire_reason  # a reason this client does not know: keep it
         return CliFailure(reason, exc.message, data=dict(exc.data))
-    if isinstance(exc, trio_websocket.ConnectionRejected):
-        return CliFailure(
-            "CONNECTION_REJECTED",
-            _rejected_message(exc, where, token_source),
-            exit_code=EXIT_CONNECTION,
-            data={"url": url, "status_code": exc.status_code}
-            | ({"token_from": token_source} if exc.status_code == 401 and token_source else {}),
-        )
     if isinstance(exc, trio_websocket.ConnectionTimeout):
         return CliFailure(
             "CONNECTION_TIMEOUT",

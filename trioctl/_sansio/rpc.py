@@ -29,8 +29,10 @@ It follows the JSON-RPC 2.0 specification (https://www.jsonrpc.org/specification
 throughout. Where the specification leaves a choice, trioctl decides:
 
 - **Reserved names.** Method names beginning with ``rpc.`` are reserved for
-  rpc-internal methods and extensions, and trioctl implements none, so a
-  *request* for one is answered here with ``-32601 Method not found`` (it
+  rpc-internal methods and extensions. trioctl implements one,
+  ``rpc.discover`` (OpenRPC service discovery, :data:`RPC_EXTENSIONS`): a
+  request for it is a :class:`Request` like any other. A *request* for any
+  other ``rpc.`` name is answered here with ``-32601 Method not found`` (it
   arrives as an :class:`Invalid` item and never reaches the dispatcher). A
   *notification* for one stays a :class:`Notification`: notifications are
   never answered, and the dispatcher ignores names it has no handler for.
@@ -41,7 +43,8 @@ throughout. Where the specification leaves a choice, trioctl decides:
   typo such as ``"param"`` would otherwise silently drop the parameters), and
   so is ``"params": null``. Arrays as ``params`` are accepted here; trioctl's
   procedures take objects, so the dispatcher answers those with
-  ``-32602 Invalid params``.
+  ``-32602 Invalid params`` unless the array fits the procedure's parameters
+  in order.
 - **Ids.** A string, an integer, a finite number or null. Booleans, arrays and
   objects make the request invalid; it is then answered with id null.
 - **Strict JSON.** ``NaN``, ``Infinity`` and ``-Infinity`` are not JSON and
@@ -54,8 +57,11 @@ throughout. Where the specification leaves a choice, trioctl decides:
   answer becomes an ``-32603 Internal error`` (or loses its extra data).
 - **Limits.** ``max_size`` bounds the text (in characters for ``str``, bytes
   for ``bytes``) and ``max_batch`` the number of items in a batch; a server
-  message over either is answered with one ``-32600 Invalid Request`` and
-  nothing in it is run.
+  message over either is answered with one ``-32600 Invalid Request`` whose
+  ``data.reason`` is ``LIMIT_EXCEEDED`` (:class:`~trioctl.LimitExceeded`),
+  and nothing in it is run. A batch is decoded item by item, and decoding
+  stops at item ``max_batch + 1``: an oversized batch costs no more than a
+  full one, whatever it holds after that (even text that is not JSON).
 - **Lenient responses.** The client ignores members it does not know in a
   response, so a newer server may add some.
 
@@ -82,6 +88,7 @@ import attrs
 from .._errors import (
     InternalError,
     InvalidRequest,
+    LimitExceeded,
     LocalProtocolError,
     MethodNotFound,
     ParseError,
@@ -93,6 +100,7 @@ from .._errors import (
 __all__ = [
     "JSONRPC_VERSION",
     "RESERVED_METHOD_PREFIX",
+    "RPC_EXTENSIONS",
     "Incoming",
     "IncomingItem",
     "Invalid",
@@ -124,6 +132,9 @@ JSONRPC_VERSION: Final = "2.0"
 
 RESERVED_METHOD_PREFIX: Final = "rpc."
 """Method names starting with this are reserved by the specification."""
+
+RPC_EXTENSIONS: Final = frozenset({"rpc.discover"})
+"""The reserved ``rpc.`` names trioctl implements (they reach the dispatcher)."""
 
 _REQUEST_MEMBERS: Final = frozenset({"jsonrpc", "method", "params", "id"})
 _ENCODE_ERRORS: Final = (TypeError, ValueError, RecursionError)
@@ -463,12 +474,24 @@ def parse_request_text(
     """
     if max_size is not None and len(text) > max_size:
         return _single_invalid(
-            InvalidRequest(
+            LimitExceeded(
                 f"message of {len(text)} exceeds the limit of {max_size}",
+                limit="max_message_size",
                 size=len(text),
                 max_size=max_size,
             )
         )
+    if max_batch is not None:
+        try:
+            if not isinstance(text, str):
+                text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return _single_invalid(
+                ParseError(f"text is not valid UTF-8 ({exc.reason} at byte {exc.start})")
+            )
+        start = _skip_ws(text, 0)
+        if start < len(text) and text[start] == "[":
+            return _parse_batch(text, start, max_batch)
     try:
         obj = _loads(text)
     except _BadJson as exc:
@@ -476,16 +499,63 @@ def parse_request_text(
     if isinstance(obj, list):
         if not obj:
             return _single_invalid(InvalidRequest("empty batch"))
-        if max_batch is not None and len(obj) > max_batch:
-            return _single_invalid(
-                InvalidRequest(
-                    f"batch of {len(obj)} items exceeds the limit of {max_batch}",
-                    size=len(obj),
-                    max_batch=max_batch,
-                )
-            )
         return Incoming(tuple([_parse_item(element) for element in obj]), True)
     return Incoming((_parse_item(obj),), False)
+
+
+_WS: Final = frozenset(" \t\n\r")
+
+
+def _skip_ws(text: str, index: int) -> int:
+    end = len(text)
+    while index < end and text[index] in _WS:
+        index += 1
+    return index
+
+
+def _parse_batch(text: str, start: int, max_batch: int) -> Incoming:
+    """Decode a batch one element at a time, stopping past ``max_batch``.
+
+    ``text[start]`` is ``[``. The result is the same as decoding the whole
+    array and checking its length, except that an array of more than
+    ``max_batch`` elements is refused as soon as element ``max_batch + 1`` is
+    decoded, without looking at the rest.
+    """
+    elements: list[Any] = []
+    index = _skip_ws(text, start + 1)
+    try:
+        if index < len(text) and text[index] == "]":
+            if _skip_ws(text, index + 1) != len(text):
+                raise _BadJson("invalid JSON: extra data after the batch")
+            return _single_invalid(InvalidRequest("empty batch"))
+        while True:
+            try:
+                element, index = _DECODER.raw_decode(text, index)
+            except RecursionError:
+                raise _BadJson("JSON nested too deeply") from None
+            except ValueError as exc:
+                raise _BadJson(f"invalid JSON: {exc}") from None
+            elements.append(element)
+            if len(elements) > max_batch:
+                return _single_invalid(
+                    LimitExceeded(
+                        f"batch of more than {max_batch} items",
+                        limit="max_batch",
+                        max_batch=max_batch,
+                    )
+                )
+            index = _skip_ws(text, index)
+            if index < len(text) and text[index] == ",":
+                index = _skip_ws(text, index + 1)
+                continue
+            if index < len(text) and text[index] == "]":
+                if _skip_ws(text, index + 1) != len(text):
+                    raise _BadJson("invalid JSON: extra data after the batch")
+                break
+            raise _BadJson(f"invalid JSON: expected ',' or ']' at char {index}")
+    except _BadJson as exc:
+        return _single_invalid(ParseError(str(exc)))
+    return Incoming(tuple([_parse_item(element) for element in elements]), True)
 
 
 def _single_invalid(error: TrioctlError) -> Incoming:
@@ -526,7 +596,7 @@ def _parse_item(obj: object) -> IncomingItem:
         return Invalid(reply_id, InvalidRequest(f"unknown members: {shown}{more}"))
     if not has_id:
         return Notification(method, params)
-    if method.startswith(RESERVED_METHOD_PREFIX):
+    if method.startswith(RESERVED_METHOD_PREFIX) and method not in RPC_EXTENSIONS:
         return Invalid(
             reply_id,
             MethodNotFound(

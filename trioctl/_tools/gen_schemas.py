@@ -7,7 +7,9 @@ Usage::
 
 Each procedure gets ``schemas/NAME.params.json`` and ``schemas/NAME.result.json``
 (JSON Schema draft 2020-12); the domain definition gets
-``schemas/domain.json``. Field descriptions come from the attribute
+``schemas/domain.json``; the whole table, with errors and the
+``events.event`` notification, is ``schemas/openrpc.json`` (OpenRPC 1.3,
+what ``rpc.discover`` answers). Field descriptions come from the attribute
 docstrings of the attrs classes.
 """
 
@@ -28,8 +30,11 @@ from typing import Any, Final, Union
 
 import attrs
 
-from .._models import DomainDefinition
+from .._errors import _BY_REASON, TrioctlError
+from .._models import DomainDefinition, DomainEvent
+from .._pools import Priority
 from .._procedures import PROCEDURES, PROTOCOL_VERSION, Procedure
+from .._version import __version__
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 DRAFT: Final = "https://json-schema.org/draft/2020-12/schema"
@@ -175,8 +180,148 @@ def generate() -> dict[Path, str]:
         out[ROOT / "schemas" / f"{proc.name}.result.json"] = _dump(
             document(f"{proc.name} result", proc.result if proc.result else Any, proc.doc)
         )
+    out[ROOT / "schemas" / "openrpc.json"] = _dump(openrpc_document())
     out[ROOT / "docs" / "procedures.md"] = procedures_markdown()
     return out
+
+
+OPENRPC_VERSION: Final = "1.3.2"
+
+#: Errors any call may get, by reason.
+_COMMON_ERRORS: Final = (
+    "INVALID_PARAMS",
+    "ACCESS_DENIED",
+    "DEADLINE_EXCEEDED",
+    "SERVER_BUSY",
+    "INTERNAL_ERROR",
+)
+_JOB_ERRORS: Final = ("OPERATION_INVALID", "JOB_TIMEOUT", "JOB_QUEUE_FULL", "DOMAIN_DESTROYED")
+_MONITOR_ERRORS: Final = ("MONITOR_TIMEOUT", "MONITOR_UNRESPONSIVE", "MONITOR_ERROR")
+_EXTRA_ERRORS: Final[dict[str, tuple[str, ...]]] = {
+    "domain.define": ("DOMAIN_EXISTS",),
+    "domain.undefine": ("OPERATION_INVALID",),
+    "domain.start": ("LAUNCH_FAILED",),
+}
+
+
+def _first_paragraph(cls: type) -> str:
+    return " ".join((inspect.getdoc(cls) or "").split("\n\n")[0].split())
+
+
+def method_errors(proc: Procedure) -> list[str]:
+    """The reasons a call of ``proc`` may fail with, besides the protocol's."""
+    reasons = list(_COMMON_ERRORS)
+    if "name" in attrs.fields_dict(proc.params):
+        reasons.append("NO_DOMAIN")
+    if proc.job is not None:
+        reasons += _JOB_ERRORS
+        if proc.priority is Priority.LOW:
+            reasons += _MONITOR_ERRORS
+    reasons += _EXTRA_ERRORS.get(proc.name, ())
+    return list(dict.fromkeys(reasons))
+
+
+def _content_descriptors(cls: type, defs: dict[str, Any]) -> list[dict[str, Any]]:
+    """One OpenRPC content descriptor per field of ``cls``, in field order
+    (the order positional params follow)."""
+    body = object_schema(cls, defs)
+    required = set(body.get("required", []))
+    out = []
+    for name, schema in body["properties"].items():
+        descriptor: dict[str, Any] = {"name": name}
+        if "description" in schema:
+            descriptor["description"] = schema["description"]
+        descriptor["required"] = name in required
+        descriptor["schema"] = schema
+        out.append(descriptor)
+    return out
+
+
+def _refs_to_components(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {
+            key: (
+                value.replace("#/$defs/", "#/components/schemas/")
+                if key == "$ref" and isinstance(value, str)
+                else _refs_to_components(value)
+            )
+            for key, value in obj.items()
+        }
+    if isinstance(obj, list):
+        return [_refs_to_components(value) for value in obj]
+    return obj
+
+
+def openrpc_document() -> dict[str, Any]:
+    """The OpenRPC document of the procedure table: what ``rpc.discover``
+    answers and ``schemas/openrpc.json`` holds."""
+    defs: dict[str, Any] = {}
+    methods: list[dict[str, Any]] = []
+    for proc in PROCEDURES:
+        method: dict[str, Any] = {
+            "name": proc.name,
+            "summary": proc.doc.split(". ")[0].rstrip(".") if proc.doc else proc.name,
+            "description": proc.doc,
+            "paramStructure": "either",
+            "params": _content_descriptors(proc.params, defs),
+            "result": {
+                "name": f"{proc.name} result",
+                "schema": schema_for(proc.result, defs) if proc.result is not None else {},
+            },
+            "errors": [{"$ref": f"#/components/errors/{reason}"} for reason in method_errors(proc)],
+            "x-priority": proc.priority.value,
+            "x-role": proc.role.name.lower(),
+            "x-deadline": proc.deadline,
+        }
+        if proc.job is not None:
+            method["x-domain-job"] = proc.job.value
+        if proc.endpoint == "admin":
+            method["servers"] = [{"name": "admin", "url": "/admin"}]
+        methods.append(method)
+    methods.append(
+        {
+            "name": "events.event",
+            "summary": "A domain event, sent by the server after events.subscribe",
+            "description": (
+                "A notification from the server to the client (never called by a "
+                "client), one per domain event, while the client is subscribed. "
+                "kind is lifecycle, monitor or qmp; monitor events include "
+                "events_dropped (data.count: QMP events of that domain dropped "
+                "by the per-domain rate bound, driver.max_events_per_second)."
+            ),
+            "paramStructure": "by-name",
+            "params": _content_descriptors(DomainEvent, defs),
+            "x-notification": "server-to-client",
+        }
+    )
+    errors = {}
+    for reason, cls in sorted(_BY_REASON.items(), key=lambda kv: (-kv[1].rpc_code, kv[0])):
+        if cls is TrioctlError:
+            continue
+        errors[reason] = {
+            "code": cls.rpc_code,
+            "message": _first_paragraph(cls),
+            "data": {"reason": reason},
+        }
+    document = {
+        "openrpc": OPENRPC_VERSION,
+        "info": {
+            "title": "trioctl",
+            "version": __version__,
+            "description": (
+                f"trioctl JSON-RPC 2.0 over WebSocket, protocol {PROTOCOL_VERSION}. "
+                "`/` serves the API, `/admin` the admin procedures. Params may be "
+                "an object or an array in the order listed here. Every error has "
+                "data.reason. rpc.discover returns this document."
+            ),
+        },
+        "servers": [{"name": "api", "url": "/"}],
+        "methods": methods,
+        "components": {"schemas": dict(sorted(defs.items())), "errors": errors},
+    }
+    result = _refs_to_components(document)
+    assert isinstance(result, dict)
+    return result
 
 
 def _type_name(tp: Any) -> str:
@@ -232,12 +377,50 @@ def procedures_markdown() -> str:
         "",
         f"Protocol version {PROTOCOL_VERSION}. Transport: JSON-RPC 2.0 over WebSocket text",
         "frames; `/` serves the API procedures, `/admin` the admin ones. Params are",
-        "always an object; unknown keys are refused (`INVALID_PARAMS`). Priority",
-        "follows libvirt's rule: a procedure that may touch a monitor is `low`;",
-        "destroy, lookups, listing and cached info are `high`. A procedure with a",
-        "job kind first waits for the domain's job in its bounded queue (holding",
-        "no worker), then runs on a worker of its priority. JSON Schemas for each",
-        "procedure are in `schemas/NAME.params.json` and `schemas/NAME.result.json`.",
+        "an object (unknown keys are refused, `INVALID_PARAMS`) or an array that maps",
+        "onto the parameters in the order of each procedure's table below (JSON-RPC",
+        "2.0 section 4.2): `[]` means none, a shorter array leaves the rest to their",
+        "defaults, a longer one is `INVALID_PARAMS` with the order in `data.order`.",
+        "Priority follows libvirt's rule: a procedure that may touch a monitor is",
+        "`low`; destroy, lookups, listing and cached info are `high`. A procedure",
+        "with a job kind first waits for the domain's job in its bounded queue",
+        "(holding no worker), then runs on a worker of its priority. JSON Schemas",
+        "for each procedure are in `schemas/NAME.params.json` and",
+        "`schemas/NAME.result.json`; the whole table is the OpenRPC 1.3 document",
+        "`schemas/openrpc.json`, which `rpc.discover` (no params) returns on either",
+        "endpoint.",
+        "",
+        "## Connecting, limits and batches",
+        "",
+        "- **Handshake.** A client sends its token as `Authorization: Bearer TOKEN`,",
+        "  or, from a browser (which cannot set that header), as the subprotocol",
+        "  `bearer.TOKEN` offered beside `trioctl.v1`: the server then selects",
+        "  `trioctl.v1`, never the token. A handshake with an `Origin` header is",
+        "  refused (403) unless that origin is in `server.allowed_origins`, with or",
+        "  without auth; clients that send no `Origin` are unaffected. Refusals: 400",
+        "  (`bearer.` without `trioctl.v1`), 401 (no valid token), 403 (Origin, or",
+        "  `/admin` without an admin token), 404 (another path), 503 (`max_clients`,",
+        "  `admin_max_clients` for `/admin`, or shutting down).",
+        "- **Before the handshake.** At most `server.max_anonymous_clients`",
+        "  connections may be in their handshake at once (the next is closed at",
+        "  once), each for at most `server.handshake_timeout` seconds.",
+        "- **Batches.** A batch of up to `server.max_batch` items is answered in",
+        "  full (notifications left out) whatever `max_client_requests` is; its items",
+        "  run concurrently, in no set order, at most `max_client_requests` of the",
+        "  client's calls at once. A larger batch gets one error, `-32600` with",
+        "  `data.reason` `LIMIT_EXCEEDED` and `data.max_batch`, and none of it runs.",
+        "- **Backpressure.** Each message (a call or a batch) holds one of the",
+        "  client's `max_client_requests` slots until its reply is queued; replies",
+        "  and events queued for a client are bounded by `server.max_output_bytes`.",
+        "  A client that does not read is not read.",
+        "- **Events.** After `events.subscribe`, the server sends `events.event`",
+        "  notifications (params: a `DomainEvent`). Each domain passes on at most",
+        "  `driver.max_events_per_second` QMP events (bursts of one second's worth);",
+        "  the rest are dropped and counted, and reported by a `monitor` event",
+        "  `events_dropped` with `data.count` (before the next event that passes,",
+        "  or alone a second after the first drop).",
+        "",
+        "## Procedure table",
         "",
         "| procedure | priority | role | domain job | deadline (s) | endpoint |",
         "|---|---|---|---|---|---|",
@@ -253,6 +436,10 @@ def procedures_markdown() -> str:
     for p in procs:
         lines += [f"## {p.name}", "", p.doc, "", "Params:", ""]
         lines += _fields_table(p.params)
+        names = [f.name for f in attrs.fields(p.params)]
+        if names:
+            order = ", ".join(f"`{n}`" for n in names)
+            lines += [f"Positional order: {order}.", ""]
         if p.result is None:
             lines += ["Result: any JSON value.", ""]
         else:
