@@ -177,8 +177,9 @@ async def test_queue_full_at_once_names_the_holder(autojump_clock: MOCK) -> None
             nursery.start_soon(hold, jobs, "vm1", "domain.get_stats", client)
         await trio.sleep(7)
         assert stats(jobs).queued == 2
+        # A modify claim: a query would wait in its own lane (see the query-lane tests).
         with pytest.raises(JobQueueFull) as info:
-            async with jobs.job("vm1", JobKind.QUERY, procedure="p", client="c3"):
+            async with jobs.job("vm1", JobKind.MODIFY, procedure="p", client="c3"):
                 pytest.fail("must not get the job")
         assert trio.current_time() == 7.0
         assert str(info.value) == (
@@ -334,8 +335,9 @@ async def test_destroy_bypasses_the_bound_and_interrupts_the_holder(
         assert info.value.data["by"] == {"procedure": "domain.destroy", "client": "admin"}
         assert "destroyed by domain.destroy for client admin" in str(info.value)
 
+    # Modify claims: max_queued bounds them (queries have their own lane).
     async def queued(name: str) -> None:
-        async with jobs.job("vm1", JobKind.QUERY, procedure="domain.get_stats", client=name):
+        async with jobs.job("vm1", JobKind.MODIFY, procedure="domain.reset", client=name):
             events.append(f"{name} at {trio.current_time()}")
 
     async with trio.open_nursery() as nursery:
@@ -343,7 +345,7 @@ async def test_destroy_bypasses_the_bound_and_interrupts_the_holder(
         nursery.start_soon(queued, "q1")
         await trio.sleep(5)
         with pytest.raises(JobQueueFull):
-            async with jobs.job("vm1", JobKind.QUERY, procedure="p", client="q2"):
+            async with jobs.job("vm1", JobKind.MODIFY, procedure="p", client="q2"):
                 pass
         async with jobs.job(
             "vm1", JobKind.DESTROY, procedure="domain.destroy", client="admin"
@@ -488,7 +490,7 @@ async def test_domains_are_independent(autojump_clock: MOCK) -> None:
 
 
 async def test_no_leak_with_ten_thousand_domains(autojump_clock: MOCK) -> None:
-    jobs = DomainJobs(max_queued=1)
+    jobs = DomainJobs(max_queued=1, max_queued_queries=1)
 
     async def touch(domain: str) -> None:
         async with jobs.job(domain, JobKind.QUERY, procedure="p", client="c"):
@@ -541,6 +543,11 @@ class ModelDomain:
     interrupted: bool = False
     destroyers: list[tuple[Claim, float]] = attrs.Factory(list)
     waiters: list[tuple[Claim, float]] = attrs.Factory(list)
+    queries: list[tuple[Claim, float]] = attrs.Factory(list)
+    """The query lane (empty without it)."""
+
+    def queues(self) -> tuple[list[tuple[Claim, float]], ...]:
+        return (self.destroyers, self.waiters, self.queries)
 
 
 class JobsThread:
@@ -598,24 +605,67 @@ class JobsMachine(RuleBasedStateMachine):
         self.model: dict[str, ModelDomain] = {}
         self.now = 0.0
         self.counts = dict.fromkeys(
-            ("acquired", "rejected", "timeouts", "abandoned", "interrupted"), 0
+            ("acquired", "rejected", "rejected_queries", "timeouts", "abandoned", "interrupted"),
+            0,
         )
 
-    @initialize(max_queued=st.integers(0, 2), wait=st.none() | st.integers(1, 5))
-    def start(self, max_queued: int, wait: int | None) -> None:
-        self.jobs = DomainJobs(max_queued=max_queued, wait_timeout=wait)
+    @initialize(
+        max_queued=st.integers(0, 2),
+        max_queued_queries=st.integers(0, 2),
+        query_lane=st.booleans(),
+        wait=st.none() | st.integers(1, 5),
+    )
+    def start(
+        self, max_queued: int, max_queued_queries: int, query_lane: bool, wait: int | None
+    ) -> None:
+        self.jobs = DomainJobs(
+            max_queued=max_queued,
+            max_queued_queries=max_queued_queries,
+            query_lane=query_lane,
+            wait_timeout=wait,
+        )
         self.thread = JobsThread()
 
     # -- the model ------------------------------------------------------------------
 
+    def _lane_query(self, claim: Claim) -> bool:
+        return self.jobs.query_lane and claim.kind is JobKind.QUERY
+
+    def _next_queue(
+        self, entry: ModelDomain, after: Claim, waiters: list[Any], queries: list[Any]
+    ) -> list[Any] | None:
+        """Destroys first; then, when both lanes wait, the lane the holder
+        ``after`` was not in; else whichever lane waits."""
+        if entry.destroyers:
+            return entry.destroyers
+        if waiters and queries:
+            return waiters if self._lane_query(after) else queries
+        return waiters or queries or None
+
+    def _expected_order(self, entry: ModelDomain) -> list[Claim]:
+        order = [c for c, _ in entry.destroyers]
+        after = order[-1] if order else entry.holder
+        waiters = [c for c, _ in entry.waiters]
+        queries = [c for c, _ in entry.queries]
+        while waiters or queries:
+            if waiters and queries:
+                queue = waiters if self._lane_query(after) else queries
+            else:
+                queue = waiters or queries
+            after = queue.pop(0)
+            order.append(after)
+        return order
+
     def _grant_next(self, domain: str) -> None:
         entry = self.model[domain]
-        queue = entry.destroyers or entry.waiters
-        if not queue:
+        queue = self._next_queue(entry, entry.holder, entry.waiters, entry.queries)
+        if queue is None:
             del self.model[domain]
             return
         claim, _ = queue.pop(0)
-        self.model[domain] = ModelDomain(claim, self.now, False, entry.destroyers, entry.waiters)
+        self.model[domain] = ModelDomain(
+            claim, self.now, False, entry.destroyers, entry.waiters, entry.queries
+        )
         self.counts["acquired"] += 1
 
     def _end_holder(self, domain: str, outcome: str) -> None:
@@ -660,6 +710,14 @@ class JobsMachine(RuleBasedStateMachine):
             entry.destroyers.append((claim, self.now))
             if entry.holder.kind is not JobKind.DESTROY:
                 self._interrupt(domain)
+        elif self._lane_query(claim):
+            bound = self.jobs.max_queued_queries
+            if bound and len(entry.queries) >= bound:
+                claim.expect = "JOB_QUEUE_FULL"
+                self.counts["rejected"] += 1
+                self.counts["rejected_queries"] += 1
+            else:
+                entry.queries.append((claim, self.now))
         elif self.jobs.max_queued and len(entry.waiters) >= self.jobs.max_queued:
             claim.expect = "JOB_QUEUE_FULL"
             self.counts["rejected"] += 1
@@ -688,8 +746,8 @@ class JobsMachine(RuleBasedStateMachine):
         if entry.holder is claim:
             self._end_holder(claim.domain, "cancelled")
         else:
-            entry.destroyers = [(c, t) for c, t in entry.destroyers if c is not claim]
-            entry.waiters = [(c, t) for c, t in entry.waiters if c is not claim]
+            for queue in entry.queues():
+                queue[:] = [(c, t) for c, t in queue if c is not claim]
             claim.expect = "cancelled"
             self.counts["abandoned"] += 1
         self.thread.step(claim.scope.cancel)
@@ -712,7 +770,7 @@ class JobsMachine(RuleBasedStateMachine):
         wait = self.jobs.wait_timeout
         if wait is not None:
             for entry in self.model.values():
-                for queue in (entry.destroyers, entry.waiters):
+                for queue in entry.queues():
                     for claim, since in list(queue):
                         if since + wait <= self.now:
                             queue.remove((claim, since))
@@ -744,21 +802,23 @@ class JobsMachine(RuleBasedStateMachine):
             domain: (
                 e.holder.client,
                 self.now - e.granted_at,
-                [c.client for c, _ in (*e.destroyers, *e.waiters)],
+                [c.client for c in self._expected_order(e)],
             )
             for domain, e in self.model.items()
         }
         assert listed == expected
+        assert {i.domain: i.queued_queries for i in seen["jobs"]} == {
+            domain: len(e.queries) for domain, e in self.model.items()
+        }
         s = seen["stats"]
         assert s.held == len(self.model)
-        assert s.queued == sum(len(e.destroyers) + len(e.waiters) for e in self.model.values())
+        assert s.queued == sum(len(q) for e in self.model.values() for q in e.queues())
+        assert s.queued_queries == sum(len(e.queries) for e in self.model.values())
         assert {k: getattr(s, k) for k in self.counts} == self.counts
         for claim in self.claims:
             assert claim.outcome == claim.expect, claim
             holding = any(e.holder is claim for e in self.model.values())
-            queued = any(
-                c is claim for e in self.model.values() for c, _ in (*e.destroyers, *e.waiters)
-            )
+            queued = any(c is claim for e in self.model.values() for q in e.queues() for c, _ in q)
             assert (claim.expect is None) == (holding or queued)
             if claim.expect is None:
                 assert claim.holding == holding
