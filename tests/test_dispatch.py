@@ -238,10 +238,12 @@ async def test_open_dispatcher_defaults_follow_the_mode() -> None:
             assert d.mode is DispatchMode.DEFAULT
             assert d.pools.limits == PoolLimits()
             assert (d.jobs.max_queued, d.jobs.wait_timeout) == (DEFAULT_MAX_QUEUED, 30.0)
+            assert (d.jobs.query_lane, d.jobs.max_queued_queries) == (True, 32)
         async with open_dispatcher(DispatchMode.LEGACY) as d:
             assert d.pools.limits == legacy_limits()
             assert legacy_limits().prio_workers == 0
             assert (d.jobs.max_queued, d.jobs.wait_timeout) == (0, 30.0)
+            assert d.jobs.query_lane is False
             assert isinstance(d.statistics(), DispatchStatistics)
 
 

@@ -14,6 +14,12 @@ request's own task. What matters is the order of the two waits:
   libvirt; with the default limits it is libvirt 9.0. Both let a storm of
   calls on hung domains park every general worker on a job lock, which is
   the starvation the benchmarks compare against.
+
+Read-only callers cannot deny service to writers in either order as long as
+the job registry has its query lane (``DomainJobs(query_lane=True)``, the
+default): a :attr:`~trioctl.JobKind.QUERY` call waits in a queue of its own
+that alternates with the other kinds (see ``trioctl._jobs``).
+:func:`open_dispatcher` turns the lane off in legacy mode, as libvirt has none.
 """
 
 from __future__ import annotations
@@ -25,7 +31,14 @@ from typing import TypeVar, TypeVarTuple
 
 import attrs
 
-from ._jobs import DEFAULT_MAX_QUEUED, DEFAULT_WAIT_TIMEOUT, DomainJobs, JobKind, JobStatistics
+from ._jobs import (
+    DEFAULT_MAX_QUEUED,
+    DEFAULT_MAX_QUEUED_QUERIES,
+    DEFAULT_WAIT_TIMEOUT,
+    DomainJobs,
+    JobKind,
+    JobStatistics,
+)
 from ._pools import PoolLimits, PoolStatistics, Priority, WorkerPools, open_worker_pools
 
 __all__ = [
@@ -167,14 +180,16 @@ async def open_dispatcher(
     *,
     limits: PoolLimits | None = None,
     max_queued: int | None = None,
+    max_queued_queries: int = DEFAULT_MAX_QUEUED_QUERIES,
+    query_lane: bool | None = None,
     wait_timeout: float | None = DEFAULT_WAIT_TIMEOUT,
 ) -> AsyncIterator[Dispatcher]:
     """Open worker pools and a job registry and yield a :class:`Dispatcher` over them.
 
     Defaults follow ``mode``: :attr:`DispatchMode.DEFAULT` uses
-    ``PoolLimits()`` and ``max_queued=DEFAULT_MAX_QUEUED`` (32);
-    :attr:`DispatchMode.LEGACY` uses :func:`legacy_limits` and
-    ``max_queued=0`` (pre-patch libvirt). Leaving the block closes the pools
+    ``PoolLimits()``, ``max_queued=DEFAULT_MAX_QUEUED`` (32) and the query
+    lane; :attr:`DispatchMode.LEGACY` uses :func:`legacy_limits`,
+    ``max_queued=0`` and no query lane (pre-patch libvirt). Leaving the block closes the pools
     (see :func:`~trioctl._pools.open_worker_pools`).
 
     Raises:
@@ -185,6 +200,13 @@ async def open_dispatcher(
         limits = legacy_limits() if legacy else PoolLimits()
     if max_queued is None:
         max_queued = 0 if legacy else DEFAULT_MAX_QUEUED
-    jobs = DomainJobs(max_queued=max_queued, wait_timeout=wait_timeout)
+    if query_lane is None:
+        query_lane = not legacy
+    jobs = DomainJobs(
+        max_queued=max_queued,
+        max_queued_queries=max_queued_queries,
+        query_lane=query_lane,
+        wait_timeout=wait_timeout,
+    )
     async with open_worker_pools(limits) as pools:
         yield Dispatcher(pools, jobs, mode=mode)

@@ -55,7 +55,13 @@ from ._errors import (
     OperationInvalid,
     RemoteProtocolError,
 )
-from ._jobs import DEFAULT_MAX_QUEUED, DomainJobs, JobInfo as _HeldJob, JobKind
+from ._jobs import (
+    DEFAULT_MAX_QUEUED,
+    DEFAULT_MAX_QUEUED_QUERIES,
+    DomainJobs,
+    JobInfo as _HeldJob,
+    JobKind,
+)
 from ._launcher import LaunchSpec, QemuProcess, launch
 from ._models import (
     DomainDefinition,
@@ -92,6 +98,12 @@ class DriverConfig:
     socket paths are limited to 107 bytes: keep this short."""
     max_queued: int = DEFAULT_MAX_QUEUED
     """Callers that may wait for one domain's job (0: unbounded, as libvirt)."""
+    max_queued_queries: int = DEFAULT_MAX_QUEUED_QUERIES
+    """Queries (``domain.get_stats``) that may wait for one domain's job, in
+    their own queue (0: unbounded); see ``query_lane``."""
+    query_lane: bool = True
+    """Queries wait in their own queue, alternating with the other jobs, so
+    readers cannot fill the writers' queue; False: libvirt's one queue."""
     job_wait_timeout: float | None = 30.0
     """How long a caller waits for a domain's job (None: forever)."""
     monitor_timeout: float | None = 5.0
@@ -169,7 +181,12 @@ class Driver:
     def __init__(self, config: DriverConfig, nursery: trio.Nursery) -> None:
         self.config = config
         self.store = Store(config.state_dir, config.runtime_dir)
-        self.jobs = DomainJobs(max_queued=config.max_queued, wait_timeout=config.job_wait_timeout)
+        self.jobs = DomainJobs(
+            max_queued=config.max_queued,
+            max_queued_queries=config.max_queued_queries,
+            query_lane=config.query_lane,
+            wait_timeout=config.job_wait_timeout,
+        )
         self.load_problems: list[LoadProblem] = []
         self._nursery = nursery
         self._domains: dict[str, _Domain] = {}
