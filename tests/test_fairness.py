@@ -145,6 +145,7 @@ async def test_list_jobs_shows_the_lanes(sock_dir: Path, lane: bool) -> None:
                     await trio.sleep(0.01)
                 [job] = await admin.list_jobs()
                 assert (job.kind, job.procedure, job.queued) == ("modify", "domain.suspend", 3)
+                assert job.queued_queries == (2 if lane else 0)
                 s = d.driver.jobs.statistics()
                 assert (s.query_lane, s.queued, s.queued_queries) == (lane, 3, 2 if lane else 0)
                 [held] = d.driver.jobs.list_jobs()

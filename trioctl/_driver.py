@@ -968,6 +968,7 @@ def _job_record(job: _HeldJob) -> JobInfo:
         client=job.owner.client,
         held_seconds=round(job.held_seconds, 3),
         queued=job.queued,
+        queued_queries=job.queued_queries,
     )
 
 

@@ -462,7 +462,7 @@ PROCEDURES: Final = ProcedureTable(
         Procedure("admin.list_jobs", NoParams, JobList, _list_jobs, HIGH, ADMIN, deadline=5,
                   endpoint="admin",
                   doc="Every held domain job: holder procedure, client, seconds held, "
-                      "callers queued."),
+                      "callers queued (and how many of them are queries)."),
         Procedure("admin.get_stats", NoParams, ServerStats, _get_stats_admin, HIGH, ADMIN,
                   deadline=5, endpoint="admin",
                   doc="Calls per procedure, errors per reason, latency percentiles per "
