@@ -13,12 +13,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 
 from trioctl import JobQueueFull, JobTimeout, TrioctlError
 from trioctl._client import connect
-from trioctl._procedures import Role
+from trioctl._jobs import JobKind
+from trioctl._procedures import PROCEDURES, ProcedureTable, Role
 from trioctl._server import Tokens
 from trioctl.sim._control import control_request
 
@@ -30,7 +32,13 @@ WRITES = 40
 READ_TOKEN, WRITE_TOKEN = "r" * 20, "w" * 20
 
 
-async def hammer_and_write(sock_dir: Path, **overrides: Any) -> tuple[list[str], dict[str, int]]:
+def waiting_readers(daemon: Any) -> int:
+    return int(daemon.driver.jobs.statistics().queued + daemon.dispatcher.statistics().joined)
+
+
+async def hammer_and_write(
+    sock_dir: Path, *, share: bool = True, **overrides: Any
+) -> tuple[list[str], dict[str, int]]:
     """8 readers hammer get_stats on vm1 while one writer makes 40 calls
     (suspend, and resume once suspended). Returns each write's outcome ("ok" or the
     error's reason) and the readers' counts."""
@@ -41,6 +49,10 @@ async def hammer_and_write(sock_dir: Path, **overrides: Any) -> tuple[list[str],
         daemon.server.tokens = Tokens(
             {READ_TOKEN: Role.READ, WRITE_TOKEN: Role.WRITE, daemon.token: Role.ADMIN}
         )
+        if not share:
+            daemon.server.table = ProcedureTable(
+                [attrs.evolve(p, shared=False) for p in daemon.server.table]
+            )
         async with connect(daemon.url, WRITE_TOKEN) as writer:
             await writer.define({"name": "vm1"})
             await writer.start("vm1")
@@ -72,8 +84,9 @@ async def hammer_and_write(sock_dir: Path, **overrides: Any) -> tuple[list[str],
             async with trio.open_nursery() as nursery:
                 for _ in range(READERS):
                     nursery.start_soon(reader)
-                # Let the readers fill the domain's queue first.
-                while daemon.driver.jobs.statistics().queued < 20:
+                # Let the readers pile up first (queued, or joined to a
+                # shared call that is queued).
+                while waiting_readers(daemon) < 20:
                     await trio.sleep(0.01)
                 paused = False
                 for _ in range(WRITES):
@@ -90,6 +103,7 @@ async def hammer_and_write(sock_dir: Path, **overrides: Any) -> tuple[list[str],
             stats = daemon.driver.jobs.statistics()
             reads["rejected_queries"] = stats.rejected_queries
             reads["rejected"] = stats.rejected
+            reads["shared"] = daemon.dispatcher.statistics().shared
             return outcomes, reads
 
 
@@ -97,9 +111,20 @@ async def test_readers_cannot_stop_writers(sock_dir: Path) -> None:
     with trio.fail_after(90):
         outcomes, reads = await hammer_and_write(sock_dir)
     assert outcomes == ["ok"] * WRITES
-    # The readers were served too, and only queries were ever refused.
+    # The readers were served too, never refused: they share their round trips.
     assert reads["ok"] >= WRITES
+    assert reads["rejected"] == reads["JOB_QUEUE_FULL"] == reads["JOB_TIMEOUT"] == 0
+    assert reads["shared"] > 0
+
+
+async def test_the_query_lane_alone_keeps_writers_served(sock_dir: Path) -> None:
+    """Without sharing (a reader's calls are never answered together), the
+    readers crowd each other out of their lane, but never the writer."""
+    with trio.fail_after(90):
+        outcomes, reads = await hammer_and_write(sock_dir, share=False)
+    assert outcomes == ["ok"] * WRITES
     assert reads["rejected"] == reads["rejected_queries"]
+    assert reads["shared"] == 0
 
 
 async def test_without_the_query_lane_readers_stop_writers(sock_dir: Path) -> None:
@@ -109,7 +134,15 @@ async def test_without_the_query_lane_readers_stop_writers(sock_dir: Path) -> No
         outcomes, reads = await hammer_and_write(sock_dir, driver__query_lane=False)
     refused = outcomes.count("JOB_QUEUE_FULL")
     assert refused >= WRITES // 2, outcomes
-    assert reads["rejected_queries"] == 0
+    assert reads["rejected_queries"] == reads["shared"] == 0
+
+
+def test_only_a_query_procedure_can_be_shared() -> None:
+    [stats] = [p for p in PROCEDURES if p.name == "domain.get_stats"]
+    assert stats.shared and stats.job is JobKind.QUERY
+    assert [p.name for p in PROCEDURES if p.shared] == ["domain.get_stats"]
+    with pytest.raises(ValueError, match="only a query job can be shared"):
+        ProcedureTable([attrs.evolve(stats, job=JobKind.MODIFY)])
 
 
 @pytest.mark.parametrize("lane", [True, False])
@@ -143,16 +176,18 @@ async def test_list_jobs_shows_the_lanes(sock_dir: Path, lane: bool) -> None:
                 for _ in range(2):
                     nursery.start_soon(call, client.get_stats, "vm1")
                 nursery.start_soon(call, client.reset, "vm1")
-                while d.driver.jobs.statistics().queued < 3:
+                # With the lane the two get_stats share one place in it.
+                queued, queries = (2, 1) if lane else (3, 0)
+                while waiting_readers(d) < 3:
                     await trio.sleep(0.01)
                 [job] = await admin.list_jobs()
-                assert (job.kind, job.procedure, job.queued) == ("modify", "domain.suspend", 3)
-                assert job.queued_queries == (2 if lane else 0)
+                assert (job.kind, job.procedure) == ("modify", "domain.suspend")
+                assert (job.queued, job.queued_queries) == (queued, queries)
                 s = d.driver.jobs.statistics()
-                assert (s.query_lane, s.queued, s.queued_queries) == (lane, 3, 2 if lane else 0)
+                assert (s.query_lane, s.queued, s.queued_queries) == (lane, queued, queries)
+                assert d.dispatcher.statistics().joined == (1 if lane else 0)
                 [held] = d.driver.jobs.list_jobs()
-                assert held.queued_queries == (2 if lane else 0)
                 if lane:  # a query goes right after the modify holder
-                    assert [w.kind.value for w in held.waiters] == ["query", "modify", "query"]
+                    assert [w.kind.value for w in held.waiters] == ["query", "modify"]
                 await client.destroy("vm1")
                 nursery.cancel_scope.cancel()
