@@ -110,6 +110,7 @@ async def one_round(
                             nursery.start_soon(read_loop, client)
 
             async with trio.open_nursery() as nursery:
+                reading = time.perf_counter()
                 for _ in range(readers):
                     ready = trio.Event()
                     nursery.start_soon(reader, ready)
@@ -130,6 +131,7 @@ async def one_round(
                         write_outcomes[exc.reason] += 1
                     write_latency.append(time.perf_counter() - began)
                 elapsed = time.perf_counter() - started
+                read_seconds = time.perf_counter() - reading
                 done.set()
     finally:
         await daemon.stop()
@@ -139,6 +141,7 @@ async def one_round(
         "write_latency": summarize_values(write_latency),
         "reads": dict(reads),
         "read_latency": summarize_values(read_latency),
+        "reads_per_second": round(reads["ok"] / read_seconds),
         "seconds": round(elapsed, 3),
     }
 
@@ -146,8 +149,8 @@ async def one_round(
 def table(results: list[dict[str, Any]], writes: int) -> str:
     lines = [
         "| mode | round | writes ok | write errors | write p50 / p99 / max (ms) "
-        "| reads ok | read errors | read p50 / p99 (ms) | seconds |",
-        "|---|---:|---:|---|---|---:|---|---|---:|",
+        "| reads ok | reads/s | read errors | read p50 / p99 (ms) | writes took (s) |",
+        "|---|---:|---:|---|---|---:|---:|---|---|---:|",
     ]
     rounds: Counter[str] = Counter()
     for r in results:
@@ -158,7 +161,8 @@ def table(results: list[dict[str, Any]], writes: int) -> str:
         lines.append(
             f"| {r['mode']} | {rounds[r['mode']]} | {r['writes'].get('ok', 0)}/{writes} "
             f"| {werr or '-'} | {w['p50_ms']} / {w['p99_ms']} / {w['max_ms']} "
-            f"| {r['reads'].get('ok', 0)} | {rerr or '-'} | {rl['p50_ms']} / {rl['p99_ms']} "
+            f"| {r['reads'].get('ok', 0)} | {r['reads_per_second']} | {rerr or '-'} "
+            f"| {rl['p50_ms']} / {rl['p99_ms']} "
             f"| {r['seconds']} |"
         )
     return "\n".join(lines)

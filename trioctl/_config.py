@@ -534,7 +534,8 @@ class DriverSettings:
         metadata=_meta(
             _boolean,
             "Queries wait in their own queue, alternating with the other jobs, so read-only "
-            "callers cannot fill the writers' queue. false: libvirt's one queue.",
+            "callers cannot fill the writers' queue, and concurrent domain.get_stats calls "
+            "share one monitor round trip. false: libvirt's one queue, no sharing.",
         ),
     )
     job_wait_timeout: float | None = attrs.field(

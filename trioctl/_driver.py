@@ -103,7 +103,8 @@ class DriverConfig:
     their own queue (0: unbounded); see ``query_lane``."""
     query_lane: bool = True
     """Queries wait in their own queue, alternating with the other jobs, so
-    readers cannot fill the writers' queue; False: libvirt's one queue."""
+    readers cannot fill the writers' queue, and the dispatcher lets concurrent
+    shared queries answer together; False: libvirt's one queue, no sharing."""
     job_wait_timeout: float | None = 30.0
     """How long a caller waits for a domain's job (None: forever)."""
     monitor_timeout: float | None = 5.0
