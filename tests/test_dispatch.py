@@ -10,6 +10,8 @@ high-priority call. trioctl's order starts both at once; the legacy orders
 from __future__ import annotations
 
 import contextlib
+import itertools
+import math
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -17,6 +19,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from trioctl._dispatch import (
     Dispatcher,
@@ -575,3 +578,83 @@ async def hold_job(
         async with jobs.job("vm1", JobKind.MODIFY, procedure="domain.reset", client="w"):
             task_status.started()
             await trio.sleep_forever()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    calls=st.lists(
+        st.tuples(
+            st.sampled_from(["read", "write"]),
+            st.integers(0, 30),  # asks at this many tenths of a second
+            st.none() | st.integers(1, 30),  # gives up after this many tenths
+        ),
+        min_size=1,
+        max_size=25,
+    )
+)
+def test_shared_reads_are_fresh_and_jobs_exclusive(
+    calls: list[tuple[str, int, int | None]],
+) -> None:
+    """Random readers and writers on one domain, some giving up: a reader's
+    answer always comes from a round trip that began after it asked; handlers
+    never overlap (one job at a time); every reader that does not give up is
+    answered; nothing is left behind."""
+    running: list[str] = []
+    spans: list[tuple[float, float]] = []
+    answered: list[int] = []
+
+    async def body(what: str, seconds: float) -> float:
+        assert not running, running  # exclusive: nobody else runs
+        running.append(what)
+        began = trio.current_time()
+        try:
+            await trio.sleep(seconds)
+        finally:
+            running.remove(what)
+        spans.append((began, trio.current_time()))
+        return began
+
+    async def main() -> None:
+        async with open_dispatcher() as dispatcher, trio.open_nursery() as nursery:
+
+            async def caller(i: int, kind: str, at: int, give_up: int | None) -> None:
+                await trio.sleep(at / 10)
+                asked = trio.current_time()
+                with trio.move_on_after(math.inf if give_up is None else give_up / 10):
+                    if kind == "read":
+                        began = await dispatcher.call(
+                            Priority.LOW,
+                            body,
+                            "read",
+                            1.0,
+                            domain="vm1",
+                            kind=JobKind.QUERY,
+                            procedure="domain.get_stats",
+                            client=f"c{i}",
+                            share="vm1",
+                        )
+                        assert began >= asked  # never an answer to an older question
+                        answered.append(i)
+                    else:
+                        await dispatcher.call(
+                            Priority.LOW,
+                            body,
+                            "write",
+                            0.5,
+                            domain="vm1",
+                            kind=JobKind.MODIFY,
+                            procedure="domain.suspend",
+                            client=f"c{i}",
+                        )
+
+            for i, (kind, at, give_up) in enumerate(calls):
+                nursery.start_soon(caller, i, kind, at, give_up)
+        s = dispatcher.statistics()
+        assert (s.flights, s.joined, s.jobs.held, s.jobs.queued) == (0, 0, 0, 0)
+        assert s.shared <= len(answered)
+
+    trio.run(main, clock=MOCK(autojump_threshold=0))
+    patient = [i for i, (kind, _, wait) in enumerate(calls) if kind == "read" and wait is None]
+    assert set(patient) <= set(answered)
+    ordered = sorted(spans)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(ordered))
