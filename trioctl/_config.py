@@ -22,12 +22,12 @@ plus a few settings, as the command line does).
 Where libvirt has the setting, the name and the default are libvirt's.
 
 ``mode = "legacy"`` reproduces pre-patch libvirt for the benchmarks: it changes
-the *defaults* of four keys (``pools.prio_workers = 0``,
-``driver.max_queued = 0``, ``driver.monitor_timeout = false``,
-``driver.reconnect = "serial"``) and makes the dispatcher take a worker before
-waiting for a domain's job (:attr:`DaemonConfig.legacy`). A key given
-explicitly, in the file or on the command line, still wins over the legacy
-default.
+the *defaults* of five keys (``pools.prio_workers = 0``,
+``driver.max_queued = 0``, ``driver.query_lane = false``,
+``driver.monitor_timeout = false``, ``driver.reconnect = "serial"``) and
+makes the dispatcher take a worker before waiting for a domain's job
+(:attr:`DaemonConfig.legacy`). A key given explicitly, in the file or on the
+command line, still wins over the legacy default.
 
 Paths are expanded (``~``) and made absolute: relative paths in a file are
 relative to the file's directory, relative paths given on the command line to
