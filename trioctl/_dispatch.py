@@ -22,11 +22,10 @@ that alternates with the other kinds (see ``trioctl._jobs``).
 :func:`open_dispatcher` turns the lane off in legacy mode, as libvirt has none.
 
 **Shared queries** (``Dispatcher.call(..., share=KEY)``; default mode, with
-the query lane): a
-query that arrives while an identical one (same domain, procedure and key)
-still *waits* for the domain's job does not queue a second time: it joins the
-waiting call and gets its outcome, from the one monitor round trip that call
-makes once it holds the job. A call joins only a call that has not started,
+the query lane): a query that arrives while an identical one (same domain,
+procedure and key) still *waits* for the domain's job does not queue a second
+time: it joins the waiting call and gets its outcome, from the one monitor
+round trip that call makes once it holds the job. A call joins only a call that has not started,
 so the answer is always produced after the joiner asked (no stale reads, a
 client still reads its own writes). Many readers of one domain then take one
 place in its query lane, whatever their number.
@@ -299,8 +298,8 @@ async def open_dispatcher(
     Defaults follow ``mode``: :attr:`DispatchMode.DEFAULT` uses
     ``PoolLimits()``, ``max_queued=DEFAULT_MAX_QUEUED`` (32) and the query
     lane; :attr:`DispatchMode.LEGACY` uses :func:`legacy_limits`,
-    ``max_queued=0`` and no query lane (pre-patch libvirt). Leaving the block closes the pools
-    (see :func:`~trioctl._pools.open_worker_pools`).
+    ``max_queued=0`` and no query lane (pre-patch libvirt). Leaving the block
+    closes the pools (see :func:`~trioctl._pools.open_worker_pools`).
 
     Raises:
         InvalidParams: a limit is invalid.

@@ -7,11 +7,10 @@ This is libvirt's domain job (``virDomainObjBeginJob``) with its
   queue, first come first served, for at most ``wait_timeout`` seconds
   (:class:`~trioctl.JobTimeout` after that).
 * At most ``max_queued`` callers (queries and destroys aside) wait per
-  domain; the next one is refused at
-  once with :class:`~trioctl.JobQueueFull`. ``0`` means unbounded (libvirt's
-  default); trioctl's default is :data:`DEFAULT_MAX_QUEUED`. Unlike libvirt,
-  the holder does not count against the bound: ``max_queued=1`` allows one
-  holder and one waiter.
+  domain; the next one is refused at once with :class:`~trioctl.JobQueueFull`.
+  ``0`` means unbounded (libvirt's default); trioctl's default is
+  :data:`DEFAULT_MAX_QUEUED`. Unlike libvirt, the holder does not count
+  against the bound: ``max_queued=1`` allows one holder and one waiter.
 * Both errors name the holder: its procedure, its client and for how long it
   has held the job (libvirt names only the procedure).
 * **Query lane.** :attr:`JobKind.QUERY` callers (read-only monitor calls such
