@@ -226,3 +226,27 @@ async def test_sigterm_stops_everything(bench_tmp: Path) -> None:
         assert process.returncode == 130
     assert _processes_under(bench_tmp) == []
     assert not any(p.name.startswith("tb-") for p in bench_tmp.iterdir())
+
+
+async def test_bench_readers(bench_tmp: Path) -> None:
+    """``python -m bench.bench_readers --quick``: the lane serves every write."""
+    out = bench_tmp / "readers.json"
+    env = dict(os.environ, TMPDIR=str(bench_tmp))
+    argv = [sys.executable, "-m", "bench.bench_readers", "--quick", "--json", str(out)]
+    with trio.fail_after(120):
+        result = await trio.run_process(
+            argv,
+            cwd=str(REPO),
+            env=env,
+            check=False,
+            capture_stdout=True,
+            capture_stderr=True,
+            deliver_cancel=_stop_bench,
+        )
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    assert "| lane | 1 | 10/10 |" in result.stdout.decode()
+    figures = {r["mode"]: r for r in json.loads(out.read_text())}
+    assert set(figures) == {"one-queue", "lane"}
+    assert figures["lane"]["writes"] == {"ok": 10}
+    assert figures["lane"]["reads"].get("JOB_QUEUE_FULL", 0) == 0
+    assert _processes_under(bench_tmp) == []

@@ -82,6 +82,8 @@ DEFAULTS: dict[str, object] = {
     "pools.prio_workers": 5,
     "pools.max_pending": 1000,
     "driver.max_queued": 32,  # trioctl._jobs.DEFAULT_MAX_QUEUED
+    "driver.max_queued_queries": 32,  # trioctl._jobs.DEFAULT_MAX_QUEUED_QUERIES
+    "driver.query_lane": True,
     "driver.job_wait_timeout": 30.0,
     "driver.monitor_timeout": 5.0,
     "driver.monitor_fail_fast": True,
@@ -284,6 +286,10 @@ GOOD: list[tuple[str, str, object]] = [
     ("pools.max_pending", "1", 1),
     ("driver.max_queued", "0", 0),
     ("driver.max_queued", "100", 100),
+    ("driver.max_queued_queries", "0", 0),
+    ("driver.max_queued_queries", "8", 8),
+    ("driver.query_lane", "false", False),
+    ("driver.query_lane", "true", True),
     ("driver.job_wait_timeout", "false", None),
     ("driver.job_wait_timeout", "0.001", 0.001),
     ("driver.job_wait_timeout", "60", 60.0),
@@ -446,6 +452,10 @@ BAD: list[tuple[str, str, str]] = [
     ("driver.max_queued", "1.5", "expected a non-negative integer, got 1.5"),
     ("driver.max_queued", "1979-05-27", "got date 1979-05-27"),
     ("driver.max_queued", "{ a = 1 }", "got a table"),
+    ("driver.max_queued_queries", "-1", "expected a non-negative integer, got -1"),
+    ("driver.max_queued_queries", "true", "expected a non-negative integer, got true"),
+    ("driver.query_lane", "1", "expected true or false, got 1"),
+    ("driver.query_lane", '"no"', 'expected true or false, got "no"'),
     ("driver.job_wait_timeout", "0", "expected a positive number or false, got 0"),
     ("driver.job_wait_timeout", "true", "expected a positive number or false, got true"),
     ("driver.job_wait_timeout", "-1", "expected a positive number or false, got -1"),
@@ -734,12 +744,13 @@ def test_tls_files_must_form_a_usable_pair(
 # -- legacy mode ------------------------------------------------------------------------
 
 
-def test_legacy_mode_changes_four_defaults(write: Writer) -> None:
+def test_legacy_mode_changes_five_defaults(write: Writer) -> None:
     config = load_config(write('mode = "legacy"\n'))
     assert config.mode == "legacy" and config.legacy
     assert LEGACY_DEFAULTS == {
         "pools.prio_workers": 0,
         "driver.max_queued": 0,
+        "driver.query_lane": False,
         "driver.monitor_timeout": None,
         "driver.reconnect": "serial",
     }
@@ -750,6 +761,7 @@ def test_legacy_mode_changes_four_defaults(write: Writer) -> None:
         assert get(config, dotted) == expected, dotted
     driver = config.driver_config()
     assert (driver.max_queued, driver.monitor_timeout, driver.reconnect) == (0, None, "serial")
+    assert driver.query_lane is False
     assert config.pools.limits().prio_workers == 0
 
 

@@ -10,6 +10,8 @@ high-priority call. trioctl's order starts both at once; the legacy orders
 from __future__ import annotations
 
 import contextlib
+import itertools
+import math
 from collections.abc import Awaitable, Callable
 from functools import partial
 
@@ -17,6 +19,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from trioctl._dispatch import (
     Dispatcher,
@@ -25,7 +28,13 @@ from trioctl._dispatch import (
     legacy_limits,
     open_dispatcher,
 )
-from trioctl._errors import DomainDestroyed, JobQueueFull, JobTimeout, ServerBusy
+from trioctl._errors import (
+    DomainDestroyed,
+    JobQueueFull,
+    JobTimeout,
+    OperationInvalid,
+    ServerBusy,
+)
 from trioctl._jobs import DEFAULT_MAX_QUEUED, DomainJobs, JobKind
 from trioctl._pools import PoolLimits, Priority, open_worker_pools
 
@@ -238,10 +247,12 @@ async def test_open_dispatcher_defaults_follow_the_mode() -> None:
             assert d.mode is DispatchMode.DEFAULT
             assert d.pools.limits == PoolLimits()
             assert (d.jobs.max_queued, d.jobs.wait_timeout) == (DEFAULT_MAX_QUEUED, 30.0)
+            assert (d.jobs.query_lane, d.jobs.max_queued_queries) == (True, 32)
         async with open_dispatcher(DispatchMode.LEGACY) as d:
             assert d.pools.limits == legacy_limits()
             assert legacy_limits().prio_workers == 0
             assert (d.jobs.max_queued, d.jobs.wait_timeout) == (0, 30.0)
+            assert d.jobs.query_lane is False
             assert isinstance(d.statistics(), DispatchStatistics)
 
 
@@ -376,3 +387,274 @@ async def test_dispatcher_over_caller_built_parts(autojump_clock: MOCK) -> None:
             assert timed_out == [5.0]
             assert jobs.statistics().timeouts == 1
             nursery.cancel_scope.cancel()
+
+
+# -- shared queries ----------------------------------------------------------------------
+
+
+@attrs.define
+class StatsCalls:
+    """A get_stats stand-in: takes 1 s, counts its runs, answers with the run's number."""
+
+    runs: list[float] = attrs.Factory(list)
+    fail: bool = False
+
+    async def __call__(self) -> tuple[int, float]:
+        self.runs.append(trio.current_time())
+        await trio.sleep(1)
+        if self.fail:
+            raise OperationInvalid("domain 'vm1' is not running", domain="vm1")
+        return len(self.runs), trio.current_time()
+
+
+def stats_call(
+    dispatcher: Dispatcher, stats: StatsCalls, client: str, share: object = "vm1"
+) -> Callable[[], Awaitable[tuple[int, float]]]:
+    return partial(
+        dispatcher.call,
+        Priority.LOW,
+        stats,
+        domain="vm1",
+        kind=JobKind.QUERY,
+        procedure="domain.get_stats",
+        client=client,
+        share=share,
+    )
+
+
+async def test_shared_queries_join_a_waiting_call(autojump_clock: MOCK) -> None:
+    stats = StatsCalls()
+    answers: dict[str, tuple[int, float]] = {}
+
+    async def reader(client: str) -> None:
+        answers[client] = await stats_call(dispatcher, stats, client)()
+
+    async with open_dispatcher() as dispatcher, trio.open_nursery() as nursery:
+        release = trio.Event()
+
+        async def writer() -> None:
+            async with dispatcher.jobs.job(
+                "vm1", JobKind.MODIFY, procedure="domain.suspend", client="w"
+            ):
+                await release.wait()
+
+        nursery.start_soon(writer)
+        await trio.testing.wait_all_tasks_blocked()
+        for i in range(40):
+            nursery.start_soon(reader, f"r{i}")
+        await trio.testing.wait_all_tasks_blocked()
+        s = dispatcher.statistics()
+        # 40 readers, one place in the query lane.
+        assert (s.jobs.queued, s.jobs.queued_queries, s.flights, s.joined) == (1, 1, 1, 39)
+        await trio.sleep(5)
+        release.set()
+    assert stats.runs == [5.0]
+    assert set(answers.values()) == {(1, 6.0)}
+    s = dispatcher.statistics()
+    assert (s.flights, s.joined, s.shared, s.jobs.acquired) == (0, 0, 39, 2)
+
+
+async def test_a_call_never_joins_one_that_has_started(autojump_clock: MOCK) -> None:
+    stats = StatsCalls()
+    async with open_dispatcher() as dispatcher, trio.open_nursery() as nursery:
+        first: list[tuple[int, float]] = []
+
+        async def lead() -> None:
+            first.append(await stats_call(dispatcher, stats, "r1")())
+
+        nursery.start_soon(lead)
+        await trio.sleep(0.5)  # r1 runs (0 .. 1)
+        assert dispatcher.statistics().flights == 0
+        # r2 asked after r1's round trip began: it gets a round trip of its own.
+        assert await stats_call(dispatcher, stats, "r2")() == (2, 2.0)
+    assert first == [(1, 1.0)]
+    assert stats.runs == [0.0, 1.0]
+    assert dispatcher.statistics().shared == 0
+
+
+async def test_different_keys_are_not_shared(autojump_clock: MOCK) -> None:
+    stats = StatsCalls()
+    async with open_dispatcher() as dispatcher, trio.open_nursery() as nursery:
+        for client, key in (("a", "k1"), ("b", "k2"), ("c", "k1")):
+            nursery.start_soon(stats_call(dispatcher, stats, client, key))
+            await trio.testing.wait_all_tasks_blocked()
+    # a holds at once; b (k2) and c (k1, while a runs) each queue for a run.
+    assert stats.runs == [0.0, 1.0, 2.0]
+
+
+async def test_joiners_get_a_copy_of_the_leaders_error(autojump_clock: MOCK) -> None:
+    stats = StatsCalls(fail=True)
+    errors: list[BaseException] = []
+
+    async def reader(client: str) -> None:
+        try:
+            await stats_call(dispatcher, stats, client)()
+        except OperationInvalid as exc:
+            errors.append(exc)
+
+    async with open_dispatcher() as dispatcher, trio.open_nursery() as nursery:
+        await nursery.start(hold_job, dispatcher.jobs)
+        for i in range(3):
+            nursery.start_soon(reader, f"r{i}")
+        await trio.testing.wait_all_tasks_blocked()
+        dispatcher.jobs.interrupt("vm1")  # the holder leaves; r0 runs and fails
+        await trio.sleep(2)
+        nursery.cancel_scope.cancel()
+    assert len(stats.runs) == 1
+    assert len(errors) == 3 and len({id(e) for e in errors}) == 3
+    assert {str(e) for e in errors} == {"domain 'vm1' is not running"}
+    leader = [e for e in errors if e.__cause__ is None]
+    assert len(leader) == 1
+    assert all(e.__cause__ is leader[0] for e in errors if e is not leader[0])
+
+
+async def test_leader_cancelled_its_joiners_carry_on(autojump_clock: MOCK) -> None:
+    stats = StatsCalls()
+    got: dict[str, tuple[int, float]] = {}
+    async with open_dispatcher() as dispatcher, trio.open_nursery() as nursery:
+        await nursery.start(hold_job, dispatcher.jobs)
+        leader_scope = trio.CancelScope()
+
+        async def leader() -> None:
+            with leader_scope:
+                got["r0"] = await stats_call(dispatcher, stats, "r0")()
+
+        async def joiner(client: str) -> None:
+            got[client] = await stats_call(dispatcher, stats, client)()
+
+        nursery.start_soon(leader)
+        await trio.testing.wait_all_tasks_blocked()
+        for client in ("r1", "r2"):
+            nursery.start_soon(joiner, client)
+        await trio.testing.wait_all_tasks_blocked()
+        assert dispatcher.statistics().joined == 2
+        leader_scope.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        # One of the joiners leads a new flight, the other joined it.
+        s = dispatcher.statistics()
+        assert (s.flights, s.joined, s.jobs.queued, s.jobs.abandoned) == (1, 1, 1, 1)
+        await trio.sleep(3)
+        dispatcher.jobs.interrupt("vm1")
+        await trio.sleep(2)
+        nursery.cancel_scope.cancel()
+    assert "r0" not in got
+    assert got["r1"] == got["r2"] == (1, 4.0)
+    assert stats.runs == [3.0]
+
+
+@pytest.mark.parametrize("setting", ["legacy", "no lane"])
+async def test_sharing_is_off_in_libvirts_model(autojump_clock: MOCK, setting: str) -> None:
+    stats = StatsCalls()
+    mode = DispatchMode.LEGACY if setting == "legacy" else DispatchMode.DEFAULT
+    async with open_dispatcher(mode, query_lane=False) as dispatcher, trio.open_nursery() as n:
+        await n.start(hold_job, dispatcher.jobs)
+        for i in range(3):
+            n.start_soon(stats_call(dispatcher, stats, f"r{i}"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert dispatcher.statistics().flights == 0
+        dispatcher.jobs.interrupt("vm1")
+    assert len(stats.runs) == 3
+
+
+async def test_only_a_query_can_be_shared(autojump_clock: MOCK) -> None:
+    async with open_dispatcher() as dispatcher:
+        with pytest.raises(TypeError, match="only a QUERY"):
+            await dispatcher.call(
+                Priority.LOW,
+                answer,
+                domain="vm1",
+                kind=JobKind.MODIFY,
+                procedure="p",
+                client="c",
+                share="vm1",
+            )
+
+
+async def hold_job(
+    jobs: DomainJobs, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Hold vm1's job (a writer) until interrupted."""
+    with contextlib.suppress(DomainDestroyed):
+        async with jobs.job("vm1", JobKind.MODIFY, procedure="domain.reset", client="w"):
+            task_status.started()
+            await trio.sleep_forever()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    calls=st.lists(
+        st.tuples(
+            st.sampled_from(["read", "write"]),
+            st.integers(0, 30),  # asks at this many tenths of a second
+            st.none() | st.integers(1, 30),  # gives up after this many tenths
+        ),
+        min_size=1,
+        max_size=25,
+    )
+)
+def test_shared_reads_are_fresh_and_jobs_exclusive(
+    calls: list[tuple[str, int, int | None]],
+) -> None:
+    """Random readers and writers on one domain, some giving up: a reader's
+    answer always comes from a round trip that began after it asked; handlers
+    never overlap (one job at a time); every reader that does not give up is
+    answered; nothing is left behind."""
+    running: list[str] = []
+    spans: list[tuple[float, float]] = []
+    answered: list[int] = []
+
+    async def body(what: str, seconds: float) -> float:
+        assert not running, running  # exclusive: nobody else runs
+        running.append(what)
+        began = trio.current_time()
+        try:
+            await trio.sleep(seconds)
+        finally:
+            running.remove(what)
+        spans.append((began, trio.current_time()))
+        return began
+
+    async def main() -> None:
+        async with open_dispatcher() as dispatcher, trio.open_nursery() as nursery:
+
+            async def caller(i: int, kind: str, at: int, give_up: int | None) -> None:
+                await trio.sleep(at / 10)
+                asked = trio.current_time()
+                with trio.move_on_after(math.inf if give_up is None else give_up / 10):
+                    if kind == "read":
+                        began = await dispatcher.call(
+                            Priority.LOW,
+                            body,
+                            "read",
+                            1.0,
+                            domain="vm1",
+                            kind=JobKind.QUERY,
+                            procedure="domain.get_stats",
+                            client=f"c{i}",
+                            share="vm1",
+                        )
+                        assert began >= asked  # never an answer to an older question
+                        answered.append(i)
+                    else:
+                        await dispatcher.call(
+                            Priority.LOW,
+                            body,
+                            "write",
+                            0.5,
+                            domain="vm1",
+                            kind=JobKind.MODIFY,
+                            procedure="domain.suspend",
+                            client=f"c{i}",
+                        )
+
+            for i, (kind, at, give_up) in enumerate(calls):
+                nursery.start_soon(caller, i, kind, at, give_up)
+        s = dispatcher.statistics()
+        assert (s.flights, s.joined, s.jobs.held, s.jobs.queued) == (0, 0, 0, 0)
+        assert s.shared <= len(answered)
+
+    trio.run(main, clock=MOCK(autojump_threshold=0))
+    patient = [i for i, (kind, _, wait) in enumerate(calls) if kind == "read" and wait is None]
+    assert set(patient) <= set(answered)
+    ordered = sorted(spans)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(ordered))

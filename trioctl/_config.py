@@ -22,12 +22,12 @@ plus a few settings, as the command line does).
 Where libvirt has the setting, the name and the default are libvirt's.
 
 ``mode = "legacy"`` reproduces pre-patch libvirt for the benchmarks: it changes
-the *defaults* of four keys (``pools.prio_workers = 0``,
-``driver.max_queued = 0``, ``driver.monitor_timeout = false``,
-``driver.reconnect = "serial"``) and makes the dispatcher take a worker before
-waiting for a domain's job (:attr:`DaemonConfig.legacy`). A key given
-explicitly, in the file or on the command line, still wins over the legacy
-default.
+the *defaults* of five keys (``pools.prio_workers = 0``,
+``driver.max_queued = 0``, ``driver.query_lane = false``,
+``driver.monitor_timeout = false``, ``driver.reconnect = "serial"``) and
+makes the dispatcher take a worker before waiting for a domain's job
+(:attr:`DaemonConfig.legacy`). A key given explicitly, in the file or on the
+command line, still wins over the legacy default.
 
 Paths are expanded (``~``) and made absolute: relative paths in a file are
 relative to the file's directory, relative paths given on the command line to
@@ -660,6 +660,23 @@ class DriverSettings:
             "once (destroy is exempt). 0: unbounded. qemu.conf: max_queued (default 0).",
         ),
     )
+    max_queued_queries: int = attrs.field(
+        default=_DRIVER_DEFAULTS["max_queued_queries"],
+        metadata=_meta(
+            _integer(0),
+            "Queries (domain.get_stats) that may wait for one domain's job in their own "
+            "queue (with query_lane); the next gets JOB_QUEUE_FULL at once. 0: unbounded.",
+        ),
+    )
+    query_lane: bool = attrs.field(
+        default=_DRIVER_DEFAULTS["query_lane"],
+        metadata=_meta(
+            _boolean,
+            "Queries wait in their own queue, alternating with the other jobs, so read-only "
+            "callers cannot fill the writers' queue, and concurrent domain.get_stats calls "
+            "share one monitor round trip. false: libvirt's one queue, no sharing.",
+        ),
+    )
     job_wait_timeout: float | None = attrs.field(
         default=_DRIVER_DEFAULTS["job_wait_timeout"],
         metadata=_meta(
@@ -909,8 +926,9 @@ class LogConfig:
 _MODE: Final = _Spec(
     _choice("default", "legacy"),
     '"default", or "legacy" to reproduce pre-patch libvirt for benchmarks: the defaults '
-    "of pools.prio_workers (0), driver.max_queued (0, unbounded), driver.monitor_timeout "
-    '(false, forever) and driver.reconnect ("serial") change, and the dispatcher takes a '
+    "of pools.prio_workers (0), driver.max_queued (0, unbounded), driver.query_lane "
+    "(false), driver.monitor_timeout (false, forever) and driver.reconnect "
+    '("serial") change, and the dispatcher takes a '
     "worker before waiting for a domain's job. Keys given explicitly still win over the "
     "legacy defaults.",
     textual=True,
@@ -919,6 +937,7 @@ _MODE: Final = _Spec(
 LEGACY_DEFAULTS: Final[Mapping[str, object]] = {
     "pools.prio_workers": 0,
     "driver.max_queued": 0,
+    "driver.query_lane": False,
     "driver.monitor_timeout": None,
     "driver.reconnect": "serial",
 }

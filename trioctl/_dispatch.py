@@ -14,18 +14,42 @@ request's own task. What matters is the order of the two waits:
   libvirt; with the default limits it is libvirt 9.0. Both let a storm of
   calls on hung domains park every general worker on a job lock, which is
   the starvation the benchmarks compare against.
+
+Read-only callers cannot deny service to writers in either order as long as
+the job registry has its query lane (``DomainJobs(query_lane=True)``, the
+default): a :attr:`~trioctl.JobKind.QUERY` call waits in a queue of its own
+that alternates with the other kinds (see ``trioctl._jobs``).
+:func:`open_dispatcher` turns the lane off in legacy mode, as libvirt has none.
+
+**Shared queries** (``Dispatcher.call(..., share=KEY)``; default mode, with
+the query lane): a query that arrives while an identical one (same domain,
+procedure and key) still *waits* for the domain's job does not queue a second
+time: it joins the waiting call and gets its outcome, from the one monitor
+round trip that call makes once it holds the job. A call joins only a call that has not started,
+so the answer is always produced after the joiner asked (no stale reads, a
+client still reads its own writes). Many readers of one domain then take one
+place in its query lane, whatever their number.
 """
 
 from __future__ import annotations
 
+import copy
 import enum
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
-from typing import TypeVar, TypeVarTuple
+from typing import Any, TypeVar, TypeVarTuple, cast
 
 import attrs
+import trio
 
-from ._jobs import DEFAULT_MAX_QUEUED, DEFAULT_WAIT_TIMEOUT, DomainJobs, JobKind, JobStatistics
+from ._jobs import (
+    DEFAULT_MAX_QUEUED,
+    DEFAULT_MAX_QUEUED_QUERIES,
+    DEFAULT_WAIT_TIMEOUT,
+    DomainJobs,
+    JobKind,
+    JobStatistics,
+)
 from ._pools import PoolLimits, PoolStatistics, Priority, WorkerPools, open_worker_pools
 
 __all__ = [
@@ -61,11 +85,33 @@ def legacy_limits() -> PoolLimits:
 
 @attrs.frozen
 class DispatchStatistics:
-    """The mode plus both parts' snapshots."""
+    """The mode plus both parts' snapshots, and the shared queries.
+
+    Attributes:
+        flights: shared calls waiting for their domain's job now (each one
+            place in a query lane), which later calls may join.
+        joined: calls waiting now inside another call's flight.
+        shared: calls answered so far by another call's round trip.
+    """
 
     mode: DispatchMode
     pools: PoolStatistics
     jobs: JobStatistics
+    flights: int = 0
+    joined: int = 0
+    shared: int = 0
+
+
+@attrs.define(eq=False)
+class _Flight:
+    """A shared query waiting for its domain's job, and those who joined it."""
+
+    done: trio.Event = attrs.Factory(trio.Event)
+    joiners: int = 0
+    value: Any = None
+    error: Exception | None = None
+    abandoned: bool = False
+    """The leading call was cancelled: the joiners try again themselves."""
 
 
 class Dispatcher:
@@ -87,6 +133,9 @@ class Dispatcher:
         self._pools = pools
         self._jobs = jobs
         self._mode = mode
+        self._flights: dict[tuple[str, str, Hashable], _Flight] = {}
+        self._joined = 0
+        self._shared = 0
 
     @property
     def pools(self) -> WorkerPools:
@@ -106,7 +155,12 @@ class Dispatcher:
     def statistics(self) -> DispatchStatistics:
         """Snapshots of the pools and the job registry."""
         return DispatchStatistics(
-            mode=self._mode, pools=self._pools.statistics(), jobs=self._jobs.statistics()
+            mode=self._mode,
+            pools=self._pools.statistics(),
+            jobs=self._jobs.statistics(),
+            flights=len(self._flights),
+            joined=self._joined,
+            shared=self._shared,
         )
 
     async def call(
@@ -118,6 +172,7 @@ class Dispatcher:
         kind: JobKind | None = None,
         procedure: str,
         client: str,
+        share: Hashable | None = None,
     ) -> T:
         """Run ``fn(*args)`` on a worker of ``priority``, holding ``domain``'s job if given.
 
@@ -132,6 +187,14 @@ class Dispatcher:
             domain: the domain whose job the handler needs, or None.
             kind: the job kind; required with ``domain``, refused without.
             procedure, client: who is calling, for job ownership and errors.
+            share: for a QUERY call whose result depends only on ``domain``,
+                ``procedure`` and this key (and is immutable): join an
+                identical call that still waits for the job instead of
+                queueing (see the module docs). Ignored in legacy mode and
+                without the registry's query lane (libvirt's model). The
+                joiners get the leading call's result or exception (a copy,
+                raised from the original); the leader's own cancellation is
+                not shared: its joiners then try again themselves.
 
         Raises:
             JobQueueFull, JobTimeout: from the domain's queue (see
@@ -139,7 +202,8 @@ class Dispatcher:
             DomainDestroyed: a destroy interrupted this call while it held the
                 job.
             ServerBusy: the pool's queue for ``priority`` is full.
-            TypeError: ``domain`` and ``kind`` not given together.
+            TypeError: ``domain`` and ``kind`` not given together, or
+                ``share`` with a kind other than QUERY.
             Exception: whatever ``fn`` raises, unchanged.
         """
         if domain is None:
@@ -148,7 +212,12 @@ class Dispatcher:
             return await self._pools.run(priority, fn, *args)
         if kind is None:
             raise TypeError("a call with a domain needs a job kind")
+        if share is not None and kind is not JobKind.QUERY:
+            raise TypeError("only a QUERY call can be shared")
         if self._mode is DispatchMode.DEFAULT:
+            if share is not None and self._jobs.query_lane:
+                key = (domain, procedure, share)
+                return await self._shared_call(key, priority, fn, *args, client=client)
             async with self._jobs.job(domain, kind, procedure=procedure, client=client):
                 return await self._pools.run(priority, fn, *args)
 
@@ -160,6 +229,59 @@ class Dispatcher:
 
         return await self._pools.run(priority, with_job_in_worker)
 
+    async def _shared_call(
+        self,
+        key: tuple[str, str, Hashable],
+        priority: Priority,
+        fn: Callable[[*Ts], Awaitable[T]],
+        *args: *Ts,
+        client: str,
+    ) -> T:
+        while (flight := self._flights.get(key)) is not None:
+            flight.joiners += 1
+            self._joined += 1
+            try:
+                await flight.done.wait()
+            finally:
+                flight.joiners -= 1
+                self._joined -= 1
+            if flight.abandoned:
+                continue  # its leader went away: lead or join anew
+            self._shared += 1
+            if flight.error is not None:
+                raise _copy(flight.error) from flight.error
+            return cast(T, flight.value)
+        flight = _Flight()
+        self._flights[key] = flight
+        domain, procedure, _ = key
+        try:
+            async with self._jobs.job(domain, JobKind.QUERY, procedure=procedure, client=client):
+                # Started: nobody may join any more (they would get a reply
+                # to a question asked before theirs).
+                del self._flights[key]
+                result = await self._pools.run(priority, fn, *args)
+                flight.value = result
+                return result
+        except Exception as exc:
+            flight.error = exc
+            raise
+        except BaseException:
+            flight.abandoned = True
+            raise
+        finally:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+            flight.done.set()
+
+
+def _copy(exc: Exception) -> Exception:
+    """A fresh copy of a leader's exception for one joiner (shared objects
+    would collect every joiner's traceback)."""
+    try:
+        return copy.copy(exc)
+    except Exception:
+        return exc
+
 
 @asynccontextmanager
 async def open_dispatcher(
@@ -167,15 +289,17 @@ async def open_dispatcher(
     *,
     limits: PoolLimits | None = None,
     max_queued: int | None = None,
+    max_queued_queries: int = DEFAULT_MAX_QUEUED_QUERIES,
+    query_lane: bool | None = None,
     wait_timeout: float | None = DEFAULT_WAIT_TIMEOUT,
 ) -> AsyncIterator[Dispatcher]:
     """Open worker pools and a job registry and yield a :class:`Dispatcher` over them.
 
     Defaults follow ``mode``: :attr:`DispatchMode.DEFAULT` uses
-    ``PoolLimits()`` and ``max_queued=DEFAULT_MAX_QUEUED`` (32);
-    :attr:`DispatchMode.LEGACY` uses :func:`legacy_limits` and
-    ``max_queued=0`` (pre-patch libvirt). Leaving the block closes the pools
-    (see :func:`~trioctl._pools.open_worker_pools`).
+    ``PoolLimits()``, ``max_queued=DEFAULT_MAX_QUEUED`` (32) and the query
+    lane; :attr:`DispatchMode.LEGACY` uses :func:`legacy_limits`,
+    ``max_queued=0`` and no query lane (pre-patch libvirt). Leaving the block
+    closes the pools (see :func:`~trioctl._pools.open_worker_pools`).
 
     Raises:
         InvalidParams: a limit is invalid.
@@ -185,6 +309,13 @@ async def open_dispatcher(
         limits = legacy_limits() if legacy else PoolLimits()
     if max_queued is None:
         max_queued = 0 if legacy else DEFAULT_MAX_QUEUED
-    jobs = DomainJobs(max_queued=max_queued, wait_timeout=wait_timeout)
+    if query_lane is None:
+        query_lane = not legacy
+    jobs = DomainJobs(
+        max_queued=max_queued,
+        max_queued_queries=max_queued_queries,
+        query_lane=query_lane,
+        wait_timeout=wait_timeout,
+    )
     async with open_worker_pools(limits) as pools:
         yield Dispatcher(pools, jobs, mode=mode)

@@ -59,7 +59,13 @@ from ._errors import (
     OperationInvalid,
     RemoteProtocolError,
 )
-from ._jobs import DEFAULT_MAX_QUEUED, DomainJobs, JobInfo as _HeldJob, JobKind
+from ._jobs import (
+    DEFAULT_MAX_QUEUED,
+    DEFAULT_MAX_QUEUED_QUERIES,
+    DomainJobs,
+    JobInfo as _HeldJob,
+    JobKind,
+)
 from ._launcher import (
     CONTROL_SOCKET,
     MONITOR_SOCKET,
@@ -125,6 +131,13 @@ class DriverConfig:
     socket paths are limited to 107 bytes: keep this short."""
     max_queued: int = DEFAULT_MAX_QUEUED
     """Callers that may wait for one domain's job (0: unbounded, as libvirt)."""
+    max_queued_queries: int = DEFAULT_MAX_QUEUED_QUERIES
+    """Queries (``domain.get_stats``) that may wait for one domain's job, in
+    their own queue (0: unbounded); see ``query_lane``."""
+    query_lane: bool = True
+    """Queries wait in their own queue, alternating with the other jobs, so
+    readers cannot fill the writers' queue, and the dispatcher lets concurrent
+    shared queries answer together; False: libvirt's one queue, no sharing."""
     job_wait_timeout: float | None = 30.0
     """How long a caller waits for a domain's job (None: forever)."""
     monitor_timeout: float | None = 5.0
@@ -241,7 +254,12 @@ class Driver:
         self.store = Store(config.state_dir, config.runtime_dir)
         self.qemu_user = resolve_qemu_user(config.qemu_user)
         """Who real QEMU runs as (None: as the daemon, which is not root)."""
-        self.jobs = DomainJobs(max_queued=config.max_queued, wait_timeout=config.job_wait_timeout)
+        self.jobs = DomainJobs(
+            max_queued=config.max_queued,
+            max_queued_queries=config.max_queued_queries,
+            query_lane=config.query_lane,
+            wait_timeout=config.job_wait_timeout,
+        )
         self.load_problems: list[LoadProblem] = []
         self._nursery = nursery
         self._domains: dict[str, _Domain] = {}
@@ -1342,6 +1360,7 @@ def _job_record(job: _HeldJob) -> JobInfo:
         client=job.owner.client,
         held_seconds=round(job.held_seconds, 3),
         queued=job.queued,
+        queued_queries=job.queued_queries,
     )
 
 

@@ -222,8 +222,9 @@ class JobTimeout(TrioctlError):
 
 
 class JobQueueFull(TrioctlError):
-    """``max_queued`` callers already wait for this domain's job; refused at
-    once, naming the holder like :class:`JobTimeout`."""
+    """``max_queued`` callers (for a query: ``max_queued_queries`` queries, in
+    the query lane) already wait for this domain's job; refused at once,
+    naming the holder like :class:`JobTimeout`."""
 
     reason = "JOB_QUEUE_FULL"
     rpc_code = -32005

@@ -1,4 +1,4 @@
-"""Per-domain job queues: one job at a time per domain, a bounded FIFO of waiters.
+"""Per-domain job queues: one job at a time per domain, bounded FIFOs of waiters.
 
 This is libvirt's domain job (``virDomainObjBeginJob``) with its
 ``max_queued`` bound, on Trio:
@@ -6,13 +6,23 @@ This is libvirt's domain job (``virDomainObjBeginJob``) with its
 * A domain has at most one **holder**. Everybody else waits in the domain's
   queue, first come first served, for at most ``wait_timeout`` seconds
   (:class:`~trioctl.JobTimeout` after that).
-* At most ``max_queued`` callers wait per domain; the next one is refused at
-  once with :class:`~trioctl.JobQueueFull`. ``0`` means unbounded (libvirt's
-  default); trioctl's default is :data:`DEFAULT_MAX_QUEUED`. Unlike libvirt,
-  the holder does not count against the bound: ``max_queued=1`` allows one
-  holder and one waiter.
+* At most ``max_queued`` callers (queries and destroys aside) wait per
+  domain; the next one is refused at once with :class:`~trioctl.JobQueueFull`.
+  ``0`` means unbounded (libvirt's default); trioctl's default is
+  :data:`DEFAULT_MAX_QUEUED`. Unlike libvirt, the holder does not count
+  against the bound: ``max_queued=1`` allows one holder and one waiter.
 * Both errors name the holder: its procedure, its client and for how long it
   has held the job (libvirt names only the procedure).
+* **Query lane.** :attr:`JobKind.QUERY` callers (read-only monitor calls such
+  as ``domain.get_stats``) wait in a queue of their own, bounded separately by
+  ``max_queued_queries``, and never take a place among the ``max_queued``
+  waiters of the other kinds. Whenever both queues have waiters, the job
+  alternates between them: after a query holder the next modify waiter, after
+  any other holder the next query. So queries cannot fill the queue of
+  writers, and a writer waits for at most one query per writer ahead of it,
+  however many readers hammer the domain. Still one holder at a time: a
+  query never runs beside another job. ``query_lane=False`` is libvirt's
+  behaviour (a query is a job like any other, in the one queue).
 * A :attr:`JobKind.DESTROY` caller is exempt from the bound, waits ahead of
   every other kind (destroys among themselves in FIFO order) and interrupts
   the holder: the holder's ``async with`` body is cancelled and the block
@@ -43,6 +53,7 @@ from ._errors import DomainDestroyed, InvalidParams, JobQueueFull, JobTimeout
 
 __all__ = [
     "DEFAULT_MAX_QUEUED",
+    "DEFAULT_MAX_QUEUED_QUERIES",
     "DEFAULT_WAIT_TIMEOUT",
     "DomainJobs",
     "JobHandle",
@@ -60,6 +71,9 @@ __all__ = [
 #: of a domain that is probably hung learns it at once instead of after 30 s.
 DEFAULT_MAX_QUEUED: Final = 32
 
+#: Queries allowed to wait per domain by default, in their own queue.
+DEFAULT_MAX_QUEUED_QUERIES: Final = 32
+
 #: libvirt's wait for a domain's job (``VIR_JOB_WAIT_TIME``).
 DEFAULT_WAIT_TIMEOUT: Final = 30.0
 
@@ -68,7 +82,8 @@ class JobKind(enum.Enum):
     """What a domain job is for."""
 
     QUERY = "query"
-    """Reads live state through the monitor (stats, status)."""
+    """Reads live state through the monitor (stats, status); waits in the
+    domain's query lane (see the module docs)."""
     MODIFY = "modify"
     """Changes the domain (start, shutdown, suspend, monitor commands)."""
     DESTROY = "destroy"
@@ -121,8 +136,10 @@ class JobInfo:
         kind: the held job's kind.
         owner: who holds it.
         held_seconds: for how long.
-        queued: how many callers wait for it.
-        waiters: the waiting callers, next first.
+        queued: how many callers wait for it, both queues together.
+        queued_queries: how many of them are queries (the query lane).
+        waiters: the waiting callers in the order they will get the job
+            (destroys, then the two queues interleaved), next first.
         interrupted: a destroy (or :meth:`DomainJobs.interrupt`) has
             interrupted the holder, which has not released the job yet.
     """
@@ -132,6 +149,7 @@ class JobInfo:
     owner: JobOwner
     held_seconds: float
     queued: int
+    queued_queries: int
     waiters: tuple[QueuedJob, ...]
     interrupted: bool
 
@@ -142,39 +160,51 @@ class JobStatistics:
 
     Attributes:
         max_queued: the bound on waiters per domain (0: unbounded).
+        max_queued_queries: the bound on waiting queries per domain (0:
+            unbounded).
+        query_lane: queries wait in their own queue (False: libvirt's one
+            queue).
         wait_timeout: the longest wait for a job, seconds (None: forever).
         held: domains whose job is held now.
-        queued: callers waiting now, all domains together.
+        queued: callers waiting now, all domains together, queries included.
+        queued_queries: queries waiting now in query lanes, all domains.
         acquired: jobs granted so far.
-        rejected: callers refused with ``JOB_QUEUE_FULL``.
+        rejected: callers refused with ``JOB_QUEUE_FULL``, queries included.
+        rejected_queries: queries refused because a query lane was full.
         timeouts: callers that gave up with ``JOB_TIMEOUT``.
         abandoned: waits ended by the caller's own cancellation.
         interrupted: holders interrupted by a destroy or ``interrupt()``.
     """
 
     max_queued: int
+    max_queued_queries: int
+    query_lane: bool
     wait_timeout: float | None
     held: int
     queued: int
+    queued_queries: int
     acquired: int
     rejected: int
+    rejected_queries: int
     timeouts: int
     abandoned: int
     interrupted: int
 
 
 class _Entry:
-    """One domain with a holder. Waiter dicts are insertion-ordered sets."""
+    """One domain with a holder. Waiter dicts are insertion-ordered sets:
+    destroys, the other non-query kinds, and queries (the query lane)."""
 
-    __slots__ = ("destroyers", "holder", "waiters")
+    __slots__ = ("destroyers", "holder", "queries", "waiters")
 
     def __init__(self, holder: JobHandle) -> None:
         self.holder = holder
         self.destroyers: dict[JobHandle, None] = {}
         self.waiters: dict[JobHandle, None] = {}
+        self.queries: dict[JobHandle, None] = {}
 
     def queued(self) -> int:
-        return len(self.destroyers) + len(self.waiters)
+        return len(self.destroyers) + len(self.waiters) + len(self.queries)
 
 
 class JobHandle:
@@ -195,6 +225,7 @@ class JobHandle:
         "_kind",
         "_owner",
         "_procedure",
+        "_query",
         "_scope",
         "_seen",
         "_since",
@@ -209,6 +240,8 @@ class JobHandle:
         self._kind = kind
         self._procedure = procedure
         self._client = client
+        # Waits in the query lane (and, as holder, lets a modify go next).
+        self._query = kind is JobKind.QUERY and jobs.query_lane
         self._entered = False
         self._granted = False
         self._interrupted = False
@@ -260,26 +293,41 @@ class DomainJobs:
     """The job registry of every domain; see the module docs.
 
     Args:
-        max_queued: callers that may wait per domain; 0 means unbounded
-            (libvirt's default, and trioctl's legacy mode).
+        max_queued: callers other than queries and destroys that may wait per
+            domain; 0 means unbounded (libvirt's default, and trioctl's legacy
+            mode).
+        max_queued_queries: queries that may wait per domain, in their own
+            queue; 0 means unbounded. Ignored without the query lane.
+        query_lane: queries wait in their own queue and alternate with the
+            other kinds (see the module docs); False: libvirt's one queue,
+            where a query counts against ``max_queued`` like any other job.
         wait_timeout: seconds a caller waits before ``JOB_TIMEOUT``; ``None``
             waits forever; 0 refuses at once whenever the job is held.
 
     Raises:
-        InvalidParams: ``max_queued`` is not a non-negative integer or
-            ``wait_timeout`` is negative or NaN.
+        InvalidParams: ``max_queued`` or ``max_queued_queries`` is not a
+            non-negative integer or ``wait_timeout`` is negative or NaN.
     """
 
     def __init__(
         self,
         *,
         max_queued: int = DEFAULT_MAX_QUEUED,
+        max_queued_queries: int = DEFAULT_MAX_QUEUED_QUERIES,
+        query_lane: bool = True,
         wait_timeout: float | None = DEFAULT_WAIT_TIMEOUT,
     ) -> None:
-        if isinstance(max_queued, bool) or not isinstance(max_queued, int) or max_queued < 0:
+        for field, value in (
+            ("max_queued", max_queued),
+            ("max_queued_queries", max_queued_queries),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidParams(
+                    f"{field} must be a non-negative integer, not {value!r}", field=field
+                )
+        if not isinstance(query_lane, bool):
             raise InvalidParams(
-                f"max_queued must be a non-negative integer, not {max_queued!r}",
-                field="max_queued",
+                f"query_lane must be true or false, not {query_lane!r}", field="query_lane"
             )
         if wait_timeout is not None and (math.isnan(wait_timeout) or wait_timeout < 0):
             raise InvalidParams(
@@ -288,11 +336,15 @@ class DomainJobs:
                 field="wait_timeout",
             )
         self._max_queued = max_queued
+        self._max_queued_queries = max_queued_queries
+        self._query_lane = query_lane
         self._wait_timeout = wait_timeout
         self._entries: dict[str, _Entry] = {}
         self._queued = 0
+        self._queued_queries = 0
         self._acquired = 0
         self._rejected = 0
+        self._rejected_queries = 0
         self._timeouts = 0
         self._abandoned = 0
         self._interrupted = 0
@@ -301,6 +353,16 @@ class DomainJobs:
     def max_queued(self) -> int:
         """Callers that may wait per domain (0: unbounded)."""
         return self._max_queued
+
+    @property
+    def max_queued_queries(self) -> int:
+        """Queries that may wait per domain in the query lane (0: unbounded)."""
+        return self._max_queued_queries
+
+    @property
+    def query_lane(self) -> bool:
+        """Queries wait in their own queue (False: libvirt's one queue)."""
+        return self._query_lane
 
     @property
     def wait_timeout(self) -> float | None:
@@ -314,11 +376,14 @@ class DomainJobs:
                                 client="c7") as handle:
                 ...  # the only job running on vm1
 
-        Waits (FIFO) while another caller holds it. A DESTROY claim skips the
-        bound, waits ahead of other kinds and interrupts the holder.
+        Waits (FIFO) while another caller holds it. A QUERY claim waits in
+        the query lane, which alternates with the other queue. A DESTROY
+        claim skips the bounds, waits ahead of other kinds and interrupts the
+        holder.
 
         Raises (on entering the block):
-            JobQueueFull: ``max_queued`` callers already wait; at once.
+            JobQueueFull: ``max_queued`` callers (``max_queued_queries``
+                queries, for a query) already wait; at once.
             JobTimeout: waited ``wait_timeout`` seconds without getting it.
             DomainDestroyed: the job was granted but interrupted before the
                 block started.
@@ -358,11 +423,15 @@ class DomainJobs:
         """Return a frozen snapshot of the counters."""
         return JobStatistics(
             max_queued=self._max_queued,
+            max_queued_queries=self._max_queued_queries,
+            query_lane=self._query_lane,
             wait_timeout=self._wait_timeout,
             held=len(self._entries),
             queued=self._queued,
+            queued_queries=self._queued_queries,
             acquired=self._acquired,
             rejected=self._rejected,
+            rejected_queries=self._rejected_queries,
             timeouts=self._timeouts,
             abandoned=self._abandoned,
             interrupted=self._interrupted,
@@ -371,7 +440,35 @@ class DomainJobs:
     # -- internals ----------------------------------------------------------------
 
     @staticmethod
-    def _info(domain: str, entry: _Entry, now: float) -> JobInfo:
+    def _pick(entry: _Entry, after_query: bool) -> dict[JobHandle, None] | None:
+        """The queue whose head gets the job after a holder (a query holder if
+        ``after_query``): destroys first, then the lane opposite the holder's
+        if it has waiters, else the other one; None when nobody waits."""
+        if entry.destroyers:
+            return entry.destroyers
+        if entry.queries and (not after_query or not entry.waiters):
+            return entry.queries
+        return entry.waiters or None
+
+    @classmethod
+    def _order(cls, entry: _Entry) -> list[JobHandle]:
+        """Every waiter in the order :meth:`_release` will grant the job,
+        were nobody else to come or go."""
+        ahead = _Entry(entry.holder)
+        ahead.destroyers = dict(entry.destroyers)
+        ahead.waiters = dict(entry.waiters)
+        ahead.queries = dict(entry.queries)
+        after_query = entry.holder._query
+        order: list[JobHandle] = []
+        while (queue := cls._pick(ahead, after_query)) is not None:
+            nxt = next(iter(queue))
+            del queue[nxt]
+            order.append(nxt)
+            after_query = nxt._query
+        return order
+
+    @classmethod
+    def _info(cls, domain: str, entry: _Entry, now: float) -> JobInfo:
         holder = entry.holder
         assert holder._owner is not None
         waiters = tuple(
@@ -382,7 +479,7 @@ class DomainJobs:
                 since=w._since,
                 waited_seconds=now - w._since,
             )
-            for w in (*entry.destroyers, *entry.waiters)
+            for w in cls._order(entry)
         )
         return JobInfo(
             domain=domain,
@@ -390,6 +487,7 @@ class DomainJobs:
             owner=holder._owner,
             held_seconds=now - holder._owner.started,
             queued=len(waiters),
+            queued_queries=len(entry.queries),
             waiters=waiters,
             interrupted=holder._interrupted,
         )
@@ -414,6 +512,20 @@ class DomainJobs:
             queue = entry.destroyers
             if entry.holder._kind is not JobKind.DESTROY:
                 self._interrupt_holder(entry, by=claim)
+        elif claim._query:
+            queue = entry.queries
+            bound = self._max_queued_queries
+            if bound and len(queue) >= bound:
+                self._rejected += 1
+                self._rejected_queries += 1
+                message, data = self._refusal(
+                    domain,
+                    entry.holder._owner,
+                    now,
+                    entry.queued(),
+                    f"{len(queue)} queries already wait (max_queued_queries={bound})",
+                )
+                raise JobQueueFull(message, **data)
         else:
             queue = entry.waiters
             if self._max_queued and len(entry.waiters) >= self._max_queued:
@@ -423,17 +535,17 @@ class DomainJobs:
                     entry.holder._owner,
                     now,
                     entry.queued(),
-                    f"{entry.queued()} callers already wait (max_queued={self._max_queued})",
+                    f"{len(entry.waiters)} callers already wait (max_queued={self._max_queued})",
                 )
                 raise JobQueueFull(message, **data)
         claim._task = trio.lowlevel.current_task()
         claim._since = now
         queue[claim] = None
-        self._queued += 1
+        self._count_queued(claim, 1)
 
         def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
             del queue[claim]
-            self._queued -= 1
+            self._count_queued(claim, -1)
             claim._seen = (domain, entry.holder._owner, trio.current_time(), entry.queued())
             return trio.lowlevel.Abort.SUCCEEDED
 
@@ -460,6 +572,11 @@ class DomainJobs:
             self._release(claim)
             raise self._destroyed(claim)
         claim._scope.__enter__()
+
+    def _count_queued(self, claim: JobHandle, delta: int) -> None:
+        self._queued += delta
+        if claim._query:
+            self._queued_queries += delta
 
     @staticmethod
     def _refusal(
@@ -496,13 +613,13 @@ class DomainJobs:
         domain = claim._domain
         entry = self._entries[domain]
         assert entry.holder is claim
-        queue = entry.destroyers or entry.waiters
-        if not queue:
+        queue = self._pick(entry, claim._query)
+        if queue is None:
             del self._entries[domain]
             return
         nxt = next(iter(queue))
         del queue[nxt]
-        self._queued -= 1
+        self._count_queued(nxt, -1)
         entry.holder = nxt
         self._grant(nxt, trio.current_time())
         assert nxt._task is not None

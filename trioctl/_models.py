@@ -274,6 +274,9 @@ class JobInfo:
     client: str
     held_seconds: float
     queued: int
+    """Callers waiting for the job, queries included."""
+    queued_queries: int = 0
+    """Of them, queries waiting in the domain's query lane."""
 
 
 @attrs.frozen

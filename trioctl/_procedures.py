@@ -269,6 +269,10 @@ class Procedure:
     job: JobKind | None = None
     """The domain job the dispatcher takes before the handler runs (params
     must then have a ``name``); None: no job, or the handler manages it."""
+    shared: bool = False
+    """A QUERY whose result depends only on its params: a call joins an
+    identical one still waiting for the domain's job and shares its answer
+    (see ``trioctl._dispatch``)."""
     deadline: float = 60.0
     """The dispatcher cancels the call after this many seconds."""
     endpoint: Literal["api", "admin"] = "api"
@@ -287,6 +291,8 @@ class ProcedureTable:
                 raise ValueError(f"{proc.name}: names starting with 'rpc.' are reserved")
             if proc.job is not None and "name" not in attrs.fields_dict(proc.params):
                 raise ValueError(f"{proc.name}: a domain job needs a 'name' parameter")
+            if proc.shared and proc.job is not JobKind.QUERY:
+                raise ValueError(f"{proc.name}: only a query job can be shared")
             self._by_name[proc.name] = proc
 
     def get(self, name: str) -> Procedure | None:
@@ -459,7 +465,7 @@ PROCEDURES: Final = ProcedureTable(
                       "process), then take the job, bypassing `max_queued`; the job's "
                       "holder gets DOMAIN_DESTROYED."),
         Procedure("domain.get_stats", DomainRef, DomainStats, _get_stats, LOW, READ,
-                  job=JobKind.QUERY, deadline=60,
+                  job=JobKind.QUERY, shared=True, deadline=60,
                   doc="Live figures through the monitor (`query-status`, `query-cpus-fast`) "
                       "and /proc."),
         Procedure("domain.monitor_command", MonitorCommandParams, None, _monitor_command, LOW,
@@ -493,7 +499,7 @@ PROCEDURES: Final = ProcedureTable(
         Procedure("admin.list_jobs", NoParams, JobList, _list_jobs, HIGH, ADMIN, deadline=5,
                   endpoint="admin",
                   doc="Every held domain job: holder procedure, client, seconds held, "
-                      "callers queued."),
+                      "callers queued (and how many of them are queries)."),
         Procedure("admin.get_stats", NoParams, ServerStats, _get_stats_admin, HIGH, ADMIN,
                   deadline=5, endpoint="admin",
                   doc="Calls per procedure, errors per reason, latency percentiles per "

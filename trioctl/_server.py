@@ -748,6 +748,7 @@ class Server:
                     kind=proc.job,
                     procedure=proc.name,
                     client=session.id,
+                    share=params if proc.shared else None,
                 )
             else:
                 result = await self.dispatcher.call(
