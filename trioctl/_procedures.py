@@ -141,6 +141,8 @@ class VersionInfo:
     protocol: int
     backend: str
     """The default emulator for new definitions: ``sim`` or ``qemu``."""
+    role: str = ""
+    """The calling client's role: ``read``, ``write`` or ``admin``."""
 
 
 @attrs.frozen
@@ -317,7 +319,7 @@ class ProcedureTable:
 
 
 async def _get_version(ctx: CallContext, _p: NoParams) -> VersionInfo:
-    return ctx.services.version()
+    return attrs.evolve(ctx.services.version(), role=ctx.session.role.name.lower())
 
 
 async def _list_domains(ctx: CallContext, p: ListDomainsParams) -> DomainList:
