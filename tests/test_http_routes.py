@@ -77,6 +77,7 @@ async def test_metrics_parse_back_and_are_documented(sock_dir: Path) -> None:
 async def test_metrics_access(sock_dir: Path) -> None:
     with trio.fail_after(30):
         async with running_daemon(sock_dir) as daemon:
+            assert daemon.token is not None
             daemon.server.tokens = Tokens({READ: Role.READ, daemon.token: Role.ADMIN})
             port = daemon.port
             bearer = {"Authorization": f"Bearer {READ}"}
@@ -117,6 +118,7 @@ async def test_console_files_and_its_origin(sock_dir: Path) -> None:
                 status, fields, body = await http(port, "GET", name)
                 assert status == 200 and fields["content-type"].startswith(kind) and body
             token = daemon.token
+            assert token is not None
             cases = [
                 # (Host, Origin, status): the page's own origin is allowed
                 # when the Host is an address or localhost.
@@ -153,6 +155,7 @@ async def ws_status(port: int, host: str, origin: str, token: str) -> int:
 async def test_get_version_names_the_role(sock_dir: Path) -> None:
     with trio.fail_after(30):
         async with running_daemon(sock_dir) as daemon:
+            assert daemon.token is not None
             daemon.server.tokens = Tokens({READ: Role.READ, daemon.token: Role.ADMIN})
             async with connect(daemon.url, READ) as reader:
                 assert (await reader.get_version()).role == "read"
