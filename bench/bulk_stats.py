@@ -51,14 +51,17 @@ async def http_get(port: int, path: str, token: str | None) -> tuple[int, bytes]
 
 
 async def _timings(client: Client, port: int, token: str, rounds: int) -> dict[str, Any]:
-    bulk, scrape = [], []
+    bulk, server, scrape = [], [], []
     fresh = skipped = size = 0
+    fresh_per_round = []
     reasons: dict[str, int] = {}
     for _ in range(rounds):
         t0 = time.perf_counter()
         got = await client.get_all_domain_stats()
         bulk.append(time.perf_counter() - t0)
+        server.append(got.elapsed_seconds)
         fresh, skipped = got.fresh, got.skipped
+        fresh_per_round.append(fresh)
         reasons = {}
         for record in got.domains:
             key = record.skipped or "fresh"
@@ -71,7 +74,9 @@ async def _timings(client: Client, port: int, token: str, rounds: int) -> dict[s
     return {
         "bulk": summarize_values(bulk),
         "bulk_max_ms": round(max(bulk) * 1000, 1),
+        "bulk_in_daemon_max_ms": round(max(server) * 1000, 1),
         "fresh": fresh,
+        "fresh_per_round": fresh_per_round,
         "skipped": skipped,
         "reasons": reasons,
         "scrape": summarize_values(scrape),
@@ -119,7 +124,7 @@ async def main(count: int, hung_count: int, rounds: int) -> dict[str, Any]:
                 await control_request(
                     str(sim.control_path), "x-trioctl-sim-fault", {"vm": name, "mode": "hang"}
                 )
-            out["just_hung"] = await _timings(client, daemon.port, daemon.token, 1)
+            out["just_hung"] = await _timings(client, daemon.port, daemon.token, rounds)
             stop = trio.Event()
             async with trio.open_nursery() as nursery:
                 per = (len(hung) + 4) // 5

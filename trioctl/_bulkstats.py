@@ -7,7 +7,9 @@ one's job in turn, so one hung QEMU stalls the whole collection; its later
 busy. Here NOWAIT is the default, and the walk is concurrent:
 
 * every selected domain is gathered in its own task of one nursery, under its
-  own deadline (:data:`NOWAIT_SECONDS`, or the caller's ``wait``);
+  own deadline (:data:`NOWAIT_SECONDS`, or the caller's ``wait``, counted
+  from the call's start); without ``wait``, at most
+  :data:`NOWAIT_CONCURRENCY` are asked at once;
 * without ``wait``, a domain whose job is held, whose monitor is
   unresponsive or reconnecting, is reported at once from its cached state
   (which names the job's holder), marked with why, never queued for;
@@ -15,12 +17,17 @@ busy. Here NOWAIT is the default, and the walk is concurrent:
   is reported the same way, ``skipped: "timeout"``; the monitor is not marked
   unresponsive for that (its own ``monitor_timeout`` decides that).
 
-So one call costs at most one deadline whatever hangs.
+So one call costs at most one deadline whatever hangs. A domain that timed
+out is remembered (until it answers one of these calls) and asked last, so
+that freshly hung monitors do not take the slots of healthy ones call after
+call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+import weakref
 from typing import TYPE_CHECKING, Final
 
 import attrs
@@ -56,10 +63,19 @@ NOWAIT_SECONDS: Final = 0.2
 """Without ``wait``: the deadline of each domain whose job was free and whose
 monitor looked responsive (its two QMP round trips and /proc)."""
 
+NOWAIT_CONCURRENCY: Final = 50
+"""Without ``wait``: domains asked at once, at most. Beyond it they wait for
+a slot (within the same deadline): a thousand round trips started together
+flood the event loop, and the deadline's cancellation then takes as long
+again to be served."""
+
 MAX_WAIT_SECONDS: Final = 30.0
 """The largest ``wait`` a caller may ask for."""
 
 _LIVE: Final = (DomainState.RUNNING, DomainState.PAUSED)
+
+_suspects: weakref.WeakKeyDictionary[Driver, set[str]] = weakref.WeakKeyDictionary()
+"""Per driver: domains whose last bulk query timed out."""
 
 
 @attrs.frozen
@@ -142,16 +158,23 @@ async def get_all_domain_stats(
         wanted = frozenset(states)
         infos = [i for i in infos if i.state in wanted]
     records: list[DomainStatsRecord | None] = [None] * len(infos)
-    limit = NOWAIT_SECONDS if wait is None else wait
+    suspects = _suspects.setdefault(driver, set())
+    # Suspects last: tasks take the slots in the order they start.
+    order = sorted(range(len(infos)), key=lambda i: infos[i].name in suspects)
+    deadline = trio.current_time() + (NOWAIT_SECONDS if wait is None else wait)
+    slots = trio.CapacityLimiter(NOWAIT_CONCURRENCY) if wait is None else None
     async with trio.open_nursery() as nursery:
-        for index, info in enumerate(infos):
+        for index in order:
+            info = infos[index]
             reason = _cached_reason(info) if wait is None else None
             if reason is None and info.state not in _LIVE:
                 reason = "not-running"
             if reason is not None:
                 records[index] = DomainStatsRecord(info.name, info, None, reason)
             else:
-                nursery.start_soon(_gather, driver, info, limit, client, records, index)
+                nursery.start_soon(
+                    _gather, driver, info, deadline, slots, suspects, client, records, index
+                )
     done = [r for r in records if r is not None]
     fresh = sum(1 for r in done if r.stats is not None)
     return AllDomainStats(
@@ -165,7 +188,9 @@ async def get_all_domain_stats(
 async def _gather(
     driver: Driver,
     info: DomainInfo,
-    limit: float,
+    deadline: float,
+    slots: trio.CapacityLimiter | None,
+    suspects: set[str],
     client: str,
     records: list[DomainStatsRecord | None],
     index: int,
@@ -174,10 +199,13 @@ async def _gather(
     stats: DomainStats | None = None
     skipped: str | None = None
     error: str | None = None
-    with trio.move_on_after(limit) as scope:
+    asked = False
+    with trio.move_on_at(deadline):
         try:
-            async with driver.jobs.job(name, JobKind.QUERY, procedure=PROCEDURE, client=client):
-                stats = await driver.get_stats_locked(name)
+            async with slots if slots is not None else contextlib.nullcontext():
+                async with driver.jobs.job(name, JobKind.QUERY, procedure=PROCEDURE, client=client):
+                    asked = True
+                    stats = await driver.get_stats_locked(name)
         except (JobQueueFull, JobTimeout) as exc:
             skipped, error = "job-held", exc.message
         except MonitorUnresponsive as exc:
@@ -189,8 +217,12 @@ async def _gather(
             skipped = "not-running"
         except TrioctlError as exc:
             skipped, error = "error", exc.message
-    if scope.cancelled_caught and stats is None:
+    if stats is None and skipped is None:
         skipped = "timeout"
+        if asked:
+            suspects.add(name)
+    elif stats is not None:
+        suspects.discard(name)
     try:
         now = driver.get_info(name)
     except NoDomain:  # undefined meanwhile: its last known state
