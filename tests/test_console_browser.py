@@ -27,6 +27,8 @@ import trio
 import trio_websocket
 
 from trioctl._client import connect
+from trioctl._driver import Driver
+from trioctl._jobs import JobKind
 from trioctl._procedures import Role
 from trioctl._tokens import Tokens
 
@@ -195,7 +197,13 @@ async def test_console_in_chromium(sock_dir: Path) -> None:
                         with pytest.raises(Exception, match="did not answer"):
                             await client.get_stats("db-1")
                         await page.until(f"{cell('db-1', 3)} === 'unresponsive'")
-                        shot = await page.screenshot()
+                        # A held job: the page names its holder.
+                        release = trio.Event()
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(_hold, daemon.driver, "cache-1", release)
+                            await page.until(f"{cell('cache-1', 5)}?.includes('domain.shutdown')")
+                            shot = await page.screenshot()
+                            release.set()
                         assert shot.startswith(b"\x89PNG")
                         keep = os.environ.get("TRIOCTL_CONSOLE_SCREENSHOT")
                         if keep:
@@ -230,6 +238,11 @@ async def test_console_in_chromium(sock_dir: Path) -> None:
                         )
                 finally:
                     os.kill(pid, signal.SIGCONT) if _alive(pid) else None
+
+
+async def _hold(driver: Driver, name: str, release: trio.Event) -> None:
+    async with driver.jobs.job(name, JobKind.MODIFY, procedure="domain.shutdown", client="c7"):
+        await release.wait()
 
 
 def _alive(pid: int) -> bool:
