@@ -61,9 +61,14 @@ async def test_hung_and_busy_domains_reported_at_once(sock_dir: Path, emulator: 
                     assert by["busy"].info.job.procedure == "domain.reset"
                     assert by["busy"].info.job.client == "c9"
                     assert by["off"].skipped == "not-running"
-                    ok = by["ok"].stats
-                    assert ok is not None and ok.running and by["ok"].skipped is None
-                    assert (first.fresh, first.skipped) == (1, 3)
+                    # A healthy domain answers (on a loaded machine it may
+                    # miss the 0.2 s once: that is a "timeout", never a wait).
+                    while (ok := by["ok"]).stats is None:
+                        assert ok.skipped == "timeout"
+                        again = await get_all_domain_stats(driver, names=["ok"])
+                        by["ok"] = again.domains[0]
+                    assert ok.stats is not None and ok.stats.running and ok.skipped is None
+                    assert first.fresh + first.skipped == 4
 
                     # Once the monitor is known unresponsive, it is not asked.
                     with pytest.raises(trioctl.TrioctlError):
@@ -123,8 +128,10 @@ async def test_over_rpc_with_a_stopped_domain(sock_dir: Path) -> None:
                     got = await client.get_all_domain_stats(states=["running"])
                     by = {r.name: r for r in got.domains}
                     assert by["a"].skipped == "timeout" and by["a"].stats is None
-                    assert by["b"].stats is not None
-                    raw = await client.call("connect.get_all_domain_stats", {"names": ["b"]})
+                    assert by["b"].stats is not None or by["b"].skipped == "timeout"
+                    raw = await client.call(
+                        "connect.get_all_domain_stats", {"names": ["b"], "wait": 20}
+                    )
                     assert raw["domains"][0]["stats"]["name"] == "b"
                     with pytest.raises(trioctl.InvalidParams):
                         await client.call("connect.get_all_domain_stats", {"wait": 99})

@@ -5,6 +5,9 @@ Shape::
     serve (the server nursery)
     ├── accept loop, one per listener       pauses while the process is out of fds
     └── one task per connection
+        ├── request head                    read here first: a plain GET
+        │                                   (/metrics, the console) is answered
+        │                                   by _http and the connection closed
         ├── handshake                       server.handshake_timeout; at most
         │                                   server.max_anonymous_clients at once
         ├── Origin, auth (header or         403 / 401 / 404 / 503 before accepting
