@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 
 import pytest
 import trio
+import trio.lowlevel
+import trio.testing
 import wsproto
 import wsproto.events as wse
+from hypothesis import given, strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 import trioctl
 from trioctl._client import connect
+from trioctl._http import PrefixedStream, own_origin
 from trioctl._procedures import Role
 from trioctl._tokens import Tokens
 
@@ -161,3 +166,79 @@ async def test_get_version_names_the_role(sock_dir: Path) -> None:
                 assert (await reader.get_version()).role == "read"
             async with connect(daemon.url, daemon.token) as admin:
                 assert (await admin.get_version()).role == "admin"
+
+
+@given(
+    prefix=st.binary(max_size=64),
+    rest=st.binary(max_size=64),
+    sizes=st.lists(st.integers(1, 80), min_size=1, max_size=40),
+)
+def test_prefixed_stream_gives_back_every_byte_in_order(
+    prefix: bytes, rest: bytes, sizes: list[int]
+) -> None:
+    async def main() -> bytes:
+        left, right = trio.testing.memory_stream_pair()
+        await left.send_all(rest)
+        await left.aclose()
+        stream = PrefixedStream(right, prefix, "peer")
+        got = b""
+        for size in itertools.cycle(sizes):
+            chunk = await stream.receive_some(size)
+            if not chunk:
+                return got
+            assert len(chunk) <= size
+            got += chunk
+        raise AssertionError("unreachable")
+
+    assert trio.run(main) == prefix + rest
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "allowed"),
+    [
+        ("http://127.0.0.1:8080", "127.0.0.1:8080", True),
+        ("https://[::1]:8443", "[::1]:8443", True),
+        ("http://localhost:8080", "localhost:8080", True),
+        ("http://10.0.0.5:16509", "10.0.0.5:16509", True),
+        ("http://vmhost:16509", "vmhost:16509", False),
+        ("http://127.0.0.1:8081", "127.0.0.1:8080", False),
+        ("http://127.0.0.1:8080", "", False),
+        ("null", "127.0.0.1:8080", False),
+    ],
+)
+def test_own_origin(origin: str, host: str, allowed: bool) -> None:
+    assert own_origin(origin, host) is allowed
+
+
+async def test_websocket_head_in_small_pieces(sock_dir: Path) -> None:
+    """The head read before the handshake may arrive a few bytes at a time."""
+    with trio.fail_after(30):
+        async with running_daemon(sock_dir) as daemon:
+            assert daemon.token is not None
+            stream = await trio.open_tcp_stream("127.0.0.1", daemon.port)
+            async with stream:
+                ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+                head = ws.send(
+                    wse.Request(
+                        host="127.0.0.1",
+                        target="/",
+                        extra_headers=[(b"authorization", f"Bearer {daemon.token}".encode())],
+                    )
+                )
+                for i in range(0, len(head), 7):
+                    await stream.send_all(head[i : i + 7])
+                    await trio.lowlevel.checkpoint()
+                accepted = False
+                while not accepted and (data := await stream.receive_some()):
+                    ws.receive_data(data)
+                    accepted = any(isinstance(e, wse.AcceptConnection) for e in ws.events())
+                assert accepted
+            # An oversized head is refused without a reply: EOF, or a reset
+            # (the server closed with the rest of it unread).
+            stream = await trio.open_tcp_stream("127.0.0.1", daemon.port)
+            async with stream:
+                try:
+                    await stream.send_all(b"GET / HTTP/1.1\r\nX: " + b"a" * 40000)
+                    assert await stream.receive_some() == b""
+                except trio.BrokenResourceError:
+                    pass
