@@ -286,6 +286,12 @@ def test_version(daemon: Daemon) -> None:
     assert run(daemon, "version", "--json").json()["protocol"] == 1
 
 
+def test_console_prints_the_url_with_the_token(daemon: Daemon) -> None:
+    out = run(daemon, "console").stdout.strip()
+    http_url = daemon.url.replace("ws://", "http://", 1).rstrip("/")
+    assert out.startswith(http_url + "/#token=") and len(out) > len(http_url) + 8
+
+
 def test_domain_errors(daemon: Daemon) -> None:
     failed(run(daemon, "dominfo", "no-such", code=1), "NO_DOMAIN")
     error = failed(run(daemon, "--json", "start", "no-such", code=1), "NO_DOMAIN")

@@ -138,6 +138,7 @@ async def test_live_results_match_their_schemas(sock_dir: Path) -> None:
         ("domain.start", {"name": "s1", "paused": False}, "/"),
         ("domain.get_info", {"name": "s1"}, "/"),
         ("domain.get_stats", {"name": "s1"}, "/"),
+        ("connect.get_all_domain_stats", {"states": ["running"], "wait": 5}, "/"),
         ("domain.suspend", {"name": "s1"}, "/"),
         ("domain.resume", {"name": "s1"}, "/"),
         ("domain.reset", {"name": "s1"}, "/"),

@@ -38,6 +38,7 @@ import trio
 import trio_websocket
 import wsproto.utilities
 
+from ._bulkstats import AllDomainStats
 from ._errors import (
     ConnectError,
     ConnectionRejected,
@@ -184,6 +185,22 @@ class Client:
         value = state.value if isinstance(state, DomainState) else state
         raw = await self.call("connect.list_domains", {"state": value} if value else {})
         return [_converter.structure(d, DomainInfo) for d in raw["domains"]]
+
+    async def get_all_domain_stats(
+        self,
+        names: list[str] | None = None,
+        states: list[DomainState | str] | None = None,
+        wait: float | None = None,
+    ) -> AllDomainStats:
+        """Every domain's stats in one call; NOWAIT unless ``wait`` is given."""
+        params: dict[str, Any] = {}
+        if names is not None:
+            params["names"] = list(names)
+        if states is not None:
+            params["states"] = [s.value if isinstance(s, DomainState) else s for s in states]
+        if wait is not None:
+            params["wait"] = wait
+        return await self._typed(AllDomainStats, "connect.get_all_domain_stats", **params)
 
     async def lookup(self, name: str) -> DomainInfo:
         return await self._typed(DomainInfo, "domain.lookup", name=name)

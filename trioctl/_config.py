@@ -565,6 +565,14 @@ class ServerConfig:
             "auth. Clients that send no Origin (not browsers) are unaffected.",
         ),
     )
+    metrics_access: Literal["loopback", "token"] = attrs.field(
+        default="loopback",
+        metadata=_meta(
+            _choice("loopback", "token"),
+            'Who may GET /metrics: "loopback" (the default): any token, or no token from '
+            'a loopback peer naming a loopback Host; "token": any valid token only.',
+        ),
+    )
 
     @property
     def host(self) -> str:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import attrs
 
+from ._bulkstats import MAX_WAIT_SECONDS, NOWAIT_SECONDS, AllDomainStats, get_all_domain_stats
 from ._errors import AccessDenied
 from ._jobs import JobKind
 from ._models import DomainDefinition, DomainInfo, DomainState, DomainStats, JobInfo
@@ -66,6 +67,17 @@ class NoParams:
 class ListDomainsParams:
     state: DomainState | None = None
     """Only domains in this state."""
+
+
+@attrs.frozen
+class AllDomainStatsParams:
+    names: list[str] | None = None
+    """Only these domains (NO_DOMAIN if one is not defined)."""
+    states: list[DomainState] | None = None
+    """Only domains in one of these states."""
+    wait: float | None = None
+    """Seconds each domain may wait for its job and monitor (at most 30);
+    absent: NOWAIT, busy or hung domains come from cached state at once."""
 
 
 @attrs.frozen
@@ -129,6 +141,8 @@ class VersionInfo:
     protocol: int
     backend: str
     """The default emulator for new definitions: ``sim`` or ``qemu``."""
+    role: str = ""
+    """The calling client's role: ``read``, ``write`` or ``admin``."""
 
 
 @attrs.frozen
@@ -311,11 +325,17 @@ class ProcedureTable:
 
 
 async def _get_version(ctx: CallContext, _p: NoParams) -> VersionInfo:
-    return ctx.services.version()
+    return attrs.evolve(ctx.services.version(), role=ctx.session.role.name.lower())
 
 
 async def _list_domains(ctx: CallContext, p: ListDomainsParams) -> DomainList:
     return DomainList(ctx.services.driver.list_domains(p.state))
+
+
+async def _get_all_domain_stats(ctx: CallContext, p: AllDomainStatsParams) -> AllDomainStats:
+    return await get_all_domain_stats(
+        ctx.services.driver, names=p.names, states=p.states, wait=p.wait, client=ctx.session.id
+    )
 
 
 async def _get_info(ctx: CallContext, p: DomainRef) -> DomainInfo:
@@ -432,6 +452,15 @@ PROCEDURES: Final = ProcedureTable(
         Procedure("connect.list_domains", ListDomainsParams, DomainList, _list_domains, HIGH,
                   READ, deadline=5,
                   doc="Every domain (or those in `state`), from cached state: never waits."),
+        Procedure("connect.get_all_domain_stats", AllDomainStatsParams, AllDomainStats,
+                  _get_all_domain_stats, HIGH, READ, deadline=MAX_WAIT_SECONDS + 5,
+                  doc="Stats of every domain (or `names`, `states`) in one call, gathered "
+                      "concurrently, each under its own deadline. By default (NOWAIT) a domain "
+                      "whose job is held, or whose monitor is unresponsive or reconnecting, "
+                      "is reported at once from cached state with `skipped` saying why and "
+                      "`info.job` naming the holder; the others get "
+                      f"{NOWAIT_SECONDS:g} s each (else `skipped: timeout`). With `wait`, "
+                      "every running domain may wait that long for its job and monitor."),
         Procedure("domain.lookup", DomainRef, DomainInfo, _get_info, HIGH, READ, deadline=5,
                   doc="One domain by name, from cached state."),
         Procedure("domain.get_info", DomainRef, DomainInfo, _get_info, HIGH, READ, deadline=5,

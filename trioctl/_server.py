@@ -5,6 +5,9 @@ Shape::
     serve (the server nursery)
     ├── accept loop, one per listener       pauses while the process is out of fds
     └── one task per connection
+        ├── request head                    read here first: a plain GET
+        │                                   (/metrics, the console) is answered
+        │                                   by _http and the connection closed
         ├── handshake                       server.handshake_timeout; at most
         │                                   server.max_anonymous_clients at once
         ├── Origin, auth (header or         403 / 401 / 404 / 503 before accepting
@@ -62,6 +65,7 @@ import trio
 import trio_websocket
 from wsproto import ConnectionType, WSConnection
 
+from . import _http
 from ._config import ServerConfig
 from ._dispatch import Dispatcher
 from ._driver import Driver, EventSubscription
@@ -73,6 +77,7 @@ from ._errors import (
     MethodNotFound,
     TrioctlError,
 )
+from ._metrics import Histogram
 from ._models import structure, unstructure
 from ._pools import Priority
 from ._procedures import (
@@ -257,6 +262,10 @@ class Server:
         self._calls: collections.Counter[str] = collections.Counter()
         self._errors: collections.Counter[str] = collections.Counter()
         self._latency = {p: collections.deque[float](maxlen=_LATENCY_WINDOW) for p in Priority}
+        self._histograms: collections.defaultdict[str, Histogram] = collections.defaultdict(
+            Histogram
+        )
+        """Call durations per procedure, for /metrics."""
         self._accepting = True
         self._handshaking: collections.Counter[str] = collections.Counter()
         self._anonymous = 0
@@ -422,8 +431,28 @@ class Server:
                 await trio.aclose_forcefully(stream)
 
     async def _connection(self, stream: trio.abc.Stream, slot: _AnonymousSlot) -> None:
+        # The request head is read here first: a plain HTTP GET (/metrics,
+        # the console) is answered by _http; an upgrade goes on to
+        # trio-websocket with the bytes read put back in front.
+        deadline = trio.current_time() + self.config.handshake_timeout
+        head = None
+        with trio.move_on_at(deadline):
+            head = await _http.read_head(stream)
+        if head is None:
+            return
+        http_request = _http.parse_head(head)
+        if http_request is None:
+            with trio.move_on_at(deadline):
+                await _http.respond(stream, 400, b"not an HTTP/1.1 request\n")
+            return
+        if not _http.is_upgrade(http_request):
+            with trio.move_on_at(deadline):
+                await _http.serve_http(self, stream, http_request, _http.peer_host(stream))
+            return
+        peer = _peer_name(stream)
+        host = (_http.header(http_request, b"host") or b"").decode("latin-1").strip().lower()
         ws = trio_websocket.WebSocketConnection(
-            stream,
+            _http.PrefixedStream(stream, head, peer),
             WSConnection(ConnectionType.SERVER),
             message_queue_size=1,
             max_message_size=self.config.max_message_size,
@@ -433,14 +462,14 @@ class Server:
             # stream is closed, so the closing handshake completes in the session.
             conn_nursery.start_soon(ws._reader_task)
             session: _Session | None = None
-            with trio.move_on_after(self.config.handshake_timeout):
+            with trio.move_on_at(deadline):
                 async with trio.open_nursery() as handshake:
                     # A peer that leaves before its request is gone now, not
                     # at the deadline.
                     handshake.start_soon(_cancel_when_closed, ws, handshake.cancel_scope)
                     try:
                         request = await ws._get_request()
-                        accepted = await self._handshake(request)
+                        accepted = await self._handshake(request, host)
                         if accepted is not None:
                             session = self._register(accepted)
                     except (trio_websocket.ConnectionClosed, trio_websocket.HandshakeError):
@@ -452,12 +481,17 @@ class Server:
                 await self._session(session)
             conn_nursery.cancel_scope.cancel()
 
-    def _origin_allowed(self, request: trio_websocket.WebSocketRequest) -> bool:
-        for key, value in request.headers:
-            if key.lower() == b"origin":
-                origin = value.decode("latin-1").strip().lower()
-                return origin in self.config.allowed_origins
-        return True
+    def _origin_allowed(self, request: trio_websocket.WebSocketRequest, host: str) -> bool:
+        headers = {key.lower(): value for key, value in request.headers}
+        if b"origin" not in headers:
+            return True
+        origin = headers[b"origin"].decode("latin-1").strip().lower()
+        if origin in self.config.allowed_origins:
+            return True
+        # The daemon's own console page (GET /): same origin as this request,
+        # when the Host is an address or localhost (a DNS name could be
+        # rebound to this listener; list such origins in allowed_origins).
+        return _http.own_origin(origin, host)
 
     def _authenticate(self, request: trio_websocket.WebSocketRequest) -> Role | None:
         """The token of the ``Authorization`` header, else of a ``bearer.``
@@ -475,12 +509,14 @@ class Server:
                 return self.tokens.role_for(proposed[len(BEARER_PREFIX) :])
         return None
 
-    async def _handshake(self, request: trio_websocket.WebSocketRequest) -> _Accepted | None:
+    async def _handshake(
+        self, request: trio_websocket.WebSocketRequest, host: str = ""
+    ) -> _Accepted | None:
         path = request.path.split("?", 1)[0]
         if path not in ("/", "/admin"):
             await request.reject(404, body=b"no such endpoint: use / or /admin\n")
             return None
-        if not self._origin_allowed(request):
+        if not self._origin_allowed(request, host):
             await request.reject(403, body=b"this Origin is not in server.allowed_origins\n")
             return None
         offered = request.proposed_subprotocols
@@ -702,7 +738,9 @@ class Server:
                 session.calls += 1
             if proc is not None:
                 self._calls[proc.name] += 1
-                self._latency[proc.priority].append(time.perf_counter() - start)
+                elapsed = time.perf_counter() - start
+                self._latency[proc.priority].append(elapsed)
+                self._histograms[proc.name].observe(elapsed)
             if isinstance(item, rpc.Request):
                 replies[index] = response
 
@@ -848,6 +886,19 @@ async def _cancel_when_closed(
         while ws.closed is None:
             await trio.sleep(0.25)
     scope.cancel()
+
+
+def _peer_name(stream: trio.abc.Stream) -> str:
+    """``address:port`` of a socket stream's peer (through TLS), else ``?``."""
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if isinstance(stream, trio.SocketStream):
+        try:
+            address, port, *_ = stream.socket.getpeername()
+            return f"{address}:{port}"
+        except (OSError, ValueError):
+            pass
+    return "?"
 
 
 def _peer_hung_up(stream: trio.abc.Stream | None) -> bool:

@@ -62,6 +62,7 @@ def register(group: click.Group) -> None:
         domstats,
         qmp,
         events,
+        console,
         admin,
     ):
         group.add_command(command)
@@ -89,6 +90,20 @@ def version(settings: Settings) -> None:
                 ]
             )
         )
+
+
+@click.command()
+@pass_settings
+def console(settings: Settings) -> None:
+    """Print the web console's URL, with the token in its fragment (never sent
+    to the server; the page reads it). Open it in a browser."""
+    import urllib.parse
+
+    token, _source = settings.find_token(admin=False)
+    parts = urllib.parse.urlsplit(settings.url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    fragment = "token=" + urllib.parse.quote(token, safe="") if token else ""
+    click.echo(urllib.parse.urlunsplit((scheme, parts.netloc, "/", "", fragment)))
 
 
 @click.command("list")
