@@ -15,6 +15,8 @@ import logging
 import os
 import re
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -516,3 +518,74 @@ def test_every_event_is_documented() -> None:
     section = doc[doc.index("## Log lines") :]
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", section, re.MULTILINE)) - {"event"}
     assert events == documented
+
+
+# -- the real daemon, JSON format --------------------------------------------------------------
+
+JSON_CONFIG = """
+[server]
+listen = "127.0.0.1:0"
+keepalive_interval = 0
+[log]
+format = "json"
+level = "debug"
+"""
+
+
+async def test_daemon_writes_json_lines_with_fields(sock_dir: Path) -> None:
+    """``trioctl daemon`` with ``log.format = "json"``: every stderr line is
+    one JSON object; operator lines carry their fields as keys. And
+    ``trioctl --json start`` shows no job (its own is released)."""
+    config = sock_dir / "trioctl.toml"
+    config.write_text(JSON_CONFIG)
+    ready = sock_dir / "ready.json"
+    stderr = sock_dir / "stderr.log"
+    argv = [sys.executable, "-m", "trioctl", "daemon", "--config", str(config)]
+    argv += ["--state-dir", str(sock_dir), "--ready-file", str(ready)]
+    with stderr.open("wb") as err:
+        proc = await trio.lowlevel.open_process(argv, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        with trio.fail_after(30):
+            while not ready.exists():
+                assert proc.poll() is None, stderr.read_text()
+                await trio.sleep(0.02)
+            url, token = (json.loads(ready.read_text())[k] for k in ("url", "token"))
+            cli = [sys.executable, "-m", "trioctl", "-c", url, "--token", token, "--json"]
+            for args in (["define", "-"], ["start", "j1"], ["destroy", "j1"]):
+                done = await trio.run_process(
+                    cli + args,
+                    stdin=b'{"name": "j1", "emulator": "sim"}',
+                    capture_stdout=True,
+                    check=True,
+                )
+                if args[0] == "start":
+                    shown = json.loads(done.stdout)
+                    assert shown["state"] == "running" and shown["job"] is None
+            proc.send_signal(signal.SIGTERM)
+            await proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            with trio.CancelScope(shield=True):
+                await proc.wait()
+    entries = [json.loads(line) for line in stderr.read_text().splitlines()]
+    by_event: dict[str, list[dict[str, Any]]] = {}
+    for entry in entries:
+        assert {"time", "level", "logger", "message"} <= entry.keys()
+        by_event.setdefault(entry.get("event", ""), []).append(entry)
+    connected = by_event["client_connected"]
+    assert len(connected) == 3 and {e["level"] for e in connected} == {"debug"}
+    (started,) = by_event["started"]
+    assert (started["domain"], started["procedure"], started["level"]) == (
+        "j1",
+        "domain.start",
+        "info",
+    )
+    assert started["client"] == connected[1]["client"]
+    (destroyed,) = by_event["destroyed"]
+    assert (destroyed["domain"], destroyed["client"], destroyed["reason"]) == (
+        "j1",
+        connected[2]["client"],
+        "destroyed",
+    )
+    assert "monitor_closed" not in by_event
