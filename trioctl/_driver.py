@@ -1188,16 +1188,21 @@ class Driver:
                     ) from None
                 if run.exited.is_set():
                     return
-                if dom.monitor_state is not MonitorState.UNRESPONSIVE and not (
-                    reconnecting and first
+                # A process on its way out (destroyed, or QEMU said SHUTDOWN)
+                # closes its socket before it exits: no reason to alarm.
+                exiting = run.destroying or run.shutdown_reason is not None
+                if (
+                    dom.monitor_state is not MonitorState.UNRESPONSIVE
+                    and not (reconnecting and first)
+                    and not exiting
                 ):
                     self._mark_unresponsive(dom, run, f"cannot connect the monitor: {exc}")
                 logger.debug("monitor of %s: %s; retrying in %.2f s", name, exc, backoff)
             await trio.sleep(backoff)
-            if closed and not run.exited.is_set():
+            if closed and not (run.exited.is_set() or run.destroying or run.shutdown_reason):
                 # Said only now: a monitor closes as its process exits (destroy,
                 # shutdown, crash: _watch_exit says which), and then this task
-                # is cancelled during the sleep above.
+                # is usually cancelled during the sleep above.
                 log(
                     logger, logging.WARNING,
                     "monitor of domain %s closed while its process runs; reconnecting", name,
