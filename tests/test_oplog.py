@@ -589,3 +589,20 @@ async def test_daemon_writes_json_lines_with_fields(sock_dir: Path) -> None:
         "destroyed",
     )
     assert "monitor_closed" not in by_event
+
+
+async def test_handshake_bounds_are_refusals(
+    autojump_clock: trio.testing.MockClock, sock_dir: Path, lines: Lines
+) -> None:
+    overrides = {"server.max_anonymous_clients": 1, "server.handshake_timeout": 5}
+    async with memory_server(sock_dir, **overrides) as (server, listener):
+        silent = await listener.connect()  # holds the one anonymous slot
+        await trio.sleep(1)
+        second = await listener.connect()
+        assert await second.receive_some() == b""  # closed at once
+        (anonymous,) = lines.of("limit_refused")
+        assert fields(anonymous)["limit"] == "max_anonymous_clients"
+        assert await silent.receive_some() == b""  # closed at the deadline
+        limits = [fields(r)["limit"] for r in lines.of("limit_refused")]
+        assert limits == ["max_anonymous_clients", "handshake_timeout"]
+        assert server.refusals.total == {"max_anonymous_clients": 1, "handshake_timeout": 1}
