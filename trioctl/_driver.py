@@ -81,6 +81,7 @@ from ._launcher import (
     resolve_qemu_user,
     verify_process,
 )
+from ._log import log
 from ._models import (
     DEFAULT_MACHINES,
     DomainDefinition,
@@ -222,6 +223,8 @@ class _Run:
     """The bound on QMP events passed on to subscribers (None: unbounded)."""
     drop_report_due: bool = False
     """A report of dropped events is scheduled (see _report_drops)."""
+    stopped_by: str = ""
+    """The client whose destroy or shutdown ended the process (for the log)."""
 
 
 @attrs.define(eq=False)
@@ -231,6 +234,9 @@ class _Domain:
     reason: str = "defined"
     monitor_state: MonitorState = MonitorState.NONE
     run: _Run | None = None
+    unresponsive_why: str = ""
+    """Why the monitor was last marked unresponsive (in MonitorUnresponsive)."""
+    unresponsive_since: float = 0.0
 
 
 @attrs.define(eq=False)
@@ -376,10 +382,23 @@ class Driver:
             return
         old = dom.monitor_state
         dom.monitor_state = state
+        name = dom.definition.name
         if state is MonitorState.UNRESPONSIVE:
-            self._emit(dom.definition.name, "monitor", "unresponsive", {"reason": why})
+            dom.unresponsive_why = why
+            dom.unresponsive_since = trio.current_time()
+            log(
+                logger, logging.WARNING, "monitor of domain %s is unresponsive: %s", name, why,
+                event="monitor_unresponsive", domain=name, reason=why,
+            )  # fmt: skip
+            self._emit(name, "monitor", "unresponsive", {"reason": why})
         elif state is MonitorState.OK and old is MonitorState.UNRESPONSIVE:
-            self._emit(dom.definition.name, "monitor", "responsive")
+            seconds = round(trio.current_time() - dom.unresponsive_since, 3)
+            log(
+                logger, logging.INFO,
+                "monitor of domain %s responds again after %.1f s unresponsive", name, seconds,
+                event="monitor_recovered", domain=name, seconds=seconds,
+            )  # fmt: skip
+            self._emit(name, "monitor", "responsive")
 
     # -- jobs ----------------------------------------------------------------------
 
@@ -501,6 +520,18 @@ class Driver:
 
     # -- lifecycle -----------------------------------------------------------------
 
+    def _holder(self, name: str) -> dict[str, str]:
+        """Who holds ``name``'s job (the caller of a *_locked operation), as log fields."""
+        job = self.jobs.job_info(name)
+        if job is None:
+            return {}
+        return {"client": job.owner.client, "procedure": job.owner.procedure}
+
+    def _own_info(self, dom: _Domain) -> DomainInfo:
+        """The info a *_locked operation returns: without its own job, which
+        its caller releases as it returns."""
+        return attrs.evolve(self._info(dom), job=None)
+
     async def start_locked(self, name: str, paused: bool = False) -> DomainInfo:
         """Launch the domain's emulator and connect its monitor.
 
@@ -508,6 +539,24 @@ class Driver:
             OperationInvalid: it is already running.
             LaunchError: the emulator failed to start or its monitor to answer.
         """
+        try:
+            info = await self._start_locked(name, paused)
+        except LaunchError as exc:
+            stderr = exc.data.get("stderr")
+            log(
+                logger, logging.WARNING, "domain %s failed to start: %s", name, exc.message,
+                event="launch_failed", domain=name, reason=exc.reason,
+                stderr=stderr if isinstance(stderr, str) else None, **self._holder(name),
+            )  # fmt: skip
+            raise
+        log(
+            logger, logging.INFO, "domain %s started (pid %s)%s", name, info.pid,
+            " paused" if paused else "",
+            event="started", domain=name, pid=info.pid, **self._holder(name),
+        )  # fmt: skip
+        return info
+
+    async def _start_locked(self, name: str, paused: bool) -> DomainInfo:
         dom = self._get(name)
         if dom.run is not None:
             raise OperationInvalid(f"domain {name!r} is already running")
@@ -529,9 +578,11 @@ class Driver:
             qmp_path = spec.qmp_path
             taints = [TAINT_CUSTOM_ARGV] if d.extra_args else []
             if taints:
-                logger.warning(
-                    "domain %s starts tainted (%s): extra_args %s", name, ", ".join(taints),
-                    list(d.extra_args),
+                log(
+                    logger, logging.WARNING, "domain %s starts tainted (%s): extra_args %s",
+                    name, ", ".join(taints), list(d.extra_args),
+                    event="tainted", domain=name, taint=", ".join(taints),
+                    reason=f"extra_args {list(d.extra_args)}", **self._holder(name),
                 )  # fmt: skip
             # No emulator without a record naming it: "starting" before the spawn,
             # with its pid right after (launch shields both), "running" once the
@@ -598,7 +649,7 @@ class Driver:
             self._set_state(dom, DomainState.PAUSED, "user", "started")
         else:
             self._set_state(dom, DomainState.RUNNING, "booted", "started")
-        return self._info(dom)
+        return self._own_info(dom)
 
     def _launch_spec(
         self, d: DomainDefinition, paused: bool, dom_dir: Path, user: QemuUser | None
@@ -752,7 +803,7 @@ class Driver:
         await self._monitor_call(dom, "stop")
         # The STOP event usually came before the reply and did this already.
         self._change_state(dom, DomainState.PAUSED, "user", "suspended")
-        return self._info(dom)
+        return self._own_info(dom)
 
     async def resume_locked(self, name: str) -> DomainInfo:
         dom = self._running(name)
@@ -760,12 +811,12 @@ class Driver:
             raise OperationInvalid(f"domain {name!r} is not paused")
         await self._monitor_call(dom, "cont")
         self._change_state(dom, DomainState.RUNNING, "unpaused", "resumed")
-        return self._info(dom)
+        return self._own_info(dom)
 
     async def reset_locked(self, name: str) -> DomainInfo:
         dom = self._running(name)
         await self._monitor_call(dom, "system_reset")
-        return self._info(dom)
+        return self._own_info(dom)
 
     async def shutdown_locked(self, name: str) -> DomainInfo:
         """Press the power button (``system_powerdown``) and wait for the exit.
@@ -784,6 +835,7 @@ class Driver:
                 domain=name,
             )
         await self._monitor_call(dom, "system_powerdown")
+        run.stopped_by = self._holder(name).get("client", "")
         limit = self.config.shutdown_timeout
         with trio.move_on_after(limit):
             await run.exited.wait()
@@ -793,7 +845,7 @@ class Driver:
                 "(the guest may ignore the power button); destroy it instead",
                 domain=name,
             )
-        return self._info(dom)
+        return self._own_info(dom)
 
     async def get_stats_locked(self, name: str) -> DomainStats:
         dom = self._running(name)
@@ -836,7 +888,11 @@ class Driver:
         """Mark the running process tainted (logged; kept in its record)."""
         run = dom.run
         assert run is not None
-        logger.warning("domain %s is tainted (%s): %s", dom.definition.name, taint, why)
+        name = dom.definition.name
+        log(
+            logger, logging.WARNING, "domain %s is tainted (%s): %s", name, taint, why,
+            event="tainted", domain=name, taint=taint, reason=why, **self._holder(name),
+        )  # fmt: skip
         if taint in run.taints:
             return
         run.taints.append(taint)
@@ -870,6 +926,7 @@ class Driver:
                 domain=name,
             )
         run.destroying = True
+        run.stopped_by = client
         # Once begun, a destroy finishes even if its caller goes away: a
         # half-done one (SIGTERM sent, no SIGKILL) would leave the domain
         # marked as destroying. It is bounded by the grace and a SIGKILL.
@@ -898,7 +955,7 @@ class Driver:
             raise OperationInvalid(f"domain {name!r} is not running", domain=name)
         if dom.monitor_state is MonitorState.UNRESPONSIVE and self.config.monitor_fail_fast:
             raise MonitorUnresponsive(
-                f"the monitor of domain {name!r} is not responding; "
+                f"the monitor of domain {name!r} is not responding ({dom.unresponsive_why}); "
                 "calls fail at once until it answers a probe (destroy works)",
                 domain=name,
             )
@@ -916,6 +973,12 @@ class Driver:
                 raise DomainDestroyed(f"domain {name!r} was destroyed", domain=name) from None
             raise
         assert limit is not None and scope.cancelled_caught
+        log(
+            logger, logging.WARNING, "monitor of domain %s did not answer %s within %g s",
+            name, command, limit,
+            event="monitor_timeout", domain=name, command=command, reason=MonitorTimeout.reason,
+            **self._holder(name),
+        )  # fmt: skip
         self._mark_unresponsive(dom, run, f"{command} did not answer within {limit:g} s")
         raise MonitorTimeout(
             f"the monitor of domain {name!r} did not answer {command} within {limit:g} s; "
@@ -1012,16 +1075,59 @@ class Driver:
         else:
             state, reason, detail = DomainState.CRASHED, "crashed", "crashed"
         if dom.run is run:
+            self._log_exit(name, run, reason)
             dom.run = None
             dom.monitor_state = MonitorState.NONE
             self.store.delete_record(name)
             if not run.record.shared:
                 self._remove_runtime_files(name)
             self._set_state(dom, state, reason, detail)
+            self._save_exit(name, state, reason)
         self._release_run(run)
         run.exited.set()
         assert run.nursery is not None
         run.nursery.cancel_scope.cancel()
+
+    def _log_exit(self, name: str, run: _Run, reason: str) -> None:
+        pid, status = run.proc.pid, run.proc.returncode
+        if status is None:
+            how = "exit status unknown (not the daemon's child)"
+        elif status < 0:
+            how = f"killed by {_signal_name(-status)}"
+        else:
+            how = f"exit status {status}"
+        fields: dict[str, Any] = {"domain": name, "pid": pid, "reason": reason}
+        if status is not None and status < 0:
+            fields["signal"] = _signal_name(-status)
+        elif status is not None:
+            fields["exit_status"] = status
+        if reason == "destroyed":
+            log(
+                logger, logging.INFO, "domain %s destroyed (pid %d, %s)", name, pid, how,
+                event="destroyed", client=run.stopped_by or None, **fields,
+            )  # fmt: skip
+        elif reason == "shutdown":
+            log(
+                logger, logging.INFO, "domain %s shut down (pid %d, %s; QEMU says %s)",
+                name, pid, how, run.shutdown_reason,
+                event="shutdown", client=run.stopped_by or None,
+                shutdown_reason=run.shutdown_reason, **fields,
+            )  # fmt: skip
+        else:
+            log(
+                logger, logging.WARNING, "domain %s crashed (pid %d, %s)", name, pid, how,
+                event="crashed", **fields,
+            )  # fmt: skip
+
+    def _save_exit(self, name: str, state: DomainState, reason: str) -> None:
+        """Keep how the domain last stopped, for the next daemon (see Store.save_exit)."""
+        try:
+            self.store.save_exit(name, state.value, reason)
+        except OSError as exc:
+            log(
+                logger, logging.WARNING, "domain %s: cannot save how it stopped: %s", name, exc,
+                event="state_not_saved", domain=name, reason=str(exc),
+            )  # fmt: skip
 
     async def _hold_reconnect_job(
         self,
@@ -1043,7 +1149,7 @@ class Driver:
                         dom,
                         run,
                         f"no monitor handshake within {self.config.reconnect_timeout:g} s "
-                        "of reconnecting",
+                        "of reconnecting, calls waited for the reconnect until then",
                     )
         except DomainDestroyed:
             pass
@@ -1062,6 +1168,7 @@ class Driver:
         backoff = _RECONNECT_BACKOFF_MIN
         serial = reconnecting and self.config.reconnect == "serial"
         while not run.exited.is_set():
+            closed = False
             if serial or self.config.monitor_timeout is None:
                 handshake = math.inf  # pre-patch libvirt: wait as long as it takes
             elif first and not reconnecting:
@@ -1084,7 +1191,7 @@ class Driver:
                 run.monitor = None
                 if not run.exited.is_set() and dom.monitor_state is MonitorState.OK:
                     dom.monitor_state = MonitorState.CONNECTING
-                logger.info("monitor of %s closed; reconnecting", name)
+                closed = True
             except Exception as exc:
                 # Whatever the peer did, this loop must not end the domain's
                 # supervision (and with it the exit watcher).
@@ -1099,12 +1206,26 @@ class Driver:
                     ) from None
                 if run.exited.is_set():
                     return
-                if dom.monitor_state is not MonitorState.UNRESPONSIVE and not (
-                    reconnecting and first
+                # A process on its way out (destroyed, or QEMU said SHUTDOWN)
+                # closes its socket before it exits: no reason to alarm.
+                exiting = run.destroying or run.shutdown_reason is not None
+                if (
+                    dom.monitor_state is not MonitorState.UNRESPONSIVE
+                    and not (reconnecting and first)
+                    and not exiting
                 ):
                     self._mark_unresponsive(dom, run, f"cannot connect the monitor: {exc}")
                 logger.debug("monitor of %s: %s; retrying in %.2f s", name, exc, backoff)
             await trio.sleep(backoff)
+            if closed and not (run.exited.is_set() or run.destroying or run.shutdown_reason):
+                # Said only now: a monitor closes as its process exits (destroy,
+                # shutdown, crash: _watch_exit says which), and then this task
+                # is usually cancelled during the sleep above.
+                log(
+                    logger, logging.WARNING,
+                    "monitor of domain %s closed while its process runs; reconnecting", name,
+                    event="monitor_closed", domain=name,
+                )  # fmt: skip
             backoff = min(backoff * 2, self.config.probe_interval)
 
     async def _sync_state(self, dom: _Domain, mon: Monitor) -> None:
@@ -1209,13 +1330,17 @@ class Driver:
     async def _load(self) -> None:
         definitions, problems = await trio.to_thread.run_sync(self.store.load_definitions)
         records, record_problems = await trio.to_thread.run_sync(self.store.load_records)
+        exits = await trio.to_thread.run_sync(self.store.load_exits)
         self.load_problems = problems + record_problems
         for d in definitions:
             if not d.uuid:  # a hand-written file: every domain has a uuid
                 d = attrs.evolve(d, uuid=new_uuid())
             if not d.emulator:
                 d = attrs.evolve(d, emulator=self.config.backend)
-            self._domains[d.name] = _Domain(d)
+            loaded = self._domains[d.name] = _Domain(d)
+            if d.name in exits:
+                state_value, loaded.reason = exits[d.name]
+                loaded.state = DomainState(state_value)
         reconnecting: list[tuple[_Domain, _Run]] = []
         argv_cache: dict[int, list[str] | None] = {}
         for name, record in records.items():
@@ -1258,14 +1383,25 @@ class Driver:
             except PermissionError as exc:
                 # A record naming a process that is not this domain's emulator:
                 # never signal it; forget the record.
-                logger.error("domain %s: runtime record discarded: %s", name, exc)
+                log(
+                    logger, logging.ERROR, "domain %s: runtime record discarded: %s", name, exc,
+                    event="record_discarded", domain=name, reason=str(exc),
+                )  # fmt: skip
                 self.store.delete_record(name)
                 self._set_state(dom, DomainState.CRASHED, "crashed", "crashed")
+                self._save_exit(name, DomainState.CRASHED, "crashed")
                 continue
-            except (ProcessLookupError, OSError):
+            except (ProcessLookupError, OSError) as exc:
+                log(
+                    logger, logging.WARNING,
+                    "domain %s crashed while the daemon was down (pid %d: %s)", name, record.pid,
+                    exc.strerror or exc,
+                    event="crashed", domain=name, pid=record.pid, reason="crashed",
+                )  # fmt: skip
                 self.store.delete_record(name)
                 self._remove_runtime_files(name)
                 self._set_state(dom, DomainState.CRASHED, "crashed", "crashed")
+                self._save_exit(name, DomainState.CRASHED, "crashed")
                 continue
             run = _Run(
                 proc,
@@ -1333,7 +1469,18 @@ class Driver:
         try:
             await self.start(name, client="daemon")
         except Exception as exc:
-            logger.error("autostart of %s failed: %s", name, exc)
+            log(
+                logger, logging.ERROR, "autostart of %s failed: %s", name, exc,
+                event="autostart_failed", domain=name,
+                reason=getattr(exc, "reason", type(exc).__name__),
+            )  # fmt: skip
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _running_definition(record: RuntimeRecord) -> DomainDefinition | None:

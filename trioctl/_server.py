@@ -74,9 +74,12 @@ from ._errors import (
     DeadlineExceeded,
     InternalError,
     InvalidParams,
+    JobQueueFull,
     MethodNotFound,
+    ServerBusy,
     TrioctlError,
 )
+from ._log import RefusalLog, log
 from ._metrics import Histogram
 from ._models import structure, unstructure
 from ._pools import Priority
@@ -278,6 +281,8 @@ class Server:
         """How many times accepting paused for want of file descriptors."""
         self.anonymous_refused = 0
         """Connections closed at once: max_anonymous_clients were in their handshake."""
+        self.refusals = RefusalLog(logger)
+        """Refusals at a limit, logged at most once per kind per 10 s with counts."""
 
     # -- the Services protocol of _procedures ----------------------------------------
 
@@ -360,9 +365,16 @@ class Server:
             async with trio.open_nursery() as nursery:
                 for listener in listeners:
                     nursery.start_soon(self._accept_loop, listener, nursery)
+                nursery.start_soon(self._flush_refusals)
                 task_status.started()
         finally:
             self._give_back_reserve()
+
+    async def _flush_refusals(self) -> None:
+        """Say the refusals counted since each kind's last line, every interval."""
+        while True:
+            await trio.sleep(self.refusals.interval)
+            self.refusals.flush(trio.current_time())
 
     def _take_reserve(self) -> bool:
         """Hold :data:`_FD_RESERVE` descriptors; False if the process has not
@@ -417,6 +429,11 @@ class Server:
         try:
             if self._anonymous >= self.config.max_anonymous_clients:
                 self.anonymous_refused += 1
+                self.refusals.refused(
+                    "max_anonymous_clients",
+                    f"a connection while {self._anonymous} were in their handshake",
+                    trio.current_time(),
+                )
                 return
             slot = _AnonymousSlot(self)
             try:
@@ -436,8 +453,10 @@ class Server:
         # trio-websocket with the bytes read put back in front.
         deadline = trio.current_time() + self.config.handshake_timeout
         head = None
-        with trio.move_on_at(deadline):
+        with trio.move_on_at(deadline) as head_scope:
             head = await _http.read_head(stream)
+        if head_scope.cancelled_caught:
+            self._refuse_slow_handshake()
         if head is None:
             return
         http_request = _http.parse_head(head)
@@ -462,7 +481,7 @@ class Server:
             # stream is closed, so the closing handshake completes in the session.
             conn_nursery.start_soon(ws._reader_task)
             session: _Session | None = None
-            with trio.move_on_at(deadline):
+            with trio.move_on_at(deadline) as handshake_scope:
                 async with trio.open_nursery() as handshake:
                     # A peer that leaves before its request is gone now, not
                     # at the deadline.
@@ -475,11 +494,20 @@ class Server:
                     except (trio_websocket.ConnectionClosed, trio_websocket.HandshakeError):
                         pass
                     handshake.cancel_scope.cancel()
+            if handshake_scope.cancelled_caught:
+                self._refuse_slow_handshake()
             slot.release()
             if session is not None:
                 session.stream = stream
                 await self._session(session)
             conn_nursery.cancel_scope.cancel()
+
+    def _refuse_slow_handshake(self) -> None:
+        self.refusals.refused(
+            "handshake_timeout",
+            f"a connection with no handshake within {self.config.handshake_timeout:g} s",
+            trio.current_time(),
+        )
 
     def _origin_allowed(self, request: trio_websocket.WebSocketRequest, host: str) -> bool:
         headers = {key.lower(): value for key, value in request.headers}
@@ -534,6 +562,9 @@ class Server:
         current = sum(1 for s in self._sessions.values() if s.endpoint == endpoint)
         if current + self._handshaking[endpoint] >= limit:
             which = "admin_max_clients" if endpoint == "admin" else "max_clients"
+            self.refusals.refused(
+                which, f"a client while {current} were connected", trio.current_time()
+            )
             await request.reject(503, body=f"too many clients ({which})\n".encode())
             return None
         role = self._authenticate(request)
@@ -571,9 +602,12 @@ class Server:
         )
         self._sessions[session.id] = session
         self._handshaking[accepted.endpoint] -= 1
-        logger.info(
-            "client %s connected from %s as %s", session.id, session.peer, session.role.name.lower()
-        )
+        log(
+            logger, logging.DEBUG, "client %s connected from %s as %s",
+            session.id, session.peer, session.role.name.lower(),
+            event="client_connected", client=session.id, peer=session.peer,
+            role=session.role.name.lower(), endpoint=session.endpoint,
+        )  # fmt: skip
         return session
 
     async def _session(self, session: _Session) -> None:
@@ -594,7 +628,11 @@ class Server:
             # Only now: drain() waits for this, while the WebSocket readers
             # that complete the closing handshake still run.
             del self._sessions[session.id]
-            logger.info("client %s disconnected", session.id)
+            log(
+                logger, logging.DEBUG, "client %s disconnected after %d calls",
+                session.id, session.calls,
+                event="client_disconnected", client=session.id, calls=session.calls,
+            )  # fmt: skip
 
     async def _watch_peer(self, session: _Session) -> None:
         """Cancel the session as soon as its peer is gone.
@@ -616,7 +654,10 @@ class Server:
             if session.ws.closed is not None:
                 break
             if session.reader_waiting and _peer_hung_up(session.stream):
-                logger.info("client %s hung up while its calls ran", session.id)
+                log(
+                    logger, logging.INFO, "client %s hung up while its calls ran", session.id,
+                    event="client_hung_up", client=session.id,
+                )  # fmt: skip
                 break
         session.scope.cancel()
 
@@ -657,7 +698,11 @@ class Server:
                 continue
             missed += 1
             if missed >= self.config.keepalive_count:
-                logger.info("client %s missed %d keepalive pongs: closing", session.id, missed)
+                log(
+                    logger, logging.INFO, "client %s missed %d keepalive pongs: closing",
+                    session.id, missed,
+                    event="keepalive_timeout", client=session.id, missed=missed,
+                )  # fmt: skip
                 with trio.move_on_after(1):
                     await session.ws.aclose(_CLOSE_POLICY, "keepalive timeout")
                 session.scope.cancel()
@@ -727,9 +772,23 @@ class Server:
                 response = rpc.Response.result(call_id, result)
             except TrioctlError as exc:
                 self._errors[exc.reason] += 1
+                if exc.reason in _REFUSALS:
+                    self.refusals.refused(
+                        _REFUSALS[exc.reason],
+                        exc.message,
+                        trio.current_time(),
+                        client=session.id,
+                        procedure=item.method,
+                        domain=exc.data.get("domain"),
+                        reason=exc.reason,
+                    )
                 response = rpc.Response.error(call_id, exc)
             except Exception as exc:
-                logger.exception("internal error in %s", item.method)
+                log(
+                    logger, logging.ERROR, "internal error in %s", item.method, exc_info=True,
+                    event="internal_error", client=session.id, procedure=item.method,
+                    reason=InternalError.reason,
+                )  # fmt: skip
                 self._errors[InternalError.reason] += 1
                 response = rpc.Response.error(
                     call_id, InternalError(f"internal error: {type(exc).__name__}: {exc}")
@@ -830,6 +889,9 @@ def _percentiles(samples: Sequence[float]) -> LatencyPercentiles:
 
 
 DISCOVER: Final = "rpc.discover"
+
+_REFUSALS: Final = {JobQueueFull.reason: "job_queue", ServerBusy.reason: "server_busy"}
+"""Error reasons of calls refused at a limit, to the kind of their log line."""
 
 
 def positional_params(proc: Procedure, values: list[Any]) -> dict[str, Any]:

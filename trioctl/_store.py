@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import stat
 from pathlib import Path
@@ -56,6 +57,9 @@ MAX_DEFINITION_BYTES: Final = 64 * 1024
 MAX_RECORD_BYTES: Final = 64 * 1024
 #: pid_max cannot exceed 2**22 on Linux.
 _PID_MAX: Final = 2**22
+_MAX_EXIT_BYTES: Final = 1024
+_EXIT_STATES: Final = ("shutoff", "crashed")
+_EXIT_REASON: Final = re.compile(r"[a-z][a-z-]{0,31}")
 _TICKS_MAX: Final = 2**63
 
 
@@ -276,7 +280,40 @@ class Store:
     def delete_definition(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.definition_path(name).unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self.exit_path(name).unlink()
         _fsync_dir(self.domains_dir)
+
+    # -- how each domain last stopped (kept beside its definition) -----------------------
+
+    def exit_path(self, name: str) -> Path:
+        # ".exit", never ".json": no definition file can have this name.
+        return self.domains_dir / f"{name}.exit"
+
+    def save_exit(self, name: str, state: str, reason: str) -> None:
+        """Remember that ``name`` stopped (``shutoff``/``crashed``) and why, so
+        that the next daemon shows the same state and reason."""
+        write_atomic(self.exit_path(name), _encode({"state": state, "reason": reason}))
+
+    def load_exits(self) -> dict[str, tuple[str, str]]:
+        """Every saved ``(state, reason)`` by domain name. A file that cannot be
+        used is logged and ignored (the domain then reads shutoff/defined)."""
+        found: dict[str, tuple[str, str]] = {}
+        for path in sorted(self.domains_dir.glob("*.exit")):
+            try:
+                raw = json.loads(read_regular(path, _MAX_EXIT_BYTES))
+                if not isinstance(raw, dict):
+                    raise ValueError("not a JSON object")
+                state, reason = raw.get("state"), raw.get("reason")
+                if state not in _EXIT_STATES or not isinstance(reason, str):
+                    raise ValueError(f"unknown state {str(state)[:20]!r}")
+                if not _EXIT_REASON.fullmatch(reason):
+                    raise ValueError(f"unknown reason {reason[:20]!r}")
+            except (OSError, ValueError) as exc:
+                logger.warning("ignoring %s: %s", path, str(exc)[:200])
+                continue
+            found[path.stem] = (state, reason)
+        return found
 
     def load_definitions(self) -> tuple[list[DomainDefinition], list[LoadProblem]]:
         """Every definition; a file that cannot be loaded, for ANY reason, is
