@@ -94,7 +94,11 @@ async def test_cancelled_launch_leaves_no_emulator_behind() -> None:
         with trio.fail_after(20):
             with trio.move_on_after(delay):
                 proc = await launch(spec, run_dir=state_dir, on_spawn=on_spawn)
-                await proc.kill(grace=0)
+                # The launch finished before the deadline: our own kill must
+                # not be cut short by it (a SIGKILLed process is still "R"
+                # until the kernel has torn it down).
+                with trio.CancelScope(shield=True):
+                    await proc.kill(grace=0)
                 proc.close()
             for pid in spawned:
                 assert proc_state(pid) in ("Z", "X", "gone")
