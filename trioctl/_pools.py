@@ -1,43 +1,41 @@
-"""Priority worker pools: libvirt's ``virThreadPool`` rebuilt with Trio tasks.
+r"""Priority worker pools: libvirt's ``virThreadPool`` limits on Trio tasks.
 
-Two kinds of worker run jobs:
+In Trio a waiting task costs nothing, so there are no long-lived workers: a
+**worker** is a token, and a job runs in a task of its own (named
+``trioctl-worker`` or ``trioctl-prio-worker``) for as long as it holds one.
 
-* **general workers**, between ``min_workers`` and ``max_workers``: they run
-  any job. The pools start ``min_workers`` of them and add one whenever a job
-  arrives and no general worker is free, up to ``max_workers`` (libvirt's
-  rule). Idle workers above ``min_workers`` are kept, as libvirt keeps its
-  threads.
-* **priority workers**, exactly ``prio_workers`` of them: they run only
+* **general tokens**, ``max_workers`` of them, run any job;
+* **priority tokens**, ``prio_workers`` of them, run only
   :attr:`Priority.HIGH` jobs, so high-priority work is served even when every
   general worker is stuck.
 
-A HIGH job starts on a free priority worker if there is one, else on a free
-general worker, else on a new general worker; only when none of these exist
-does it wait. A LOW job starts on a free or new general worker, else waits. A
-worker that finishes a job takes the oldest waiting HIGH job first (a general
-worker then the oldest LOW job), so a HIGH job never waits while a worker that
-may run it is free.
+A HIGH job takes a free priority token, else a free general token; a LOW job
+takes a free general token. Without one, the job waits in its priority's FIFO
+queue, bounded by ``max_pending``: submitting to a full queue raises
+:class:`~trioctl.ServerBusy` at once (the submitter is typically a client
+session's reader and must never block). When a job ends, its token goes to
+the oldest waiting HIGH job, else (a general token) to the oldest LOW job.
 
-Waiting jobs sit in one bounded queue per priority (``max_pending`` each).
-Submitting to a full queue raises :class:`~trioctl.ServerBusy` at once: the
-submitter is typically a client session's reader and must never block.
+The tokens are counters and the queues are ``deque``\ s of jobs, each with
+a :class:`trio.Event` its ``run()`` caller waits on. Neither a
+:class:`trio.CapacityLimiter` nor a memory channel fits: a HIGH job must take
+*either* kind of token, a general token must go to HIGH waiters before LOW
+ones (a limiter serves its waiters in arrival order), a limiter cannot have
+zero tokens (``prio_workers=0``), and a channel's capacity is fixed. Counting
+tokens by hand keeps the limiter's resize rule all the same: growing hands
+the new tokens out at once, shrinking takes effect as holders finish. Every
+decision (start, queue, refuse) is made synchronously, so ``statistics()``
+is exact at every moment.
 
-Why not two ``trio.open_memory_channel``s? A general worker must take from
-*either* queue, HIGH first, and Trio cannot wait on two channels at once; a
-channel also hides which worker a job went to, so ``statistics()`` could not
-be exact, and its capacity cannot change at run time. So each queue is a
-``collections.deque`` with an explicit bound, and jobs are handed to an idle
-worker directly (the worker task sleeps in
-:func:`trio.lowlevel.wait_task_rescheduled` and is rescheduled with its job).
-This is what a memory channel does internally, minus the parts that do not
-fit. Every decision (hand-off, spawn, queue, retire) is made synchronously,
-so ``statistics()`` is exact at every moment, not only after tasks run.
+``statistics().workers`` reports libvirt's thread count: ``min_workers``
+kept from the start, grown on demand up to ``max_workers``, kept when idle,
+and shrunk at once when ``max_workers`` is lowered (busy ones stay counted
+until their job ends).
 
-``max_workers == 0`` is libvirt's "no pool" mode: there are no workers;
-:meth:`WorkerPools.run` runs the job in the caller's own task and
-:meth:`WorkerPools.submit_nowait` starts it as a task of its own (at most
-``max_pending`` at a time). As in libvirt, ``max_workers`` cannot later switch
-between zero and non-zero.
+``max_workers == 0`` is libvirt's "no pool" mode: :meth:`WorkerPools.run`
+runs the job in the caller's own task and :meth:`WorkerPools.submit_nowait`
+starts it as a task of its own (at most ``max_pending`` at a time). As in
+libvirt, ``max_workers`` cannot later switch between zero and non-zero.
 """
 
 from __future__ import annotations
@@ -45,12 +43,12 @@ from __future__ import annotations
 import collections
 import enum
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final, NoReturn, TypeVar, TypeVarTuple
 
 import attrs
-import outcome
 import trio
 
 from ._errors import InvalidParams, ServerBusy
@@ -172,58 +170,47 @@ class PoolStatistics:
     rejected: int
 
 
-# Job states.
 _PENDING: Final = 0  # in a pending queue
-_ASSIGNED: Final = 1  # handed to a worker (or started inline), not finished
+_RUNNING: Final = 1  # holds a worker token, its task started or about to
 _DONE: Final = 2
 
 
 class _Job:
+    """One job. ``done`` is set once it has ended (or left the queue for good)."""
+
     __slots__ = (
         "args",
-        "caller",
-        "cancel_requested",
+        "cancel",
+        "detached",
+        "done",
+        "error",
         "fn",
+        "ok",
         "priority",
-        "raise_cancel",
         "scope",
         "state",
     )
 
     def __init__(
-        self,
-        priority: Priority,
-        fn: Callable[..., Awaitable[Any]],
-        args: tuple[Any, ...],
-        caller: trio.lowlevel.Task | None,
+        self, priority: Priority, fn: Callable[..., Awaitable[Any]], args: Any, detached: bool
     ) -> None:
         self.priority = priority
+        self.detached = detached
         self.fn = fn
         self.args = args
-        # The task waiting in run() for the outcome; None for submit_nowait.
-        self.caller = caller
         self.state = _PENDING
-        self.scope: trio.CancelScope | None = None
-        self.cancel_requested = False
-        self.raise_cancel: trio.lowlevel.RaiseCancelT | None = None
-
-
-class _Worker:
-    __slots__ = ("job", "parked", "prio", "retire", "task")
-
-    def __init__(self, prio: bool) -> None:
-        self.prio = prio
-        self.job: _Job | None = None
-        self.task: trio.lowlevel.Task | None = None
-        self.parked = False
-        self.retire = False
+        self.done = trio.Event()
+        self.scope = trio.CancelScope()
+        self.cancel = False  # the run() caller was cancelled after the hand-off
+        self.ok: tuple[Any] | None = None  # (value,) once the job returned
+        self.error: BaseException | None = None
 
 
 class WorkerPools:
-    """General and priority workers running async jobs; see the module docs.
+    """Worker tokens and two bounded queues; see the module docs.
 
     Create it with :func:`open_worker_pools` (or :func:`serve_worker_pools`),
-    never directly: the workers are tasks of the nursery that owns the pools.
+    never directly: the jobs are tasks of the nursery that owns the pools.
     Every method must be called from inside the same ``trio.run``.
     """
 
@@ -232,21 +219,16 @@ class WorkerPools:
         self._nursery = nursery
         self._limits = limits
         self._closed = False
-        self._n_general = 0
-        self._n_prio = 0
-        self._idle_general: collections.deque[_Worker] = collections.deque()
-        self._idle_prio: collections.deque[_Worker] = collections.deque()
-        self._pending_high: collections.deque[_Job] = collections.deque()
-        self._pending_low: collections.deque[_Job] = collections.deque()
-        self._running = 0
+        self._inline = limits.max_workers == 0
+        self._busy = 0  # general tokens held
+        self._busy_prio = 0  # priority tokens held
+        self._kept = 0 if self._inline else limits.min_workers  # idle workers counted
+        self._pending = {p: collections.deque[_Job]() for p in Priority}
+        self._inline_running = 0
         self._completed = 0
         self._failed = 0
         self._cancelled = 0
         self._rejected = 0
-        self._inline = limits.max_workers == 0
-        self._adjust_workers()
-
-    # -- public API ---------------------------------------------------------------
 
     @property
     def limits(self) -> PoolLimits:
@@ -271,11 +253,15 @@ class WorkerPools:
                 a worker. Nothing was queued.
             trio.ClosedResourceError: the pools have closed.
         """
-        job = _Job(priority, fn, args, None)
-        if self._inline:
-            self._start_inline_nowait(job)
-        else:
+        job = _Job(priority, fn, args, True)
+        if not self._inline:
             self._submit(job)
+            return
+        self._check_open()
+        if self._inline_running >= self._limits.max_pending:
+            self._refuse(priority, self._inline_running, "jobs already run without workers")
+        self._inline_running += 1
+        self._nursery.start_soon(self._run_detached, job, name="trioctl-inline-job")
 
     async def run(
         self,
@@ -299,39 +285,45 @@ class WorkerPools:
         """
         if self._inline:
             return await self._run_inline(fn, *args)
-        await trio.lowlevel.checkpoint_if_cancelled()
-        job = _Job(priority, fn, args, trio.lowlevel.current_task())
+        if trio.current_effective_deadline() == -math.inf:
+            await trio.sleep(0)  # noqa: ASYNC115 (no trio.lowlevel): cancelled, raise here
+        job = _Job(priority, fn, args, False)
         self._submit(job)
-
-        def abort(raise_cancel: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
+        try:
+            await job.done.wait()
+        except trio.Cancelled:
             if job.state == _PENDING:
-                queue = self._pending_high if job.priority is Priority.HIGH else self._pending_low
-                queue.remove(job)
+                self._pending[priority].remove(job)
                 job.state = _DONE
                 self._cancelled += 1
-                return trio.lowlevel.Abort.SUCCEEDED
-            # Handed to a worker: cancel the job and wait until it has ended;
-            # the worker reschedules us with the outcome.
-            job.cancel_requested = True
-            job.raise_cancel = raise_cancel
-            if job.scope is not None:
-                job.scope.cancel()
-            return trio.lowlevel.Abort.FAILED
-
-        result: T = await trio.lowlevel.wait_task_rescheduled(abort)
+                raise
+            # Holding a token: cancel the job, wait until it has ended.
+            job.cancel = True
+            job.scope.cancel()
+            with trio.CancelScope(shield=True):
+                await job.done.wait()
+            if job.error is None and job.ok is None:
+                raise
+        if job.error is not None:
+            raise job.error
+        assert job.ok is not None
+        result: T = job.ok[0]
         return result
 
     def statistics(self) -> PoolStatistics:
         """Return a frozen snapshot of the limits, workers, queues and counters."""
+        live = not (self._closed or self._inline)
+        workers = max(self._kept, self._busy)
+        prio = max(self._limits.prio_workers, self._busy_prio) if live else self._busy_prio
         return PoolStatistics(
             limits=self._limits,
-            workers=self._n_general,
-            free_workers=len(self._idle_general),
-            prio_workers=self._n_prio,
-            free_prio_workers=len(self._idle_prio),
-            running=self._running,
-            pending_high=len(self._pending_high),
-            pending_low=len(self._pending_low),
+            workers=workers,
+            free_workers=workers - self._busy,
+            prio_workers=prio,
+            free_prio_workers=prio - self._busy_prio,
+            running=self._busy + self._busy_prio + self._inline_running,
+            pending_high=len(self._pending[Priority.HIGH]),
+            pending_low=len(self._pending[Priority.LOW]),
             completed=self._completed,
             failed=self._failed,
             cancelled=self._cancelled,
@@ -348,7 +340,7 @@ class WorkerPools:
     ) -> PoolLimits:
         """Change some limits at run time; ``None`` keeps a value.
 
-        Growing starts workers at once (and hands them waiting jobs).
+        Growing adds tokens at once (and hands them to waiting jobs).
         Shrinking retires free workers at once and busy ones as soon as their
         current job ends: a running job is never cancelled. Lowering
         ``max_pending`` below the current queue keeps the queued jobs and
@@ -361,166 +353,130 @@ class WorkerPools:
             InvalidParams: see :func:`check_limits`; nothing changed.
             trio.ClosedResourceError: the pools have closed.
         """
-        if self._closed:
-            raise trio.ClosedResourceError("the worker pools are closed")
-        new = PoolLimits(
-            min_workers=self._limits.min_workers if min_workers is None else min_workers,
-            max_workers=self._limits.max_workers if max_workers is None else max_workers,
-            prio_workers=self._limits.prio_workers if prio_workers is None else prio_workers,
-            max_pending=self._limits.max_pending if max_pending is None else max_pending,
+        self._check_open()
+        new = attrs.evolve(
+            self._limits,
+            **{
+                key: value
+                for key, value in (
+                    ("min_workers", min_workers),
+                    ("max_workers", max_workers),
+                    ("prio_workers", prio_workers),
+                    ("max_pending", max_pending),
+                )
+                if value is not None
+            },
         )
         check_limits(new, self._limits)
         self._limits = new
-        self._adjust_workers()
+        if not self._inline:
+            self._kept = max(new.min_workers, min(self._kept, new.max_workers))
+            self._dispatch()
         return new
 
-    # -- submission ---------------------------------------------------------------
+    # -- tokens and queues --------------------------------------------------------
 
-    def _submit(self, job: _Job) -> None:
+    def _check_open(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("the worker pools are closed")
-        if job.priority is Priority.HIGH:
-            if self._idle_prio:
-                self._hand_off(self._idle_prio.popleft(), job)
-                return
-            if self._idle_general:
-                self._hand_off(self._idle_general.popleft(), job)
-                return
-            queue = self._pending_high
-        else:
-            if self._idle_general:
-                self._hand_off(self._idle_general.popleft(), job)
-                return
-            queue = self._pending_low
-        if self._n_general < self._limits.max_workers:
-            self._spawn(prio=False, job=job)
+
+    def _refuse(self, priority: Priority, pending: int, what: str) -> NoReturn:
+        self._rejected += 1
+        raise ServerBusy(
+            f"worker pool busy: {pending} {what} (max_pending={self._limits.max_pending})",
+            priority=priority.value,
+            pending=pending,
+            max_pending=self._limits.max_pending,
+        )
+
+    def _submit(self, job: _Job) -> None:
+        self._check_open()
+        if self._try_start(job):
             return
+        queue = self._pending[job.priority]
         if len(queue) >= self._limits.max_pending:
-            self._rejected += 1
-            raise ServerBusy(
-                f"worker pool busy: {len(queue)} {job.priority.value}-priority jobs "
-                f"already wait for a worker (max_pending={self._limits.max_pending})",
-                priority=job.priority.value,
-                pending=len(queue),
-                max_pending=self._limits.max_pending,
+            self._refuse(
+                job.priority,
+                len(queue),
+                f"{job.priority.value}-priority jobs already wait for a worker",
             )
         queue.append(job)
 
-    def _hand_off(self, worker: _Worker, job: _Job) -> None:
-        job.state = _ASSIGNED
-        self._running += 1
-        worker.job = job
-        if worker.parked:
-            worker.parked = False
-            assert worker.task is not None
-            trio.lowlevel.reschedule(worker.task)
-
-    def _spawn(self, *, prio: bool, job: _Job | None) -> None:
-        worker = _Worker(prio)
-        if prio:
-            self._n_prio += 1
+    def _try_start(self, job: _Job) -> bool:
+        """Give ``job`` a free token and start its task; False if none is free."""
+        if job.priority is Priority.HIGH and self._busy_prio < self._limits.prio_workers:
+            prio = True
+            self._busy_prio += 1
+        elif self._busy < self._limits.max_workers:
+            prio = False
+            self._busy += 1
+            self._kept = max(self._kept, self._busy)
         else:
-            self._n_general += 1
-        if job is not None:
-            self._hand_off(worker, job)
-        else:
-            (self._idle_prio if prio else self._idle_general).append(worker)
+            return False
+        job.state = _RUNNING
         name = "trioctl-prio-worker" if prio else "trioctl-worker"
-        self._nursery.start_soon(self._worker_main, worker, name=name)
-
-    def _take_pending(self, prio: bool) -> _Job | None:
-        if self._pending_high:
-            return self._pending_high.popleft()
-        if not prio and self._pending_low:
-            return self._pending_low.popleft()
-        return None
-
-    def _adjust_workers(self) -> None:
-        """Bring the worker counts to the limits (spawn or retire idle ones)."""
-        if self._inline:
-            return
-        limits = self._limits
-        # General workers: up to min at once, then one per waiting job up to max.
-        while self._n_general < limits.min_workers:
-            self._spawn(prio=False, job=self._take_pending(False))
-        while self._n_general < limits.max_workers and (self._pending_high or self._pending_low):
-            self._spawn(prio=False, job=self._take_pending(False))
-        while self._n_general > limits.max_workers and self._idle_general:
-            self._retire(self._idle_general.pop())
-        # Priority workers.
-        while self._n_prio < limits.prio_workers:
-            self._spawn(prio=True, job=self._take_pending(True))
-        while self._n_prio > limits.prio_workers and self._idle_prio:
-            self._retire(self._idle_prio.pop())
-
-    def _retire(self, worker: _Worker) -> None:
-        if worker.prio:
-            self._n_prio -= 1
-        else:
-            self._n_general -= 1
-        worker.retire = True
-        if worker.parked:
-            worker.parked = False
-            assert worker.task is not None
-            trio.lowlevel.reschedule(worker.task)
-
-    # -- workers ------------------------------------------------------------------
-
-    async def _worker_main(self, worker: _Worker) -> None:
-        worker.task = trio.lowlevel.current_task()
-        idle = self._idle_prio if worker.prio else self._idle_general
-
-        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-            # Only the pools' own nursery is ever cancelled under a parked worker.
-            worker.parked = False
-            idle.remove(worker)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        try:
-            while True:
-                job = worker.job
-                if job is None:
-                    if worker.retire:
-                        return
-                    worker.parked = True
-                    await trio.lowlevel.wait_task_rescheduled(abort)
-                    continue
-                worker.job = None
-                if job.caller is None:
-                    await self._run_detached(job)
-                else:
-                    await self._run_for_caller(job)
-                if self._after_job(worker, idle):
-                    # Took a waiting job: yield once, as a memory channel's
-                    # receive does, so a backlog of jobs that never
-                    # checkpoint cannot monopolise the event loop. No cancel
-                    # point: the job is already this worker's.
-                    await trio.lowlevel.cancel_shielded_checkpoint()
-        finally:
-            if not worker.retire:
-                # Leaving because the pools closed (or a job raised a
-                # BaseException such as KeyboardInterrupt).
-                worker.retire = True
-                if worker.prio:
-                    self._n_prio -= 1
-                else:
-                    self._n_general -= 1
-
-    def _after_job(self, worker: _Worker, idle: collections.deque[_Worker]) -> bool:
-        """Retire, take the next waiting job (True), or become free."""
-        limit = self._limits.prio_workers if worker.prio else self._limits.max_workers
-        count = self._n_prio if worker.prio else self._n_general
-        if count > limit:
-            self._retire(worker)
-            return False
-        job = self._take_pending(worker.prio)
-        if job is None:
-            idle.append(worker)
-            return False
-        job.state = _ASSIGNED
-        self._running += 1
-        worker.job = job
+        self._nursery.start_soon(self._work, job, prio, name=name)
         return True
+
+    def _dispatch(self) -> None:
+        """Hand free tokens to the oldest waiting jobs, HIGH first."""
+        if self._closed:
+            return
+        for queue in self._pending[Priority.HIGH], self._pending[Priority.LOW]:
+            while queue and self._try_start(queue[0]):
+                queue.popleft()
+
+    async def _work(self, job: _Job, prio: bool) -> None:
+        try:
+            if job.cancel:
+                # The caller was cancelled between hand-off and start: never run.
+                self._cancelled += 1
+            else:
+                await self._run_job(job)
+        finally:
+            job.state = _DONE
+            if prio:
+                self._busy_prio -= 1
+            else:
+                self._busy -= 1
+            job.done.set()
+            self._dispatch()
+
+    async def _run_job(self, job: _Job) -> None:
+        try:
+            with job.scope:
+                value = await job.fn(*job.args)
+        except Exception as exc:
+            self._failed += 1
+            job.error = exc
+            if job.detached:
+                logger.exception("job %r failed", job.fn)
+        except BaseException:
+            # trio.Cancelled from the pools closing, KeyboardInterrupt, or a
+            # group of those: it belongs to this task, not to the caller.
+            job.error = trio.ClosedResourceError("the worker pools closed while the job ran")
+            raise
+        else:
+            if not job.scope.cancelled_caught:
+                job.ok = (value,)
+        finally:
+            self._completed += 1
+
+    # -- the no-pool mode (max_workers == 0) ----------------------------------------
+
+    async def _run_inline(self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
+        self._check_open()
+        if trio.current_effective_deadline() == -math.inf:
+            await trio.sleep(0)  # noqa: ASYNC115 (no trio.lowlevel)
+        self._inline_running += 1
+        try:
+            return await fn(*args)
+        except Exception:
+            self._failed += 1
+            raise
+        finally:
+            self._inline_running -= 1
+            self._completed += 1
 
     async def _run_detached(self, job: _Job) -> None:
         try:
@@ -529,103 +485,22 @@ class WorkerPools:
             self._failed += 1
             logger.exception("job %r failed", job.fn)
         finally:
-            job.state = _DONE
-            self._running -= 1
+            self._inline_running -= 1
             self._completed += 1
-
-    async def _run_for_caller(self, job: _Job) -> None:
-        caller = job.caller
-        assert caller is not None
-        if job.cancel_requested:
-            # The caller was cancelled between hand-off and start: never run.
-            job.state = _DONE
-            self._running -= 1
-            self._cancelled += 1
-            assert job.raise_cancel is not None
-            trio.lowlevel.reschedule(caller, outcome.capture(job.raise_cancel))
-            return
-        result: outcome.Outcome[Any]
-        scope = job.scope = trio.CancelScope()
-        try:
-            with scope:
-                value = await job.fn(*job.args)
-        except BaseException as exc:
-            self._running -= 1
-            self._completed += 1
-            job.state = _DONE
-            if isinstance(exc, Exception):
-                self._failed += 1
-                result = outcome.Error(exc)
-            else:
-                # trio.Cancelled from the pools closing, KeyboardInterrupt, or a
-                # group of those: it belongs to this worker, not to the caller.
-                if job.cancel_requested:
-                    assert job.raise_cancel is not None
-                    result = outcome.capture(job.raise_cancel)
-                else:
-                    result = outcome.Error(
-                        trio.ClosedResourceError("the worker pools closed while the job ran")
-                    )
-                trio.lowlevel.reschedule(caller, result)
-                raise
-        else:
-            self._running -= 1
-            self._completed += 1
-            job.state = _DONE
-            if scope.cancelled_caught:
-                assert job.raise_cancel is not None
-                result = outcome.capture(job.raise_cancel)
-            else:
-                result = outcome.Value(value)
-        trio.lowlevel.reschedule(caller, result)
-
-    # -- the no-pool mode (max_workers == 0) ----------------------------------------
-
-    async def _run_inline(self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
-        if self._closed:
-            raise trio.ClosedResourceError("the worker pools are closed")
-        await trio.lowlevel.checkpoint_if_cancelled()
-        self._running += 1
-        try:
-            return await fn(*args)
-        except Exception:
-            self._failed += 1
-            raise
-        finally:
-            self._running -= 1
-            self._completed += 1
-
-    def _start_inline_nowait(self, job: _Job) -> None:
-        if self._closed:
-            raise trio.ClosedResourceError("the worker pools are closed")
-        if self._running >= self._limits.max_pending:
-            self._rejected += 1
-            raise ServerBusy(
-                f"worker pool busy: {self._running} jobs already run without workers "
-                f"(max_pending={self._limits.max_pending})",
-                priority=job.priority.value,
-                pending=self._running,
-                max_pending=self._limits.max_pending,
-            )
-        job.state = _ASSIGNED
-        self._running += 1
-        self._nursery.start_soon(self._run_detached, job, name="trioctl-inline-job")
 
     # -- closing ------------------------------------------------------------------
 
     def _close(self) -> None:
         """Refuse new jobs, fail waiting ones; the caller then cancels the nursery."""
         self._closed = True
-        for queue in (self._pending_high, self._pending_low):
+        self._kept = 0
+        for queue in self._pending.values():
             while queue:
                 job = queue.popleft()
                 job.state = _DONE
+                job.error = trio.ClosedResourceError("the worker pools closed")
                 self._cancelled += 1
-                if job.caller is not None:
-                    trio.lowlevel.reschedule(
-                        job.caller,
-                        outcome.Error(trio.ClosedResourceError("the worker pools closed")),
-                    )
+                job.done.set()
 
 
 @asynccontextmanager
