@@ -43,13 +43,17 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
-from typing import Any, Final
+from typing import Final, TypeVar
 
 import attrs
 import trio
 
-from ._errors import DomainDestroyed, InvalidParams, JobQueueFull, JobTimeout
+from ._errors import DomainDestroyed, InvalidParams, JobQueueFull, JobTimeout, TrioctlError
+
+E = TypeVar("E", bound=TrioctlError)
 
 __all__ = [
     "DEFAULT_MAX_QUEUED",
@@ -191,17 +195,43 @@ class JobStatistics:
     interrupted: int
 
 
+class _Claim:
+    """One caller's claim on a domain's job, as the registry sees it."""
+
+    __slots__ = (
+        "by", "client", "domain", "granted", "interrupted", "kind", "owner", "procedure",
+        "query", "scope", "seen", "since",
+    )  # fmt: skip
+
+    def __init__(
+        self, domain: str, kind: JobKind, procedure: str, client: str, query: bool
+    ) -> None:
+        self.domain = domain
+        self.kind = kind
+        self.procedure = procedure
+        self.client = client
+        self.query = query  # waits in the query lane (as holder, lets a modify go next)
+        self.since = 0.0
+        self.owner: JobOwner | None = None  # set when granted
+        self.granted = trio.Event()
+        self.interrupted = False
+        self.by: _Claim | None = None  # the destroy that interrupted it
+        self.scope = trio.CancelScope()  # the holder's body; a destroy cancels it
+        # The holder as seen when this caller stopped waiting (for messages).
+        self.seen: tuple[JobOwner | None, float, int] = (None, 0.0, 0)
+
+
 class _Entry:
     """One domain with a holder. Waiter dicts are insertion-ordered sets:
     destroys, the other non-query kinds, and queries (the query lane)."""
 
     __slots__ = ("destroyers", "holder", "queries", "waiters")
 
-    def __init__(self, holder: JobHandle) -> None:
+    def __init__(self, holder: _Claim) -> None:
         self.holder = holder
-        self.destroyers: dict[JobHandle, None] = {}
-        self.waiters: dict[JobHandle, None] = {}
-        self.queries: dict[JobHandle, None] = {}
+        self.destroyers: dict[_Claim, None] = {}
+        self.waiters: dict[_Claim, None] = {}
+        self.queries: dict[_Claim, None] = {}
 
     def queued(self) -> int:
         return len(self.destroyers) + len(self.waiters) + len(self.queries)
@@ -214,70 +244,38 @@ class JobHandle:
     block the caller holds the job.
     """
 
-    __slots__ = (
-        "_by",
-        "_client",
-        "_domain",
-        "_entered",
-        "_granted",
-        "_interrupted",
-        "_jobs",
-        "_kind",
-        "_owner",
-        "_procedure",
-        "_query",
-        "_scope",
-        "_seen",
-        "_since",
-        "_task",
-    )
+    __slots__ = ("_claim", "_entered", "_hold")
 
-    def __init__(
-        self, jobs: DomainJobs, domain: str, kind: JobKind, procedure: str, client: str
-    ) -> None:
-        self._jobs = jobs
-        self._domain = domain
-        self._kind = kind
-        self._procedure = procedure
-        self._client = client
-        # Waits in the query lane (and, as holder, lets a modify go next).
-        self._query = kind is JobKind.QUERY and jobs.query_lane
+    def __init__(self, claim: _Claim, hold: AbstractAsyncContextManager[None]) -> None:
+        self._claim = claim
+        self._hold = hold
         self._entered = False
-        self._granted = False
-        self._interrupted = False
-        self._by: JobHandle | None = None
-        self._owner: JobOwner | None = None
-        self._scope = trio.CancelScope()
-        self._since = 0.0
-        self._task: trio.lowlevel.Task | None = None
-        # The holder as seen when this caller stopped waiting (for messages).
-        self._seen: tuple[str, JobOwner | None, float, int] | None = None
 
     @property
     def domain(self) -> str:
         """The domain's name."""
-        return self._domain
+        return self._claim.domain
 
     @property
     def kind(self) -> JobKind:
         """The job kind asked for."""
-        return self._kind
+        return self._claim.kind
 
     @property
     def owner(self) -> JobOwner | None:
         """This caller as the job's owner, once it holds the job."""
-        return self._owner
+        return self._claim.owner
 
     @property
     def interrupted(self) -> bool:
         """A destroy or :meth:`DomainJobs.interrupt` interrupted this holder."""
-        return self._interrupted
+        return self._claim.interrupted
 
     async def __aenter__(self) -> JobHandle:
         if self._entered:
             raise RuntimeError("a JobHandle can be entered only once")
         self._entered = True
-        await self._jobs._acquire(self)
+        await self._hold.__aenter__()
         return self
 
     async def __aexit__(
@@ -285,8 +283,8 @@ class JobHandle:
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> None:
-        self._jobs._exit(self, exc_type, exc, tb)
+    ) -> bool | None:
+        return await self._hold.__aexit__(exc_type, exc, tb)
 
 
 class DomainJobs:
@@ -394,7 +392,8 @@ class DomainJobs:
                 body that finished despite the interruption returns normally;
                 a cancellation from outside the block propagates unchanged.
         """
-        return JobHandle(self, domain, kind, procedure, client)
+        claim = _Claim(domain, kind, procedure, client, kind is JobKind.QUERY and self._query_lane)
+        return JobHandle(claim, self._hold(claim))
 
     def interrupt(self, domain: str) -> bool:
         """Interrupt ``domain``'s holder as a destroy would.
@@ -440,7 +439,7 @@ class DomainJobs:
     # -- internals ----------------------------------------------------------------
 
     @staticmethod
-    def _pick(entry: _Entry, after_query: bool) -> dict[JobHandle, None] | None:
+    def _pick(entry: _Entry, after_query: bool) -> dict[_Claim, None] | None:
         """The queue whose head gets the job after a holder (a query holder if
         ``after_query``): destroys first, then the lane opposite the holder's
         if it has waiters, else the other one; None when nobody waits."""
@@ -451,210 +450,179 @@ class DomainJobs:
         return entry.waiters or None
 
     @classmethod
-    def _order(cls, entry: _Entry) -> list[JobHandle]:
-        """Every waiter in the order :meth:`_release` will grant the job,
-        were nobody else to come or go."""
+    def _info(cls, domain: str, entry: _Entry, now: float) -> JobInfo:
+        # Every waiter in the order _release will grant the job, were nobody
+        # else to come or go.
         ahead = _Entry(entry.holder)
         ahead.destroyers = dict(entry.destroyers)
         ahead.waiters = dict(entry.waiters)
         ahead.queries = dict(entry.queries)
-        after_query = entry.holder._query
-        order: list[JobHandle] = []
+        after_query = entry.holder.query
+        order: list[_Claim] = []
         while (queue := cls._pick(ahead, after_query)) is not None:
             nxt = next(iter(queue))
             del queue[nxt]
             order.append(nxt)
-            after_query = nxt._query
-        return order
-
-    @classmethod
-    def _info(cls, domain: str, entry: _Entry, now: float) -> JobInfo:
+            after_query = nxt.query
         holder = entry.holder
-        assert holder._owner is not None
-        waiters = tuple(
-            QueuedJob(
-                kind=w._kind,
-                procedure=w._procedure,
-                client=w._client,
-                since=w._since,
-                waited_seconds=now - w._since,
-            )
-            for w in cls._order(entry)
-        )
+        assert holder.owner is not None
         return JobInfo(
             domain=domain,
-            kind=holder._kind,
-            owner=holder._owner,
-            held_seconds=now - holder._owner.started,
-            queued=len(waiters),
+            kind=holder.kind,
+            owner=holder.owner,
+            held_seconds=now - holder.owner.started,
+            queued=len(order),
             queued_queries=len(entry.queries),
-            waiters=waiters,
-            interrupted=holder._interrupted,
+            waiters=tuple(
+                QueuedJob(w.kind, w.procedure, w.client, w.since, now - w.since) for w in order
+            ),
+            interrupted=holder.interrupted,
         )
 
-    def _grant(self, claim: JobHandle, now: float) -> None:
-        claim._granted = True
-        claim._owner = JobOwner(procedure=claim._procedure, client=claim._client, started=now)
-        self._acquired += 1
+    @asynccontextmanager
+    async def _hold(self, claim: _Claim) -> AsyncIterator[None]:
+        await self._acquire(claim)
+        try:
+            with claim.scope:
+                try:
+                    yield
+                except Exception as exc:
+                    if claim.interrupted:
+                        raise self._destroyed(claim) from exc
+                    raise
+            # Only an interruption cancels the holder's scope, so a swallowed
+            # Cancelled always means "destroyed": the block never swallows.
+            if claim.scope.cancelled_caught:
+                raise self._destroyed(claim) from None
+        finally:
+            self._release(claim)
 
-    async def _acquire(self, claim: JobHandle) -> None:
-        await trio.lowlevel.checkpoint()
-        domain = claim._domain
+    async def _acquire(self, claim: _Claim) -> None:
+        await trio.sleep(0)  # noqa: ASYNC115 (a checkpoint without trio.lowlevel)
+        domain = claim.domain
         now = trio.current_time()
         entry = self._entries.get(domain)
         if entry is None:
             self._entries[domain] = _Entry(claim)
             self._grant(claim, now)
-            claim._scope.__enter__()
             return
-
-        if claim._kind is JobKind.DESTROY:
+        if claim.kind is JobKind.DESTROY:
             queue = entry.destroyers
-            if entry.holder._kind is not JobKind.DESTROY:
+            if entry.holder.kind is not JobKind.DESTROY:
                 self._interrupt_holder(entry, by=claim)
-        elif claim._query:
-            queue = entry.queries
-            bound = self._max_queued_queries
+        else:
+            queue, bound, name = (
+                (entry.queries, self._max_queued_queries, "max_queued_queries")
+                if claim.query
+                else (entry.waiters, self._max_queued, "max_queued")
+            )
             if bound and len(queue) >= bound:
                 self._rejected += 1
-                self._rejected_queries += 1
-                message, data = self._refusal(
-                    domain,
-                    entry.holder._owner,
-                    now,
-                    entry.queued(),
-                    f"{len(queue)} queries already wait (max_queued_queries={bound})",
-                )
-                raise JobQueueFull(message, **data)
-        else:
-            queue = entry.waiters
-            if self._max_queued and len(entry.waiters) >= self._max_queued:
-                self._rejected += 1
-                message, data = self._refusal(
-                    domain,
-                    entry.holder._owner,
-                    now,
-                    entry.queued(),
-                    f"{len(entry.waiters)} callers already wait (max_queued={self._max_queued})",
-                )
-                raise JobQueueFull(message, **data)
-        claim._task = trio.lowlevel.current_task()
-        claim._since = now
+                self._rejected_queries += claim.query
+                who = "queries" if claim.query else "callers"
+                why = f"{len(queue)} {who} already wait ({name}={bound})"
+                seen = (entry.holder.owner, now, entry.queued())
+                raise self._refusal(JobQueueFull, domain, seen, why)
+        claim.since = now
         queue[claim] = None
         self._count_queued(claim, 1)
-
-        def abort(_: trio.lowlevel.RaiseCancelT) -> trio.lowlevel.Abort:
-            del queue[claim]
-            self._count_queued(claim, -1)
-            claim._seen = (domain, entry.holder._owner, trio.current_time(), entry.queued())
-            return trio.lowlevel.Abort.SUCCEEDED
-
+        timeout = self._wait_timeout
         try:
-            if self._wait_timeout is None:
-                await trio.lowlevel.wait_task_rescheduled(abort)
-            else:
-                with trio.move_on_after(self._wait_timeout):
-                    await trio.lowlevel.wait_task_rescheduled(abort)
+            with trio.CancelScope(deadline=math.inf if timeout is None else now + timeout) as scope:
+                try:
+                    await claim.granted.wait()
+                except BaseException:
+                    self._leave(entry, queue, claim)
+                    raise
         except BaseException:
             self._abandoned += 1
             raise
-        if not claim._granted:
-            # The wait timed out (move_on_after caught its own cancellation).
+        if scope.cancelled_caught:
             self._timeouts += 1
-            assert claim._seen is not None
-            seen_domain, holder, at, queued = claim._seen
-            message, data = self._refusal(
-                seen_domain, holder, at, queued, f"waited {self._wait_timeout:g} s"
-            )
-            raise JobTimeout(message, **data)
-        if claim._interrupted:
+            raise self._refusal(JobTimeout, domain, claim.seen, f"waited {timeout:g} s")
+        if claim.interrupted:
             # Granted, then interrupted before this task even resumed.
             self._release(claim)
             raise self._destroyed(claim)
-        claim._scope.__enter__()
 
-    def _count_queued(self, claim: JobHandle, delta: int) -> None:
+    def _leave(self, entry: _Entry, queue: dict[_Claim, None], claim: _Claim) -> None:
+        """A waiter stops waiting (cancelled or timed out)."""
+        if claim.owner is None:
+            del queue[claim]
+            self._count_queued(claim, -1)
+            claim.seen = (entry.holder.owner, trio.current_time(), entry.queued())
+        else:
+            # Granted after its cancellation was delivered but before it ran:
+            # it never held the job, so pass the job on.
+            self._acquired -= 1
+            self._release(claim)
+
+    def _grant(self, claim: _Claim, now: float) -> None:
+        claim.owner = JobOwner(procedure=claim.procedure, client=claim.client, started=now)
+        self._acquired += 1
+        claim.granted.set()
+
+    def _count_queued(self, claim: _Claim, delta: int) -> None:
         self._queued += delta
-        if claim._query:
+        if claim.query:
             self._queued_queries += delta
 
     @staticmethod
     def _refusal(
-        domain: str, holder: JobOwner | None, now: float, queued: int, why: str
-    ) -> tuple[str, dict[str, Any]]:
+        error: type[E], domain: str, seen: tuple[JobOwner | None, float, int], why: str
+    ) -> E:
+        holder, now, queued = seen
         assert holder is not None
         held = now - holder.started
         message = (
             f"cannot acquire job for domain {domain!r}: held by {holder.procedure} "
             f"for client {holder.client} for {held:.1f} s; {why}"
         )
-        data = {
-            "domain": domain,
-            "holder": {
+        return error(
+            message,
+            domain=domain,
+            holder={
                 "procedure": holder.procedure,
                 "client": holder.client,
                 "held_seconds": round(held, 3),
             },
-            "queued": queued,
-        }
-        return message, data
+            queued=queued,
+        )
 
-    def _interrupt_holder(self, entry: _Entry, by: JobHandle | None) -> bool:
+    def _interrupt_holder(self, entry: _Entry, by: _Claim | None) -> bool:
         holder = entry.holder
-        if holder._interrupted:
+        if holder.interrupted:
             return False
-        holder._interrupted = True
-        holder._by = by
-        holder._scope.cancel()
+        holder.interrupted = True
+        holder.by = by
+        holder.scope.cancel()
         self._interrupted += 1
         return True
 
-    def _release(self, claim: JobHandle) -> None:
-        domain = claim._domain
-        entry = self._entries[domain]
+    def _release(self, claim: _Claim) -> None:
+        entry = self._entries[claim.domain]
         assert entry.holder is claim
-        queue = self._pick(entry, claim._query)
+        queue = self._pick(entry, claim.query)
         if queue is None:
-            del self._entries[domain]
+            del self._entries[claim.domain]
             return
         nxt = next(iter(queue))
         del queue[nxt]
         self._count_queued(nxt, -1)
+        now = trio.current_time()
+        nxt.seen = (claim.owner, now, entry.queued())
         entry.holder = nxt
-        self._grant(nxt, trio.current_time())
-        assert nxt._task is not None
-        trio.lowlevel.reschedule(nxt._task)
+        self._grant(nxt, now)
 
-    def _destroyed(self, claim: JobHandle) -> DomainDestroyed:
-        by = claim._by
-        who = (
-            f" by {by._procedure} for client {by._client}"
-            if by is not None
-            else " (job interrupted)"
-        )
+    @staticmethod
+    def _destroyed(claim: _Claim) -> DomainDestroyed:
+        by = claim.by
+        who = f" by {by.procedure} for client {by.client}" if by else " (job interrupted)"
         return DomainDestroyed(
-            f"domain {claim._domain!r} was destroyed{who} while "
-            f"{claim._procedure} for client {claim._client} held its job",
-            domain=claim._domain,
-            procedure=claim._procedure,
-            client=claim._client,
-            by=None if by is None else {"procedure": by._procedure, "client": by._client},
+            f"domain {claim.domain!r} was destroyed{who} while "
+            f"{claim.procedure} for client {claim.client} held its job",
+            domain=claim.domain,
+            procedure=claim.procedure,
+            client=claim.client,
+            by=None if by is None else {"procedure": by.procedure, "client": by.client},
         )
-
-    def _exit(
-        self,
-        claim: JobHandle,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            # __exit__ returns True for "no exception left", also when there
-            # was none to begin with.
-            swallowed = claim._scope.__exit__(exc_type, exc, tb) and exc is not None
-        finally:
-            self._release(claim)
-        # Only an interruption cancels the holder's scope, so a swallowed
-        # Cancelled always means "destroyed": the block never swallows.
-        if swallowed or (claim._interrupted and isinstance(exc, Exception)):
-            raise self._destroyed(claim) from (None if swallowed else exc)
