@@ -1,41 +1,21 @@
-r"""Priority worker pools: libvirt's ``virThreadPool`` limits on Trio tasks.
+"""Priority worker pools: libvirt's ``virThreadPool`` limits on Trio tasks.
 
-In Trio a waiting task costs nothing, so there are no long-lived workers: a
-**worker** is a token, and a job runs in a task of its own (named
-``trioctl-worker`` or ``trioctl-prio-worker``) for as long as it holds one.
+A waiting task costs nothing in Trio, so there are no long-lived workers: a
+**worker** is a token, and a job runs in a task of its own (``trioctl-worker``
+or ``trioctl-prio-worker``) while it holds one. ``max_workers`` general tokens
+run any job; ``prio_workers`` priority tokens run only HIGH jobs, so those are
+served when every general worker is stuck. A HIGH job takes a free priority
+token, else a free general one; a LOW job a free general one. Otherwise it
+waits in its priority's FIFO queue of at most ``max_pending`` jobs; beyond
+that, :class:`~trioctl.ServerBusy` at once. A token freed goes to the oldest
+HIGH job, else (a general token) to the oldest LOW job. Tokens are counters
+and each queued job has a :class:`trio.Event` its ``run()`` caller waits on;
+every decision is synchronous, so ``statistics()`` is exact at every moment.
+``docs/dispatch.md`` explains why not a ``CapacityLimiter`` or a channel.
 
-* **general tokens**, ``max_workers`` of them, run any job;
-* **priority tokens**, ``prio_workers`` of them, run only
-  :attr:`Priority.HIGH` jobs, so high-priority work is served even when every
-  general worker is stuck.
-
-A HIGH job takes a free priority token, else a free general token; a LOW job
-takes a free general token. Without one, the job waits in its priority's FIFO
-queue, bounded by ``max_pending``: submitting to a full queue raises
-:class:`~trioctl.ServerBusy` at once (the submitter is typically a client
-session's reader and must never block). When a job ends, its token goes to
-the oldest waiting HIGH job, else (a general token) to the oldest LOW job.
-
-The tokens are counters and the queues are ``deque``\ s of jobs, each with
-a :class:`trio.Event` its ``run()`` caller waits on. Neither a
-:class:`trio.CapacityLimiter` nor a memory channel fits: a HIGH job must take
-*either* kind of token, a general token must go to HIGH waiters before LOW
-ones (a limiter serves its waiters in arrival order), a limiter cannot have
-zero tokens (``prio_workers=0``), and a channel's capacity is fixed. Counting
-tokens by hand keeps the limiter's resize rule all the same: growing hands
-the new tokens out at once, shrinking takes effect as holders finish. Every
-decision (start, queue, refuse) is made synchronously, so ``statistics()``
-is exact at every moment.
-
-``statistics().workers`` reports libvirt's thread count: ``min_workers``
-kept from the start, grown on demand up to ``max_workers``, kept when idle,
-and shrunk at once when ``max_workers`` is lowered (busy ones stay counted
-until their job ends).
-
-``max_workers == 0`` is libvirt's "no pool" mode: :meth:`WorkerPools.run`
-runs the job in the caller's own task and :meth:`WorkerPools.submit_nowait`
-starts it as a task of its own (at most ``max_pending`` at a time). As in
-libvirt, ``max_workers`` cannot later switch between zero and non-zero.
+``max_workers == 0`` is libvirt's "no pool" mode: ``run()`` runs the job in
+the caller's task, ``submit_nowait()`` in a task of its own (at most
+``max_pending`` at once); ``max_workers`` cannot switch to or from zero later.
 """
 
 from __future__ import annotations
@@ -46,7 +26,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Final, NoReturn, TypeVar, TypeVarTuple
+from typing import Any, NoReturn, TypeVar, TypeVarTuple
 
 import attrs
 import trio
@@ -64,17 +44,14 @@ __all__ = [
 ]
 
 logger = logging.getLogger("trioctl.pools")
-
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
 
 class Priority(enum.Enum):
-    """A procedure's priority (libvirt's ``@priority`` annotation).
-
-    The rule from libvirt: anything that may touch a hypervisor monitor (and
-    so may block) is LOW; HIGH is only for calls guaranteed to end quickly.
-    """
+    """A procedure's priority (libvirt's ``@priority`` annotation): anything
+    that may touch a hypervisor monitor (and so may block) is LOW; HIGH is only
+    for calls guaranteed to end quickly."""
 
     LOW = "low"
     HIGH = "high"
@@ -85,16 +62,11 @@ class PoolLimits:
     """The pools' size limits; libvirt's names and defaults.
 
     Attributes:
-        min_workers: general workers kept alive (libvirt: 5).
-        max_workers: general workers at most (libvirt: 20); 0 means no
-            workers at all, jobs run in the submitter's task.
-        prio_workers: priority workers, which run only HIGH jobs (libvirt: 5).
-        max_pending: jobs that may wait for a worker, per priority. libvirt's
-            queue is unbounded (only ``max_clients * max_client_requests``
-            bounds it); 1000 is what ``max_queued_clients`` allows in
-            libvirt and keeps a burst from 1000 callers, while a backlog
-            beyond it (20 workers busy with 1000 jobs queued) is better
-            answered ``SERVER_BUSY`` at once than after seconds.
+        min_workers: general workers kept (libvirt: 5).
+        max_workers: general workers at most (libvirt: 20); 0: no pool.
+        prio_workers: workers for HIGH jobs only (libvirt: 5).
+        max_pending: jobs that may wait per priority (libvirt: unbounded;
+            1000, its ``max_queued_clients``, then ``SERVER_BUSY`` at once).
     """
 
     min_workers: int = 5
@@ -107,10 +79,9 @@ def check_limits(limits: PoolLimits, current: PoolLimits | None = None) -> None:
     """Validate ``limits`` with libvirt's rules, as a change from ``current``.
 
     Raises:
-        InvalidParams: a value is not an integer, is negative, ``max_pending``
-            is below 1, ``min_workers > max_workers``, or (with ``current``)
-            ``max_workers`` would switch between zero and non-zero. ``data``
-            names the ``field``.
+        InvalidParams: not a non-negative integer, ``max_pending < 1``,
+            ``min_workers > max_workers``, or ``max_workers`` switching between
+            zero and non-zero; ``data`` names the ``field``.
     """
     for field in attrs.fields(PoolLimits):
         value = getattr(limits, field.name)
@@ -139,20 +110,14 @@ class PoolStatistics:
 
     Attributes:
         limits: the limits in force.
-        workers: live general workers (busy or free). After a shrink, busy
-            workers above ``limits.max_workers`` stay counted until their job
-            ends.
-        free_workers: general workers waiting for a job.
-        prio_workers: live priority workers.
-        free_prio_workers: priority workers waiting for a job.
-        running: jobs handed to a worker and not finished (in the no-pool mode,
-            jobs running in their own or their caller's task).
-        pending_high: HIGH jobs waiting for a worker.
-        pending_low: LOW jobs waiting for a worker.
-        completed: jobs that ran and ended, however they ended.
-        failed: of those, jobs that raised an exception.
-        cancelled: jobs that never ran: their caller was cancelled while they
-            waited, or the pools closed under them.
+        workers: general workers (libvirt's threads: ``min_workers``, grown on
+            demand, kept when idle; busy ones beyond a shrink until they end).
+        free_workers: general workers without a job.
+        prio_workers: priority workers; ``free_prio_workers`` without a job.
+        running: jobs holding a token (no-pool mode: jobs running).
+        pending_high: HIGH jobs waiting; ``pending_low`` LOW ones.
+        completed: jobs that ran and ended, however; ``failed`` raised.
+        cancelled: jobs that never ran (caller cancelled, or pools closed).
         rejected: submissions refused with :class:`~trioctl.ServerBusy`.
     """
 
@@ -170,65 +135,35 @@ class PoolStatistics:
     rejected: int
 
 
-_PENDING: Final = 0  # in a pending queue
-_RUNNING: Final = 1  # holds a worker token, its task started or about to
-_DONE: Final = 2
-
-
 class _Job:
-    """One job. ``done`` is set once it has ended (or left the queue for good)."""
+    """One job; ``done`` is set when it has ended or left the queue for good."""
 
-    __slots__ = (
-        "args",
-        "cancel",
-        "detached",
-        "done",
-        "error",
-        "fn",
-        "ok",
-        "priority",
-        "scope",
-        "state",
-    )
+    __slots__ = ("args", "caller", "cancel", "done", "error", "fn", "ok", "priority", "scope")
 
-    def __init__(
-        self, priority: Priority, fn: Callable[..., Awaitable[Any]], args: Any, detached: bool
-    ) -> None:
-        self.priority = priority
-        self.detached = detached
-        self.fn = fn
-        self.args = args
-        self.state = _PENDING
+    def __init__(self, priority: Priority, fn: Callable[..., Awaitable[Any]], args: Any) -> None:
+        self.priority, self.fn, self.args = priority, fn, args
+        self.caller = False  # a run() caller waits for the outcome
         self.done = trio.Event()
         self.scope = trio.CancelScope()
-        self.cancel = False  # the run() caller was cancelled after the hand-off
+        self.cancel = False  # the caller was cancelled after the hand-off
         self.ok: tuple[Any] | None = None  # (value,) once the job returned
         self.error: BaseException | None = None
 
 
 class WorkerPools:
-    """Worker tokens and two bounded queues; see the module docs.
-
-    Create it with :func:`open_worker_pools` (or :func:`serve_worker_pools`),
-    never directly: the jobs are tasks of the nursery that owns the pools.
-    Every method must be called from inside the same ``trio.run``.
-    """
+    """Worker tokens and two bounded queues; see the module docs. Create it
+    with :func:`open_worker_pools` (or :func:`serve_worker_pools`): jobs are
+    tasks of the nursery that owns the pools."""
 
     def __init__(self, nursery: trio.Nursery, limits: PoolLimits) -> None:
         check_limits(limits)
-        self._nursery = nursery
-        self._limits = limits
+        self._nursery, self._limits = nursery, limits
         self._closed = False
         self._inline = limits.max_workers == 0
-        self._busy = 0  # general tokens held
-        self._busy_prio = 0  # priority tokens held
-        self._kept = 0 if self._inline else limits.min_workers  # idle workers counted
+        self._busy = self._busy_prio = self._inline_running = 0  # tokens held, jobs inline
+        self._kept = 0 if self._inline else limits.min_workers  # workers counted, idle too
         self._pending = {p: collections.deque[_Job]() for p in Priority}
-        self._inline_running = 0
-        self._completed = 0
-        self._failed = 0
-        self._cancelled = 0
-        self._rejected = 0
+        self._completed = self._failed = self._cancelled = self._rejected = 0
 
     @property
     def limits(self) -> PoolLimits:
@@ -236,69 +171,50 @@ class WorkerPools:
         return self._limits
 
     def submit_nowait(
-        self,
-        priority: Priority,
-        fn: Callable[[*Ts], Awaitable[object]],
-        *args: *Ts,
+        self, priority: Priority, fn: Callable[[*Ts], Awaitable[object]], *args: *Ts
     ) -> None:
-        """Queue ``fn(*args)`` to run on a worker, without waiting for it.
-
-        The job's result is dropped; if it raises an exception, the exception
-        is logged (logger ``trioctl.pools``) and counted in
-        ``statistics().failed``, and the pools go on. Cancellation from the
-        pools closing is not an error.
+        """Queue ``fn(*args)`` without waiting. Its result is dropped; an
+        exception is logged (logger ``trioctl.pools``) and counted as failed.
 
         Raises:
-            ServerBusy: ``max_pending`` jobs of this priority already wait for
-                a worker. Nothing was queued.
+            ServerBusy: ``max_pending`` jobs of this priority wait; nothing queued.
             trio.ClosedResourceError: the pools have closed.
         """
-        job = _Job(priority, fn, args, True)
+        job = _Job(priority, fn, args)
         if not self._inline:
-            self._submit(job)
-            return
+            return self._submit(job)
         self._check_open()
         if self._inline_running >= self._limits.max_pending:
             self._refuse(priority, self._inline_running, "jobs already run without workers")
         self._inline_running += 1
         self._nursery.start_soon(self._run_detached, job, name="trioctl-inline-job")
 
-    async def run(
-        self,
-        priority: Priority,
-        fn: Callable[[*Ts], Awaitable[T]],
-        *args: *Ts,
-    ) -> T:
-        """Run ``fn(*args)`` on a worker and return its result.
+    async def run(self, priority: Priority, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
+        """Run ``fn(*args)`` on a worker and return its result or raise its error.
 
-        If the job raises, the same exception is raised here. If the caller
-        is cancelled while the job waits for a worker, the job is removed and
-        never runs; if it is cancelled while the job runs, the job is
-        cancelled and ``run()`` returns only after the job has ended (so
-        anything the caller holds, such as a domain job, outlives the job).
+        A caller cancelled while the job waits removes it (it never runs);
+        cancelled while it runs, the job is cancelled and ``run()`` returns
+        once it has ended, so what the caller holds outlives the job.
 
         Raises:
-            ServerBusy: ``max_pending`` jobs of this priority already wait for
-                a worker; refused at once, nothing ran.
-            trio.ClosedResourceError: the pools closed before or while the job
-                ran.
+            ServerBusy: ``max_pending`` jobs of this priority wait; nothing ran.
+            trio.ClosedResourceError: the pools closed before or while it ran.
         """
         if self._inline:
             return await self._run_inline(fn, *args)
         if trio.current_effective_deadline() == -math.inf:
             await trio.sleep(0)  # noqa: ASYNC115 (no trio.lowlevel): cancelled, raise here
-        job = _Job(priority, fn, args, False)
+        job = _Job(priority, fn, args)
+        job.caller = True
         self._submit(job)
         try:
             await job.done.wait()
         except trio.Cancelled:
-            if job.state == _PENDING:
+            if job in self._pending[priority]:
                 self._pending[priority].remove(job)
-                job.state = _DONE
                 self._cancelled += 1
                 raise
-            # Holding a token: cancel the job, wait until it has ended.
-            job.cancel = True
+            job.cancel = True  # holds a token: cancel the job, wait for its end
             job.scope.cancel()
             with trio.CancelScope(shield=True):
                 await job.done.wait()
@@ -312,8 +228,7 @@ class WorkerPools:
 
     def statistics(self) -> PoolStatistics:
         """Return a frozen snapshot of the limits, workers, queues and counters."""
-        live = not (self._closed or self._inline)
-        workers = max(self._kept, self._busy)
+        workers, live = max(self._kept, self._busy), not (self._closed or self._inline)
         prio = max(self._limits.prio_workers, self._busy_prio) if live else self._busy_prio
         return PoolStatistics(
             limits=self._limits,
@@ -338,35 +253,24 @@ class WorkerPools:
         prio_workers: int | None = None,
         max_pending: int | None = None,
     ) -> PoolLimits:
-        """Change some limits at run time; ``None`` keeps a value.
+        """Change some limits (``None`` keeps one); return the limits in force.
 
-        Growing adds tokens at once (and hands them to waiting jobs).
-        Shrinking retires free workers at once and busy ones as soon as their
-        current job ends: a running job is never cancelled. Lowering
-        ``max_pending`` below the current queue keeps the queued jobs and
-        refuses new ones until the queue is short enough.
-
-        Returns:
-            The limits now in force.
+        New tokens go to waiting jobs at once; tokens taken away retire free
+        workers at once and busy ones when their job ends (a running job is
+        never cancelled). A queue above a lowered ``max_pending`` is kept.
 
         Raises:
             InvalidParams: see :func:`check_limits`; nothing changed.
             trio.ClosedResourceError: the pools have closed.
         """
         self._check_open()
-        new = attrs.evolve(
-            self._limits,
-            **{
-                key: value
-                for key, value in (
-                    ("min_workers", min_workers),
-                    ("max_workers", max_workers),
-                    ("prio_workers", prio_workers),
-                    ("max_pending", max_pending),
-                )
-                if value is not None
-            },
+        changes = dict(
+            min_workers=min_workers,
+            max_workers=max_workers,
+            prio_workers=prio_workers,
+            max_pending=max_pending,
         )
+        new = attrs.evolve(self._limits, **{k: v for k, v in changes.items() if v is not None})
         check_limits(new, self._limits)
         self._limits = new
         if not self._inline:
@@ -374,67 +278,68 @@ class WorkerPools:
             self._dispatch()
         return new
 
-    # -- tokens and queues --------------------------------------------------------
-
     def _check_open(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("the worker pools are closed")
 
     def _refuse(self, priority: Priority, pending: int, what: str) -> NoReturn:
         self._rejected += 1
+        limit = self._limits.max_pending
         raise ServerBusy(
-            f"worker pool busy: {pending} {what} (max_pending={self._limits.max_pending})",
+            f"worker pool busy: {pending} {what} (max_pending={limit})",
             priority=priority.value,
             pending=pending,
-            max_pending=self._limits.max_pending,
+            max_pending=limit,
         )
 
     def _submit(self, job: _Job) -> None:
         self._check_open()
-        if self._try_start(job):
-            return
         queue = self._pending[job.priority]
+        if self._start(job):
+            return
         if len(queue) >= self._limits.max_pending:
-            self._refuse(
-                job.priority,
-                len(queue),
-                f"{job.priority.value}-priority jobs already wait for a worker",
-            )
+            what = f"{job.priority.value}-priority jobs already wait for a worker"
+            self._refuse(job.priority, len(queue), what)
         queue.append(job)
 
-    def _try_start(self, job: _Job) -> bool:
+    def _start(self, job: _Job) -> bool:
         """Give ``job`` a free token and start its task; False if none is free."""
-        if job.priority is Priority.HIGH and self._busy_prio < self._limits.prio_workers:
-            prio = True
+        if prio := job.priority is Priority.HIGH and self._busy_prio < self._limits.prio_workers:
             self._busy_prio += 1
         elif self._busy < self._limits.max_workers:
-            prio = False
             self._busy += 1
             self._kept = max(self._kept, self._busy)
         else:
             return False
-        job.state = _RUNNING
         name = "trioctl-prio-worker" if prio else "trioctl-worker"
         self._nursery.start_soon(self._work, job, prio, name=name)
         return True
 
     def _dispatch(self) -> None:
         """Hand free tokens to the oldest waiting jobs, HIGH first."""
-        if self._closed:
-            return
-        for queue in self._pending[Priority.HIGH], self._pending[Priority.LOW]:
-            while queue and self._try_start(queue[0]):
+        for queue in (self._pending[Priority.HIGH], self._pending[Priority.LOW]):
+            while queue and not self._closed and self._start(queue[0]):
                 queue.popleft()
 
     async def _work(self, job: _Job, prio: bool) -> None:
+        ran = not job.cancel
         try:
-            if job.cancel:
-                # The caller was cancelled between hand-off and start: never run.
+            if not ran:  # the caller was cancelled between hand-off and start
                 self._cancelled += 1
-            else:
-                await self._run_job(job)
+                return
+            with job.scope:
+                job.ok = (await job.fn(*job.args),)
+        except Exception as exc:
+            self._failed += 1
+            job.error = exc
+            if not job.caller:
+                logger.exception("job %r failed", job.fn)
+        except BaseException:
+            # Cancelled by the pools closing, KeyboardInterrupt: this task's own.
+            job.error = trio.ClosedResourceError("the worker pools closed while the job ran")
+            raise
         finally:
-            job.state = _DONE
+            self._completed += ran
             if prio:
                 self._busy_prio -= 1
             else:
@@ -442,32 +347,10 @@ class WorkerPools:
             job.done.set()
             self._dispatch()
 
-    async def _run_job(self, job: _Job) -> None:
-        try:
-            with job.scope:
-                value = await job.fn(*job.args)
-        except Exception as exc:
-            self._failed += 1
-            job.error = exc
-            if job.detached:
-                logger.exception("job %r failed", job.fn)
-        except BaseException:
-            # trio.Cancelled from the pools closing, KeyboardInterrupt, or a
-            # group of those: it belongs to this task, not to the caller.
-            job.error = trio.ClosedResourceError("the worker pools closed while the job ran")
-            raise
-        else:
-            if not job.scope.cancelled_caught:
-                job.ok = (value,)
-        finally:
-            self._completed += 1
-
-    # -- the no-pool mode (max_workers == 0) ----------------------------------------
-
     async def _run_inline(self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
         self._check_open()
         if trio.current_effective_deadline() == -math.inf:
-            await trio.sleep(0)  # noqa: ASYNC115 (no trio.lowlevel)
+            await trio.sleep(0)  # noqa: ASYNC115 (no trio.lowlevel): cancelled, raise here
         self._inline_running += 1
         try:
             return await fn(*args)
@@ -488,16 +371,12 @@ class WorkerPools:
             self._inline_running -= 1
             self._completed += 1
 
-    # -- closing ------------------------------------------------------------------
-
     def _close(self) -> None:
         """Refuse new jobs, fail waiting ones; the caller then cancels the nursery."""
-        self._closed = True
-        self._kept = 0
+        self._closed, self._kept = True, 0
         for queue in self._pending.values():
             while queue:
                 job = queue.popleft()
-                job.state = _DONE
                 job.error = trio.ClosedResourceError("the worker pools closed")
                 self._cancelled += 1
                 job.done.set()
@@ -507,11 +386,9 @@ class WorkerPools:
 async def open_worker_pools(limits: PoolLimits | None = None) -> AsyncIterator[WorkerPools]:
     """Run worker pools for the duration of the ``async with`` block.
 
-    The workers are tasks of a nursery owned by this context manager. Leaving
-    the block closes the pools: waiting jobs are dropped (their ``run()``
-    callers get :class:`trio.ClosedResourceError`) and running jobs are
-    cancelled. To let work finish, finish it inside the block. An exception
-    from the block propagates as itself, not wrapped in an ExceptionGroup.
+    Leaving the block closes the pools: waiting jobs are dropped (their
+    ``run()`` callers get :class:`trio.ClosedResourceError`) and running jobs
+    are cancelled. An exception from the block propagates unwrapped.
 
     Raises:
         InvalidParams: ``limits`` are invalid (see :func:`check_limits`).
@@ -527,8 +404,8 @@ async def open_worker_pools(limits: PoolLimits | None = None) -> AsyncIterator[W
                 pools._close()
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        # Workers never raise (job errors go to callers or the log), so the
-        # group holds only what the body raised: unwrap a lone exception.
+        # Job tasks never raise Exceptions (those go to callers or the log),
+        # so the group holds only what the body raised: unwrap a lone one.
         if len(group.exceptions) == 1:
             raise group.exceptions[0] from group.exceptions[0].__cause__
         raise
