@@ -399,7 +399,7 @@ class DomainJobs:
             self._release(claim)
 
     async def _acquire(self, claim: _Claim) -> None:
-        await trio.sleep(0)  # noqa: ASYNC115 (a checkpoint without trio.lowlevel)
+        await trio.sleep(0)  # noqa: ASYNC115 (a checkpoint, public API)
         domain, now = claim.domain, trio.current_time()
         entry = self._entries.get(domain)
         if entry is None:

@@ -203,7 +203,7 @@ class WorkerPools:
         if self._inline:
             return await self._run_inline(fn, *args)
         if trio.current_effective_deadline() == -math.inf:
-            await trio.sleep(0)  # noqa: ASYNC115 (no trio.lowlevel): cancelled, raise here
+            await trio.sleep(0)  # noqa: ASYNC115 (public API): cancelled, raise here
         job = _Job(priority, fn, args)
         job.caller = True
         self._submit(job)
@@ -350,7 +350,7 @@ class WorkerPools:
     async def _run_inline(self, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
         self._check_open()
         if trio.current_effective_deadline() == -math.inf:
-            await trio.sleep(0)  # noqa: ASYNC115 (no trio.lowlevel): cancelled, raise here
+            await trio.sleep(0)  # noqa: ASYNC115 (public API): cancelled, raise here
         self._inline_running += 1
         try:
             return await fn(*args)
