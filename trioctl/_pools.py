@@ -327,8 +327,11 @@ class WorkerPools:
             if not ran:  # the caller was cancelled between hand-off and start
                 self._cancelled += 1
                 return
-            with job.scope:
-                job.ok = (await job.fn(*job.args),)
+            if not job.caller:
+                await job.fn(*job.args)  # no scope to enter: nobody cancels it alone
+            else:
+                with job.scope:
+                    job.ok = (await job.fn(*job.args),)
         except Exception as exc:
             self._failed += 1
             job.error = exc
