@@ -339,7 +339,9 @@ class WorkerPools:
                 logger.exception("job %r failed", job.fn)
         except BaseException:
             # Cancelled by the pools closing, KeyboardInterrupt: this task's own.
-            job.error = trio.ClosedResourceError("the worker pools closed while the job ran")
+            # A caller that was cancelled itself re-raises its own Cancelled.
+            if not job.cancel:
+                job.error = trio.ClosedResourceError("the worker pools closed while the job ran")
             raise
         finally:
             self._completed += ran
