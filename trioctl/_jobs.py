@@ -30,8 +30,7 @@ import enum
 import math
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from types import TracebackType
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import attrs
 import trio
@@ -229,13 +228,8 @@ class JobHandle:
         await self._hold.__aenter__()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        return await self._hold.__aexit__(exc_type, exc, tb)
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        return await self._hold.__aexit__(*exc_info)
 
 
 class DomainJobs:
@@ -464,15 +458,12 @@ class DomainJobs:
         holder, now, queued = seen
         assert holder is not None
         held = now - holder.started
+        who = {"procedure": holder.procedure, "client": holder.client}
         return error(
             f"cannot acquire job for domain {domain!r}: held by {holder.procedure} "
             f"for client {holder.client} for {held:.1f} s; {why}",
             domain=domain,
-            holder={
-                "procedure": holder.procedure,
-                "client": holder.client,
-                "held_seconds": round(held, 3),
-            },
+            holder=who | {"held_seconds": round(held, 3)},
             queued=queued,
         )
 
