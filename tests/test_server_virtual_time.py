@@ -139,16 +139,23 @@ async def test_handshake_deadline_and_early_leavers(
         while server._anonymous:
             await trio.sleep(0.001)
         assert trio.current_time() - start < 0.1
-        # Beyond max_anonymous_clients, a connection is closed at once.
-        held = [await listener.connect() for _ in range(3)]
+        # Beyond max_anonymous_clients, the oldest handshake is closed at
+        # once and the newcomer keeps its chance.
+        held = []
+        for _ in range(3):
+            held.append(await listener.connect())
+            await trio.sleep(0.01)
         while server._anonymous < 3:
             await trio.sleep(0.001)
         extra = await listener.connect()
         start = trio.current_time()
-        assert await extra.receive_some() == b""
+        assert await held[0].receive_some() == b""
         assert trio.current_time() - start < 0.1
-        assert server.anonymous_refused == 1
-        for stream in held:
+        assert (server.anonymous_refused, server._anonymous) == (1, 3)
+        await extra.send_all(UPGRADE)
+        assert b" 101 " in await extra.receive_some()
+        assert len(server._anonymous_slots) == 2
+        for stream in [*held[1:], extra]:
             await stream.aclose()
 
 

@@ -556,6 +556,15 @@ class ServerConfig:
             "can connect when the API is full. libvirtd: admin_max_clients.",
         ),
     )
+    reserved_write_clients: int = attrs.field(
+        default=50,
+        metadata=_meta(
+            _integer(0),
+            "Slots of max_clients that read-only clients cannot take: read tokens connect "
+            "while fewer than max_clients - reserved_write_clients (at least 1) are "
+            "connected, so they cannot lock writers out.",
+        ),
+    )
     allowed_origins: tuple[str, ...] = attrs.field(
         default=(),
         metadata=_meta(

@@ -118,6 +118,8 @@ _FD_RESERVE: Final = 16
 daemon's own work (a domain start, a state file) still gets some."""
 _FD_RETRY: Final = 0.1
 _HANGUP_POLL: Final = 0.25
+_ANSWER_BYTES: Final = 200
+"""About the size of one answer to an item of a batch over max_batch."""
 _POLLRDHUP: Final = getattr(select, "POLLRDHUP", 0x2000)
 
 
@@ -175,6 +177,8 @@ class _Session:
     """The transport, to notice a peer that hung up while nothing reads it."""
     reader_waiting: bool = False
     """The reader is stopped: max_client_requests messages are in flight."""
+    reader_paused: trio.Event = attrs.Factory(trio.Event)
+    """Set when the reader stops (``reader_waiting``); replaced when it resumes."""
     connected_at: float = attrs.Factory(time.monotonic)
     in_flight: int = 0
     """Messages (single calls or batches) read and not yet answered."""
@@ -263,12 +267,19 @@ class Server:
         self._reserve: list[int] = []
         self._fd_lock = trio.Lock()
         self._openrpc: dict[str, Any] | None = None
+        self._max_answers = max(config.max_batch + 1, config.max_output_bytes // _ANSWER_BYTES)
+        """Items of a batch over max_batch answered one by one, at most."""
+        self._anonymous_slots: collections.OrderedDict[int, _AnonymousSlot] = (
+            collections.OrderedDict()
+        )
+        """Connections in their handshake, oldest first."""
         self.fds_exhausted = False
         """Accepting is paused: the process ran out of file descriptors."""
         self.fd_pauses = 0
         """How many times accepting paused for want of file descriptors."""
         self.anonymous_refused = 0
-        """Connections closed at once: max_anonymous_clients were in their handshake."""
+        """Handshakes cut short for a newcomer: max_anonymous_clients were in
+        their handshake, and the oldest of them was closed."""
 
     # -- the Services protocol of _procedures ----------------------------------------
 
@@ -299,6 +310,12 @@ class Server:
             prio_workers=params.prio_workers,
         )
         return self.threadpool_info()
+
+    @property
+    def max_read_clients(self) -> int:
+        """Read-only clients of the API endpoint at once: ``max_clients``
+        less ``reserved_write_clients``, at least 1."""
+        return max(1, self.max_clients - self.config.reserved_write_clients)
 
     def client_limits(self) -> ClientLimits:
         return ClientLimits(self.max_clients, self.max_client_requests, len(self._sessions))
@@ -407,8 +424,12 @@ class Server:
         """One connection, from accept to close; its socket is closed on return."""
         try:
             if self._anonymous >= self.config.max_anonymous_clients:
+                # Evict the oldest handshake, not the newcomer: a real client
+                # finishes its handshake in milliseconds, a stalled one sits on
+                # its slot, so refusing newcomers would lock real clients out.
+                _, oldest = self._anonymous_slots.popitem(last=False)
+                oldest.evict()
                 self.anonymous_refused += 1
-                return
             slot = _AnonymousSlot(self)
             try:
                 await self._connection(stream, slot)
@@ -433,7 +454,7 @@ class Server:
             # stream is closed, so the closing handshake completes in the session.
             conn_nursery.start_soon(ws._reader_task)
             session: _Session | None = None
-            with trio.move_on_after(self.config.handshake_timeout):
+            with slot.scope, trio.move_on_after(self.config.handshake_timeout):
                 async with trio.open_nursery() as handshake:
                     # A peer that leaves before its request is gone now, not
                     # at the deadline.
@@ -443,6 +464,7 @@ class Server:
                         accepted = await self._handshake(request)
                         if accepted is not None:
                             session = self._register(accepted)
+                            slot.release()  # no longer anonymous: never evicted
                     except (trio_websocket.ConnectionClosed, trio_websocket.HandshakeError):
                         pass
                     handshake.cancel_scope.cancel()
@@ -453,11 +475,11 @@ class Server:
             conn_nursery.cancel_scope.cancel()
 
     def _origin_allowed(self, request: trio_websocket.WebSocketRequest) -> bool:
-        for key, value in request.headers:
-            if key.lower() == b"origin":
-                origin = value.decode("latin-1").strip().lower()
-                return origin in self.config.allowed_origins
-        return True
+        origins = [value for key, value in request.headers if key.lower() == b"origin"]
+        if not origins:
+            return True
+        origin = origins[0].decode("latin-1").strip().lower()
+        return origin in self.config.allowed_origins
 
     def _authenticate(self, request: trio_websocket.WebSocketRequest) -> Role | None:
         """The token of the ``Authorization`` header, else of a ``bearer.``
@@ -479,6 +501,9 @@ class Server:
         path = request.path.split("?", 1)[0]
         if path not in ("/", "/admin"):
             await request.reject(404, body=b"no such endpoint: use / or /admin\n")
+            return None
+        if sum(1 for key, _ in request.headers if key.lower() == b"origin") > 1:
+            await request.reject(400, body=b"more than one Origin header\n")
             return None
         if not self._origin_allowed(request):
             await request.reject(403, body=b"this Origin is not in server.allowed_origins\n")
@@ -507,13 +532,21 @@ class Server:
         if endpoint == "admin" and role < Role.ADMIN:
             await request.reject(403, body=b"/admin needs an admin token\n")
             return None
+        if endpoint == "api" and role == Role.READ:
+            reads = sum(1 for s in self._sessions.values() if s.role == Role.READ)
+            if reads + self._handshaking["read"] >= self.max_read_clients:
+                await request.reject(
+                    503, body=b"too many read-only clients (max_clients - reserved_write_clients)\n"
+                )
+                return None
         # Count this client from here on: concurrent handshakes must not all
         # pass the limit check while none is registered yet.
-        self._handshaking[endpoint] += 1
+        kinds = (endpoint, "read") if endpoint == "api" and role == Role.READ else (endpoint,)
+        self._handshaking.update(kinds)
         try:
             ws = await request.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
         except BaseException:
-            self._handshaking[endpoint] -= 1
+            self._handshaking.subtract(kinds)
             raise
         try:
             remote = request.remote
@@ -535,6 +568,8 @@ class Server:
         )
         self._sessions[session.id] = session
         self._handshaking[accepted.endpoint] -= 1
+        if accepted.endpoint == "api" and accepted.role == Role.READ:
+            self._handshaking["read"] -= 1
         logger.info(
             "client %s connected from %s as %s", session.id, session.peer, session.role.name.lower()
         )
@@ -564,25 +599,29 @@ class Server:
         """Cancel the session as soon as its peer is gone.
 
         trio-websocket notices a close frame, EOF or a reset while its reader
-        runs. When the session's reader is stopped (all its slots in flight),
+        runs: the watcher waits for that, without waking. When the session's
+        reader is stopped (all its slots in flight, or the outbox full),
         trio-websocket's reader is stopped too, behind the one message it
-        holds, and sees nothing: then the socket itself is asked every
-        :data:`_HANGUP_POLL` seconds whether the peer hung up (``POLLRDHUP``,
-        which shows even behind unread data).
+        holds, and sees nothing: then, and only then, the socket itself is
+        asked every :data:`_HANGUP_POLL` seconds whether the peer hung up
+        (``POLLRDHUP``, which shows even behind unread data). An idle session
+        costs no wake-ups.
         """
-        closed = getattr(session.ws, "_close_handshake", None)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._poll_hangup_while_paused, session, nursery.cancel_scope)
+            await _cancel_when_closed(session.ws, nursery.cancel_scope)
+        session.scope.cancel()
+
+    async def _poll_hangup_while_paused(self, session: _Session, done: trio.CancelScope) -> None:
         while True:
-            with trio.move_on_after(_HANGUP_POLL):
-                if isinstance(closed, trio.Event):
-                    await closed.wait()
-                    break
-                await trio.sleep_forever()  # pragma: no cover - another trio-websocket
-            if session.ws.closed is not None:
-                break
+            if not session.reader_waiting:
+                await session.reader_paused.wait()
+                continue
+            await trio.sleep(_HANGUP_POLL)
             if session.reader_waiting and _peer_hung_up(session.stream):
                 logger.info("client %s hung up while its calls ran", session.id)
-                break
-        session.scope.cancel()
+                done.cancel()
+                return
 
     async def _writer(self, session: _Session) -> None:
         while True:
@@ -635,17 +674,22 @@ class Server:
             while session.in_flight >= self.max_client_requests:
                 session.slot_free = trio.Event()
                 session.reader_waiting = True
+                session.reader_paused.set()
                 try:
                     await session.slot_free.wait()
                 finally:
                     session.reader_waiting = False
+                    session.reader_paused = trio.Event()
             try:
                 message = await session.ws.get_message()
             except trio_websocket.ConnectionClosed:
                 session.scope.cancel()
                 return
             incoming = rpc.parse_request_text(
-                message, max_size=self.config.max_message_size, max_batch=self.config.max_batch
+                message,
+                max_size=self.config.max_message_size,
+                max_batch=self.config.max_batch,
+                max_answers=self._max_answers,
             )
             del message
             session.in_flight += 1
@@ -815,15 +859,26 @@ def positional_params(proc: Procedure, values: list[Any]) -> dict[str, Any]:
 
 class _AnonymousSlot:
     """A connection counted against ``max_anonymous_clients`` until its
-    handshake ends; :meth:`release` is idempotent."""
+    handshake ends; :meth:`release` is idempotent. :meth:`evict` ends the
+    handshake (its connection is then closed) and frees the slot."""
+
+    _numbers = itertools.count()
 
     def __init__(self, server: Server) -> None:
         self._server: Server | None = server
+        self._number = next(self._numbers)
+        self.scope = trio.CancelScope()
         server._anonymous += 1
+        server._anonymous_slots[self._number] = self
+
+    def evict(self) -> None:
+        self.scope.cancel()
+        self.release()
 
     def release(self) -> None:
         if self._server is not None:
             self._server._anonymous -= 1
+            self._server._anonymous_slots.pop(self._number, None)
             self._server = None
 
 
