@@ -10,6 +10,7 @@ never on sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -574,3 +575,89 @@ async def test_close_never_raises_the_pong_error(sock_dir: Path) -> None:
                 async with trioctl._client.open_websocket(url, None) as ws:
                     await ws.send_message("x")
             nursery.cancel_scope.cancel()
+
+
+# -- outside tester's findings --------------------------------------------------------------
+
+
+async def test_twenty_stalled_handshakes_renewed_do_not_lock_out_clients(sock_dir: Path) -> None:
+    """20+ half-sent requests, renewed as soon as they are closed: the CLI's
+    calls and /admin are still served (the oldest stalled one is evicted)."""
+    with trio.fail_after(30):
+        async with running_daemon(sock_dir, server__handshake_timeout=30) as daemon:
+
+            async def stall_and_renew() -> None:
+                while True:
+                    stream = await trio.open_tcp_stream("127.0.0.1", daemon.port)
+                    async with stream:
+                        await stream.send_all(b"GET / HTTP/1.1\r\n")
+                        with contextlib.suppress(trio.BrokenResourceError):
+                            while await stream.receive_some():
+                                pass
+                    await trio.sleep(0.05)
+
+            async with trio.open_nursery() as attackers:
+                for _ in range(25):
+                    attackers.start_soon(stall_and_renew)
+                await wait_until(lambda: daemon.server._anonymous == 20, 10)
+                for _ in range(3):
+                    async with connect(daemon.url, daemon.token) as client:
+                        assert await client.list_domains() == []
+                    async with connect(daemon.admin_url, daemon.token) as admin:
+                        assert (await admin.get_server_stats()).uptime_seconds >= 0
+                assert daemon.server.anonymous_refused > 0
+                attackers.cancel_scope.cancel()
+
+
+async def test_two_origin_headers_are_refused(sock_dir: Path) -> None:
+    with trio.fail_after(30):
+        async with running_daemon(
+            sock_dir, server__allowed_origins=["https://ok.example"]
+        ) as daemon:
+            for origins, status in (
+                (["https://ok.example"], b" 101 "),
+                (["https://ok.example", "https://evil.example"], b" 400 "),
+                (["https://ok.example", "https://ok.example"], b" 400 "),
+            ):
+                stream = await trio.open_tcp_stream("127.0.0.1", daemon.port)
+                head = (
+                    b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    b"Sec-WebSocket-Version: 13\r\n"
+                    + f"Authorization: Bearer {daemon.token}\r\n".encode()
+                    + b"".join(f"Origin: {o}\r\n".encode() for o in origins)
+                    + b"\r\n"
+                )
+                await stream.send_all(head)
+                reply = await stream.receive_some()
+                assert reply.startswith(b"HTTP/1.1" + status), reply
+                await stream.aclose()
+
+
+async def test_read_clients_cannot_take_the_write_reserve(sock_dir: Path) -> None:
+    with trio.fail_after(30):
+        async with running_daemon(
+            sock_dir, server__max_clients=4, server__reserved_write_clients=2
+        ) as daemon:
+            assert daemon.token is not None
+            read, write = "r" * 20, "w" * 20
+            daemon.server.tokens = Tokens(
+                {read: Role.READ, write: Role.WRITE, daemon.token: Role.ADMIN}
+            )
+            assert daemon.server.max_read_clients == 2
+            held = [await RawClient.handshake(daemon.port, token=read) for _ in range(2)]
+            assert [status for _, status, _ in held] == [101, 101]
+            refused, status, _ = await RawClient.handshake(daemon.port, token=read)
+            assert status == 503
+            await refused.aclose()
+            # Writers (and admins) still get the reserved slots.
+            async with connect(daemon.url, write) as writer:
+                assert await writer.list_domains() == []
+                async with connect(daemon.url, daemon.token) as admin:
+                    assert await admin.list_domains() == []
+            for client, _, _ in held:
+                await client.aclose()
+            await wait_until(lambda: not daemon.server._sessions, 5)
+            again, status, _ = await RawClient.handshake(daemon.port, token=read)
+            assert status == 101
+            await again.aclose()
