@@ -520,8 +520,8 @@ class ServerConfig:
         default=100,
         metadata=_meta(
             _integer(1),
-            "Items of one JSON-RPC batch, at most; a larger batch gets one Invalid Request "
-            "(data.reason LIMIT_EXCEEDED) and nothing in it runs.",
+            "Items of one JSON-RPC batch, at most; nothing in a larger batch runs, and each "
+            "item is answered with an Invalid Request (data.reason LIMIT_EXCEEDED).",
         ),
     )
     max_output_bytes: int = attrs.field(
@@ -544,8 +544,8 @@ class ServerConfig:
         default=20,
         metadata=_meta(
             _integer(1),
-            "Connections still in their handshake at once; the next is closed at once. "
-            "libvirtd: max_anonymous_clients.",
+            "Connections still in their handshake at once; the next one evicts the oldest "
+            "of them. libvirtd: max_anonymous_clients.",
         ),
     )
     admin_max_clients: int = attrs.field(
