@@ -7,6 +7,7 @@ Shape::
     └── one task per connection
         ├── handshake                       server.handshake_timeout; at most
         │                                   server.max_anonymous_clients at once
+        │                                   (a new one evicts the oldest)
         ├── Origin, auth (header or         403 / 401 / 404 / 503 before accepting
         │   subprotocol), limits
         └── session                         its own nursery, cancelled when the
@@ -18,6 +19,8 @@ Shape::
             │                               max_client_requests call slots
             ├── writer                      sends the outbox (bounded in bytes)
             ├── watcher                     the peer went away: cancel the session
+            │                               (polls the socket only while the reader
+            │                               is stopped)
             ├── keepalive                   a ping every keepalive_interval; a peer
             │                               missing keepalive_count pongs is closed
             └── event forwarder             driver events -> events.event notifications
@@ -475,11 +478,11 @@ class Server:
             conn_nursery.cancel_scope.cancel()
 
     def _origin_allowed(self, request: trio_websocket.WebSocketRequest) -> bool:
-        origins = [value for key, value in request.headers if key.lower() == b"origin"]
-        if not origins:
-            return True
-        origin = origins[0].decode("latin-1").strip().lower()
-        return origin in self.config.allowed_origins
+        for key, value in request.headers:
+            if key.lower() == b"origin":
+                origin = value.decode("latin-1").strip().lower()
+                return origin in self.config.allowed_origins
+        return True
 
     def _authenticate(self, request: trio_websocket.WebSocketRequest) -> Role | None:
         """The token of the ``Authorization`` header, else of a ``bearer.``
