@@ -661,3 +661,37 @@ async def test_read_clients_cannot_take_the_write_reserve(sock_dir: Path) -> Non
             again, status, _ = await RawClient.handshake(daemon.port, token=read)
             assert status == 101
             await again.aclose()
+
+
+async def test_a_frame_declaring_more_than_max_message_size_is_closed_with_1009(
+    sock_dir: Path,
+) -> None:
+    """trio-websocket counts the payload as it comes: a header declaring 1 GiB
+    is closed with 1009 once max_message_size bytes of it have come, without
+    waiting for (or holding) the rest."""
+    with trio.fail_after(30):
+        async with running_daemon(sock_dir, server__max_message_size=1000) as daemon:
+            stream = await trio.open_tcp_stream("127.0.0.1", daemon.port)
+            async with stream:
+                await stream.send_all(
+                    b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    b"Sec-WebSocket-Version: 13\r\n"
+                    + f"Authorization: Bearer {daemon.token}\r\n\r\n".encode()
+                )
+                reply = b""
+                while b"\r\n\r\n" not in reply:
+                    reply += await stream.receive_some()
+                assert reply.startswith(b"HTTP/1.1 101 ")
+                # A masked text frame header declaring 2**30 bytes (mask 0).
+                header = bytes([0x81, 0x80 | 127]) + (2**30).to_bytes(8, "big") + b"\0\0\0\0"
+                await stream.send_all(header + b"a" * 1500)
+                received = reply.split(b"\r\n\r\n", 1)[1]
+                with contextlib.suppress(trio.BrokenResourceError):
+                    while len(received) < 4:
+                        chunk = await stream.receive_some()
+                        if not chunk:
+                            break
+                        received += chunk
+                assert received[0] == 0x88  # a close frame
+                assert int.from_bytes(received[2:4], "big") == 1009
