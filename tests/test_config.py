@@ -76,6 +76,7 @@ DEFAULTS: dict[str, object] = {
     "server.handshake_timeout": 5.0,
     "server.max_anonymous_clients": 20,
     "server.admin_max_clients": 5000,
+    "server.reserved_write_clients": 50,
     "server.allowed_origins": (),
     "server.metrics_access": "loopback",
     "pools.min_workers": 5,
@@ -272,6 +273,7 @@ GOOD: list[tuple[str, str, object]] = [
     ("server.handshake_timeout", "0.5", 0.5),
     ("server.max_anonymous_clients", "1", 1),
     ("server.admin_max_clients", "3", 3),
+    ("server.reserved_write_clients", "0", 0),
     ("server.allowed_origins", "[]", ()),
     (
         "server.allowed_origins",
@@ -435,6 +437,7 @@ BAD: list[tuple[str, str, str]] = [
     ("server.handshake_timeout", "0", "expected a positive number, got 0"),
     ("server.max_anonymous_clients", "0", "expected a positive integer, got 0"),
     ("server.admin_max_clients", "-1", "expected a positive integer, got -1"),
+    ("server.reserved_write_clients", "-1", "expected a non-negative integer, got -1"),
     ("server.allowed_origins", '"https://a.example"', "expected an array of origins"),
     ("server.allowed_origins", '["https://a.example/path"]', "expected origins such as"),
     ("server.allowed_origins", '["*"]', 'expected origins such as "https://ui.example:8443"'),

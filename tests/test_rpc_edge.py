@@ -10,6 +10,7 @@ never on sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -137,18 +138,20 @@ async def test_batches_up_to_max_batch_are_answered_whatever_max_client_requests
                     replies = await exchange(ws, json.dumps(batch))
                     assert sorted(r["id"] for r in replies) == list(range(size))
                     assert all(r["result"]["protocol"] == 1 for r in replies)
-                # Over the bound: one error, nothing run, the session goes on.
+                # Over the bound: still an array (JSON-RPC 2.0 section 6), one
+                # error per item with its id, nothing run, the session goes on.
                 batch = [
                     call("domain.define", {"definition": {"name": f"b{i}"}}, i) for i in range(101)
                 ]
-                reply = await exchange(ws, json.dumps(batch))
-                assert reply["id"] is None
-                assert reply["error"]["code"] == -32600
-                assert reply["error"]["data"] == {
-                    "reason": "LIMIT_EXCEEDED",
-                    "limit": "max_batch",
-                    "max_batch": 100,
-                }
+                replies = await exchange(ws, json.dumps([*batch, 5, {"jsonrpc": "2.0"}]))
+                assert [r["id"] for r in replies] == [*range(101), None, None]
+                for reply in replies:
+                    assert reply["error"]["code"] == -32600
+                    assert reply["error"]["data"] == {
+                        "reason": "LIMIT_EXCEEDED",
+                        "limit": "max_batch",
+                        "max_batch": 100,
+                    }
                 assert daemon.driver.list_domains() == []
                 reply = await exchange(ws, json.dumps(call("connect.list_domains", id=7)))
                 assert reply == {"jsonrpc": "2.0", "result": {"domains": []}, "id": 7}
@@ -322,10 +325,11 @@ async def test_anonymous_connections_are_bounded(sock_dir: Path) -> None:
             await wait_until(lambda: daemon.server._anonymous == 2, 5)
             third = await trio.open_tcp_stream("127.0.0.1", daemon.port)
             with trio.fail_after(2):
-                assert await third.receive_some() == b""  # closed at once
-            assert daemon.server.anonymous_refused >= 1
-            await third.aclose()
-            for stream in silent:
+                # The oldest stalled handshake is closed at once, not the newcomer.
+                assert await silent[0].receive_some() == b""
+            assert daemon.server.anonymous_refused == 1
+            assert daemon.server._anonymous == 2
+            for stream in [*silent, third]:
                 await stream.aclose()
             await wait_until(lambda: daemon.server._anonymous == 0, 2)
             async with connect(daemon.url, daemon.token) as client:
@@ -571,3 +575,123 @@ async def test_close_never_raises_the_pong_error(sock_dir: Path) -> None:
                 async with trioctl._client.open_websocket(url, None) as ws:
                     await ws.send_message("x")
             nursery.cancel_scope.cancel()
+
+
+# -- outside tester's findings --------------------------------------------------------------
+
+
+async def test_twenty_stalled_handshakes_renewed_do_not_lock_out_clients(sock_dir: Path) -> None:
+    """20+ half-sent requests, renewed as soon as they are closed: the CLI's
+    calls and /admin are still served (the oldest stalled one is evicted)."""
+    with trio.fail_after(30):
+        async with running_daemon(sock_dir, server__handshake_timeout=30) as daemon:
+
+            async def stall_and_renew() -> None:
+                while True:
+                    stream = await trio.open_tcp_stream("127.0.0.1", daemon.port)
+                    async with stream:
+                        await stream.send_all(b"GET / HTTP/1.1\r\n")
+                        with contextlib.suppress(trio.BrokenResourceError):
+                            while await stream.receive_some():
+                                pass
+                    await trio.sleep(0.05)
+
+            async with trio.open_nursery() as attackers:
+                for _ in range(25):
+                    attackers.start_soon(stall_and_renew)
+                await wait_until(lambda: daemon.server._anonymous == 20, 10)
+                for _ in range(3):
+                    async with connect(daemon.url, daemon.token) as client:
+                        assert await client.list_domains() == []
+                    async with connect(daemon.admin_url, daemon.token) as admin:
+                        assert (await admin.get_server_stats()).uptime_seconds >= 0
+                assert daemon.server.anonymous_refused > 0
+                attackers.cancel_scope.cancel()
+
+
+async def test_two_origin_headers_are_refused(sock_dir: Path) -> None:
+    with trio.fail_after(30):
+        async with running_daemon(
+            sock_dir, server__allowed_origins=["https://ok.example"]
+        ) as daemon:
+            for origins, status in (
+                (["https://ok.example"], b" 101 "),
+                (["https://ok.example", "https://evil.example"], b" 400 "),
+                (["https://ok.example", "https://ok.example"], b" 400 "),
+            ):
+                stream = await trio.open_tcp_stream("127.0.0.1", daemon.port)
+                head = (
+                    b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    b"Sec-WebSocket-Version: 13\r\n"
+                    + f"Authorization: Bearer {daemon.token}\r\n".encode()
+                    + b"".join(f"Origin: {o}\r\n".encode() for o in origins)
+                    + b"\r\n"
+                )
+                await stream.send_all(head)
+                reply = await stream.receive_some()
+                assert reply.startswith(b"HTTP/1.1" + status), reply
+                await stream.aclose()
+
+
+async def test_read_clients_cannot_take_the_write_reserve(sock_dir: Path) -> None:
+    with trio.fail_after(30):
+        async with running_daemon(
+            sock_dir, server__max_clients=4, server__reserved_write_clients=2
+        ) as daemon:
+            assert daemon.token is not None
+            read, write = "r" * 20, "w" * 20
+            daemon.server.tokens = Tokens(
+                {read: Role.READ, write: Role.WRITE, daemon.token: Role.ADMIN}
+            )
+            assert daemon.server.max_read_clients == 2
+            held = [await RawClient.handshake(daemon.port, token=read) for _ in range(2)]
+            assert [status for _, status, _ in held] == [101, 101]
+            refused, status, _ = await RawClient.handshake(daemon.port, token=read)
+            assert status == 503
+            await refused.aclose()
+            # Writers (and admins) still get the reserved slots.
+            async with connect(daemon.url, write) as writer:
+                assert await writer.list_domains() == []
+                async with connect(daemon.url, daemon.token) as admin:
+                    assert await admin.list_domains() == []
+            for client, _, _ in held:
+                await client.aclose()
+            await wait_until(lambda: not daemon.server._sessions, 5)
+            again, status, _ = await RawClient.handshake(daemon.port, token=read)
+            assert status == 101
+            await again.aclose()
+
+
+async def test_a_frame_declaring_more_than_max_message_size_is_closed_with_1009(
+    sock_dir: Path,
+) -> None:
+    """trio-websocket counts the payload as it comes: a header declaring 1 GiB
+    is closed with 1009 once max_message_size bytes of it have come, without
+    waiting for (or holding) the rest."""
+    with trio.fail_after(30):
+        async with running_daemon(sock_dir, server__max_message_size=1000) as daemon:
+            stream = await trio.open_tcp_stream("127.0.0.1", daemon.port)
+            async with stream:
+                await stream.send_all(
+                    b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    b"Sec-WebSocket-Version: 13\r\n"
+                    + f"Authorization: Bearer {daemon.token}\r\n\r\n".encode()
+                )
+                reply = b""
+                while b"\r\n\r\n" not in reply:
+                    reply += await stream.receive_some()
+                assert reply.startswith(b"HTTP/1.1 101 ")
+                # A masked text frame header declaring 2**30 bytes (mask 0).
+                header = bytes([0x81, 0x80 | 127]) + (2**30).to_bytes(8, "big") + b"\0\0\0\0"
+                await stream.send_all(header + b"a" * 1500)
+                received = reply.split(b"\r\n\r\n", 1)[1]
+                with contextlib.suppress(trio.BrokenResourceError):
+                    while len(received) < 4:
+                        chunk = await stream.receive_some()
+                        if not chunk:
+                            break
+                        received += chunk
+                assert received[0] == 0x88  # a close frame
+                assert int.from_bytes(received[2:4], "big") == 1009

@@ -139,16 +139,23 @@ async def test_handshake_deadline_and_early_leavers(
         while server._anonymous:
             await trio.sleep(0.001)
         assert trio.current_time() - start < 0.1
-        # Beyond max_anonymous_clients, a connection is closed at once.
-        held = [await listener.connect() for _ in range(3)]
+        # Beyond max_anonymous_clients, the oldest handshake is closed at
+        # once and the newcomer keeps its chance.
+        held = []
+        for _ in range(3):
+            held.append(await listener.connect())
+            await trio.sleep(0.01)
         while server._anonymous < 3:
             await trio.sleep(0.001)
         extra = await listener.connect()
         start = trio.current_time()
-        assert await extra.receive_some() == b""
+        assert await held[0].receive_some() == b""
         assert trio.current_time() - start < 0.1
-        assert server.anonymous_refused == 1
-        for stream in held:
+        assert (server.anonymous_refused, server._anonymous) == (1, 3)
+        await extra.send_all(UPGRADE)
+        assert b" 101 " in await extra.receive_some()
+        assert len(server._anonymous_slots) == 2
+        for stream in [*held[1:], extra]:
             await stream.aclose()
 
 
@@ -179,3 +186,78 @@ async def test_a_live_client_with_stuck_calls_is_not_dropped_by_keepalive(
                 assert '"protocol":1' in str(await ws.get_message())
             await ws.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_stalled_handshakes_being_renewed_do_not_lock_clients_out(
+    autojump_clock: trio.testing.MockClock, sock_dir: Path
+) -> None:
+    """The outside tester's attack: 20+ connections that send half a request
+    and stall, renewed as soon as they are closed, about 4 a second. The
+    oldest stalled handshake is evicted for a newcomer, so a real client (and
+    an admin) is served."""
+    async with memory_server(sock_dir, max_anonymous_clients=20) as (server, listener):
+        opened = 0
+
+        async def stall_and_renew() -> None:
+            nonlocal opened
+            while True:
+                stream = await listener.connect()
+                opened += 1
+                await stream.send_all(b"GET / HTTP/1.1\r\n")
+                while await stream.receive_some():
+                    pass  # closed: evicted or at the deadline
+                await stream.aclose()
+                await trio.sleep(0.25)
+
+        async with trio.open_nursery() as attackers:
+            for _ in range(25):
+                attackers.start_soon(stall_and_renew)
+                await trio.sleep(0.25)  # ~4 connections a second
+            while server._anonymous < 20:
+                await trio.sleep(0.01)
+            for path, method in (
+                ("/", "connect.list_domains"),
+                ("/admin", "admin.get_stats"),
+            ):
+                stream = await listener.connect()
+                async with trio.open_nursery() as nursery:
+                    ws = await trio_websocket.wrap_client_stream(nursery, stream, "x", path)  # type: ignore[arg-type]
+                    await ws.send_message(f'{{"jsonrpc": "2.0", "id": 1, "method": "{method}"}}')
+                    assert '"result"' in str(await ws.get_message())
+                    await ws.aclose()
+                    nursery.cancel_scope.cancel()
+            await trio.sleep(5)
+            assert server.anonymous_refused > 0
+            assert server._anonymous <= 20
+            attackers.cancel_scope.cancel()
+        assert opened > 25
+
+
+async def test_an_idle_session_does_not_wake_the_daemon(
+    autojump_clock: trio.testing.MockClock, sock_dir: Path
+) -> None:
+    """No timer per idle session: with keepalive off, an hour of an idle
+    session runs no task of the server (the hang-up poll runs only while the
+    session's reader is stopped)."""
+
+    class Steps(trio.abc.Instrument):
+        count = 0
+
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            self.count += 1
+
+    async with memory_server(sock_dir, keepalive_interval=0) as (server, listener):
+        stream = await listener.connect()
+        await stream.send_all(UPGRADE)
+        assert b" 101 " in await stream.receive_some()
+        await trio.sleep(1)
+        steps = Steps()
+        trio.lowlevel.add_instrument(steps)
+        try:
+            await trio.sleep(3600)
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+        assert len(server._sessions) == 1
+        # This task's own sleep, and the clock's: a few steps, not 4 a second.
+        assert steps.count < 20
+        await stream.aclose()

@@ -520,8 +520,8 @@ class ServerConfig:
         default=100,
         metadata=_meta(
             _integer(1),
-            "Items of one JSON-RPC batch, at most; a larger batch gets one Invalid Request "
-            "(data.reason LIMIT_EXCEEDED) and nothing in it runs.",
+            "Items of one JSON-RPC batch, at most; nothing in a larger batch runs, and each "
+            "item is answered with an Invalid Request (data.reason LIMIT_EXCEEDED).",
         ),
     )
     max_output_bytes: int = attrs.field(
@@ -544,8 +544,8 @@ class ServerConfig:
         default=20,
         metadata=_meta(
             _integer(1),
-            "Connections still in their handshake at once; the next is closed at once. "
-            "libvirtd: max_anonymous_clients.",
+            "Connections still in their handshake at once; the next one evicts the oldest "
+            "of them. libvirtd: max_anonymous_clients.",
         ),
     )
     admin_max_clients: int = attrs.field(
@@ -554,6 +554,15 @@ class ServerConfig:
             _integer(1),
             "Clients of /admin at once, counted apart from max_clients, so an admin "
             "can connect when the API is full. libvirtd: admin_max_clients.",
+        ),
+    )
+    reserved_write_clients: int = attrs.field(
+        default=50,
+        metadata=_meta(
+            _integer(0),
+            "Slots of max_clients that read-only clients cannot take: read tokens connect "
+            "while fewer than max_clients - reserved_write_clients (at least 1) are "
+            "connected, so they cannot lock writers out.",
         ),
     )
     allowed_origins: tuple[str, ...] = attrs.field(

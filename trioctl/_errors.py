@@ -154,9 +154,10 @@ class InvalidRequest(TrioctlError):
 
 
 class LimitExceeded(InvalidRequest):
-    """A message over a server limit (a batch of more than ``server.max_batch``
-    items, a text over ``server.max_message_size``): answered with this one
-    error and nothing in it is run. ``data`` names the limit and the size."""
+    """A message over a server limit, and nothing in it is run: a text over
+    ``server.max_message_size`` is answered with this one error; a batch of
+    more than ``server.max_batch`` items with an array holding this error once
+    per item, with the item's id. ``data`` names the limit and the size."""
 
     reason = "LIMIT_EXCEEDED"
     rpc_code = -32600

@@ -15,6 +15,7 @@ kind per interval with how many there were since its last line.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["REFUSAL_INTERVAL", "RefusalLog", "log"]
@@ -40,13 +41,21 @@ class RefusalLog:
     """At most one warning per kind of refusal per ``interval`` seconds.
 
     Sans-I/O: the caller passes the time (``trio.current_time()``) and calls
-    :meth:`flush` now and then (the server does, every ``interval``), so that
-    refusals after the last line are counted in a line too.
+    :meth:`flush` while :attr:`pending` (``on_pending`` says when that
+    starts), so that refusals after the last line are counted in a line too.
     """
 
-    def __init__(self, logger: logging.Logger, interval: float = REFUSAL_INTERVAL) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = REFUSAL_INTERVAL,
+        *,
+        on_pending: Callable[[], None] | None = None,
+    ) -> None:
         self._logger = logger
         self.interval = interval
+        self._on_pending = on_pending
+        """Called when a refusal is counted but not said yet: a flush is due."""
         self._last: dict[str, float] = {}
         self._pending: dict[str, tuple[int, str, dict[str, Any]]] = {}
         self.total: dict[str, int] = {}
@@ -61,6 +70,13 @@ class RefusalLog:
         last = self._last.get(kind)
         if last is None or now - last >= self.interval:
             self._say(kind, now)
+        elif self._on_pending is not None:
+            self._on_pending()
+
+    @property
+    def pending(self) -> bool:
+        """Refusals are counted that no line has said yet."""
+        return bool(self._pending)
 
     def flush(self, now: float) -> None:
         """Log the refusals counted since each kind's last line, if that is

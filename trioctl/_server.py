@@ -10,6 +10,7 @@ Shape::
         │                                   by _http and the connection closed
         ├── handshake                       server.handshake_timeout; at most
         │                                   server.max_anonymous_clients at once
+        │                                   (a new one evicts the oldest)
         ├── Origin, auth (header or         403 / 401 / 404 / 503 before accepting
         │   subprotocol), limits
         └── session                         its own nursery, cancelled when the
@@ -21,6 +22,8 @@ Shape::
             │                               max_client_requests call slots
             ├── writer                      sends the outbox (bounded in bytes)
             ├── watcher                     the peer went away: cancel the session
+            │                               (polls the socket only while the reader
+            │                               is stopped)
             ├── keepalive                   a ping every keepalive_interval; a peer
             │                               missing keepalive_count pongs is closed
             └── event forwarder             driver events -> events.event notifications
@@ -126,6 +129,8 @@ _FD_RESERVE: Final = 16
 daemon's own work (a domain start, a state file) still gets some."""
 _FD_RETRY: Final = 0.1
 _HANGUP_POLL: Final = 0.25
+_ANSWER_BYTES: Final = 200
+"""About the size of one answer to an item of a batch over max_batch."""
 _POLLRDHUP: Final = getattr(select, "POLLRDHUP", 0x2000)
 
 
@@ -183,6 +188,8 @@ class _Session:
     """The transport, to notice a peer that hung up while nothing reads it."""
     reader_waiting: bool = False
     """The reader is stopped: max_client_requests messages are in flight."""
+    reader_paused: trio.Event = attrs.Factory(trio.Event)
+    """Set when the reader stops (``reader_waiting``); replaced when it resumes."""
     connected_at: float = attrs.Factory(time.monotonic)
     in_flight: int = 0
     """Messages (single calls or batches) read and not yet answered."""
@@ -275,13 +282,21 @@ class Server:
         self._reserve: list[int] = []
         self._fd_lock = trio.Lock()
         self._openrpc: dict[str, Any] | None = None
+        self._max_answers = max(config.max_batch + 1, config.max_output_bytes // _ANSWER_BYTES)
+        """Items of a batch over max_batch answered one by one, at most."""
+        self._anonymous_slots: collections.OrderedDict[int, _AnonymousSlot] = (
+            collections.OrderedDict()
+        )
+        """Connections in their handshake, oldest first."""
         self.fds_exhausted = False
         """Accepting is paused: the process ran out of file descriptors."""
         self.fd_pauses = 0
         """How many times accepting paused for want of file descriptors."""
         self.anonymous_refused = 0
-        """Connections closed at once: max_anonymous_clients were in their handshake."""
-        self.refusals = RefusalLog(logger)
+        """Handshakes cut short for a newcomer: max_anonymous_clients were in
+        their handshake, and the oldest of them was closed."""
+        self._refusals_pending = trio.Event()
+        self.refusals = RefusalLog(logger, on_pending=lambda: self._refusals_pending.set())
         """Refusals at a limit, logged at most once per kind per 10 s with counts."""
 
     # -- the Services protocol of _procedures ----------------------------------------
@@ -313,6 +328,12 @@ class Server:
             prio_workers=params.prio_workers,
         )
         return self.threadpool_info()
+
+    @property
+    def max_read_clients(self) -> int:
+        """Read-only clients of the API endpoint at once: ``max_clients``
+        less ``reserved_write_clients``, at least 1."""
+        return max(1, self.max_clients - self.config.reserved_write_clients)
 
     def client_limits(self) -> ClientLimits:
         return ClientLimits(self.max_clients, self.max_client_requests, len(self._sessions))
@@ -371,10 +392,14 @@ class Server:
             self._give_back_reserve()
 
     async def _flush_refusals(self) -> None:
-        """Say the refusals counted since each kind's last line, every interval."""
+        """Say the refusals counted since each kind's last line, every
+        interval while some are pending (and sleep without waking otherwise)."""
         while True:
-            await trio.sleep(self.refusals.interval)
-            self.refusals.flush(trio.current_time())
+            await self._refusals_pending.wait()
+            while self.refusals.pending:
+                await trio.sleep(self.refusals.interval)
+                self.refusals.flush(trio.current_time())
+            self._refusals_pending = trio.Event()
 
     def _take_reserve(self) -> bool:
         """Hold :data:`_FD_RESERVE` descriptors; False if the process has not
@@ -428,13 +453,18 @@ class Server:
         """One connection, from accept to close; its socket is closed on return."""
         try:
             if self._anonymous >= self.config.max_anonymous_clients:
+                # Evict the oldest handshake, not the newcomer: a real client
+                # finishes its handshake in milliseconds, a stalled one sits on
+                # its slot, so refusing newcomers would lock real clients out.
+                _, oldest = self._anonymous_slots.popitem(last=False)
+                oldest.evict()
                 self.anonymous_refused += 1
                 self.refusals.refused(
                     "max_anonymous_clients",
-                    f"a connection while {self._anonymous} were in their handshake",
+                    f"the oldest of {self.config.max_anonymous_clients} connections in their "
+                    "handshake closed for a newcomer",
                     trio.current_time(),
                 )
-                return
             slot = _AnonymousSlot(self)
             try:
                 await self._connection(stream, slot)
@@ -453,7 +483,9 @@ class Server:
         # trio-websocket with the bytes read put back in front.
         deadline = trio.current_time() + self.config.handshake_timeout
         head = None
-        with trio.move_on_at(deadline) as head_scope:
+        # Eviction (a newcomer while every anonymous slot is taken) ends the
+        # phase in progress: reading the head, serving a GET or the handshake.
+        with slot.phase(), trio.move_on_at(deadline) as head_scope:
             head = await _http.read_head(stream)
         if head_scope.cancelled_caught:
             self._refuse_slow_handshake()
@@ -461,11 +493,11 @@ class Server:
             return
         http_request = _http.parse_head(head)
         if http_request is None:
-            with trio.move_on_at(deadline):
+            with slot.phase(), trio.move_on_at(deadline):
                 await _http.respond(stream, 400, b"not an HTTP/1.1 request\n")
             return
         if not _http.is_upgrade(http_request):
-            with trio.move_on_at(deadline):
+            with slot.phase(), trio.move_on_at(deadline):
                 await _http.serve_http(self, stream, http_request, _http.peer_host(stream))
             return
         peer = _peer_name(stream)
@@ -481,7 +513,7 @@ class Server:
             # stream is closed, so the closing handshake completes in the session.
             conn_nursery.start_soon(ws._reader_task)
             session: _Session | None = None
-            with trio.move_on_at(deadline) as handshake_scope:
+            with slot.phase(), trio.move_on_at(deadline) as handshake_scope:
                 async with trio.open_nursery() as handshake:
                     # A peer that leaves before its request is gone now, not
                     # at the deadline.
@@ -491,6 +523,7 @@ class Server:
                         accepted = await self._handshake(request, host)
                         if accepted is not None:
                             session = self._register(accepted)
+                            slot.release()  # no longer anonymous: never evicted
                     except (trio_websocket.ConnectionClosed, trio_websocket.HandshakeError):
                         pass
                     handshake.cancel_scope.cancel()
@@ -544,6 +577,9 @@ class Server:
         if path not in ("/", "/admin"):
             await request.reject(404, body=b"no such endpoint: use / or /admin\n")
             return None
+        if sum(1 for key, _ in request.headers if key.lower() == b"origin") > 1:
+            await request.reject(400, body=b"more than one Origin header\n")
+            return None
         if not self._origin_allowed(request, host):
             await request.reject(403, body=b"this Origin is not in server.allowed_origins\n")
             return None
@@ -574,13 +610,21 @@ class Server:
         if endpoint == "admin" and role < Role.ADMIN:
             await request.reject(403, body=b"/admin needs an admin token\n")
             return None
+        if endpoint == "api" and role == Role.READ:
+            reads = sum(1 for s in self._sessions.values() if s.role == Role.READ)
+            if reads + self._handshaking["read"] >= self.max_read_clients:
+                await request.reject(
+                    503, body=b"too many read-only clients (max_clients - reserved_write_clients)\n"
+                )
+                return None
         # Count this client from here on: concurrent handshakes must not all
         # pass the limit check while none is registered yet.
-        self._handshaking[endpoint] += 1
+        kinds = (endpoint, "read") if endpoint == "api" and role == Role.READ else (endpoint,)
+        self._handshaking.update(kinds)
         try:
             ws = await request.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
         except BaseException:
-            self._handshaking[endpoint] -= 1
+            self._handshaking.subtract(kinds)
             raise
         try:
             remote = request.remote
@@ -602,6 +646,8 @@ class Server:
         )
         self._sessions[session.id] = session
         self._handshaking[accepted.endpoint] -= 1
+        if accepted.endpoint == "api" and accepted.role == Role.READ:
+            self._handshaking["read"] -= 1
         log(
             logger, logging.DEBUG, "client %s connected from %s as %s",
             session.id, session.peer, session.role.name.lower(),
@@ -638,28 +684,32 @@ class Server:
         """Cancel the session as soon as its peer is gone.
 
         trio-websocket notices a close frame, EOF or a reset while its reader
-        runs. When the session's reader is stopped (all its slots in flight),
+        runs: the watcher waits for that, without waking. When the session's
+        reader is stopped (all its slots in flight, or the outbox full),
         trio-websocket's reader is stopped too, behind the one message it
-        holds, and sees nothing: then the socket itself is asked every
-        :data:`_HANGUP_POLL` seconds whether the peer hung up (``POLLRDHUP``,
-        which shows even behind unread data).
+        holds, and sees nothing: then, and only then, the socket itself is
+        asked every :data:`_HANGUP_POLL` seconds whether the peer hung up
+        (``POLLRDHUP``, which shows even behind unread data). An idle session
+        costs no wake-ups.
         """
-        closed = getattr(session.ws, "_close_handshake", None)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._poll_hangup_while_paused, session, nursery.cancel_scope)
+            await _cancel_when_closed(session.ws, nursery.cancel_scope)
+        session.scope.cancel()
+
+    async def _poll_hangup_while_paused(self, session: _Session, done: trio.CancelScope) -> None:
         while True:
-            with trio.move_on_after(_HANGUP_POLL):
-                if isinstance(closed, trio.Event):
-                    await closed.wait()
-                    break
-                await trio.sleep_forever()  # pragma: no cover - another trio-websocket
-            if session.ws.closed is not None:
-                break
+            if not session.reader_waiting:
+                await session.reader_paused.wait()
+                continue
+            await trio.sleep(_HANGUP_POLL)
             if session.reader_waiting and _peer_hung_up(session.stream):
                 log(
                     logger, logging.INFO, "client %s hung up while its calls ran", session.id,
                     event="client_hung_up", client=session.id,
                 )  # fmt: skip
-                break
-        session.scope.cancel()
+                done.cancel()
+                return
 
     async def _writer(self, session: _Session) -> None:
         while True:
@@ -716,17 +766,22 @@ class Server:
             while session.in_flight >= self.max_client_requests:
                 session.slot_free = trio.Event()
                 session.reader_waiting = True
+                session.reader_paused.set()
                 try:
                     await session.slot_free.wait()
                 finally:
                     session.reader_waiting = False
+                    session.reader_paused = trio.Event()
             try:
                 message = await session.ws.get_message()
             except trio_websocket.ConnectionClosed:
                 session.scope.cancel()
                 return
             incoming = rpc.parse_request_text(
-                message, max_size=self.config.max_message_size, max_batch=self.config.max_batch
+                message,
+                max_size=self.config.max_message_size,
+                max_batch=self.config.max_batch,
+                max_answers=self._max_answers,
             )
             del message
             session.in_flight += 1
@@ -915,15 +970,38 @@ def positional_params(proc: Procedure, values: list[Any]) -> dict[str, Any]:
 
 class _AnonymousSlot:
     """A connection counted against ``max_anonymous_clients`` until its
-    handshake ends; :meth:`release` is idempotent."""
+    handshake ends; :meth:`release` is idempotent. :meth:`evict` ends the
+    handshake (its connection is then closed) and frees the slot."""
+
+    _numbers = itertools.count()
 
     def __init__(self, server: Server) -> None:
         self._server: Server | None = server
+        self._number = next(self._numbers)
+        self._scope: trio.CancelScope | None = None
+        self.evicted = False
         server._anonymous += 1
+        server._anonymous_slots[self._number] = self
+
+    def phase(self) -> trio.CancelScope:
+        """A cancel scope for the next phase of the anonymous connection
+        (reading its request head, serving a GET, the WebSocket handshake):
+        eviction cancels the phase in progress, or the next one at once."""
+        scope = self._scope = trio.CancelScope()
+        if self.evicted:
+            scope.cancel()
+        return scope
+
+    def evict(self) -> None:
+        self.evicted = True
+        if self._scope is not None:
+            self._scope.cancel()
+        self.release()
 
     def release(self) -> None:
         if self._server is not None:
             self._server._anonymous -= 1
+            self._server._anonymous_slots.pop(self._number, None)
             self._server = None
 
 

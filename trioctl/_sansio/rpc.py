@@ -38,13 +38,16 @@ throughout. Where the specification leaves a choice, trioctl decides:
   never answered, and the dispatcher ignores names it has no handler for.
   The procedure table must not declare such names
   (:func:`is_reserved_method`).
-- **Strict requests.** A request object with members other than
-  ``jsonrpc``, ``method``, ``params`` and ``id`` is an Invalid Request (a
-  typo such as ``"param"`` would otherwise silently drop the parameters), and
-  so is ``"params": null``. Arrays as ``params`` are accepted here; trioctl's
-  procedures take objects, so the dispatcher answers those with
-  ``-32602 Invalid params`` unless the array fits the procedure's parameters
-  in order.
+- **Requests.** Members a request object does not define are ignored (the
+  specification does not forbid them), except ``result`` and ``error``: an
+  object with either is a response, not a request, and is an Invalid
+  Request. So is ``"params": null``. Beware that a typo such as ``"param"``
+  is therefore ignored: the call runs without parameters, and a procedure
+  with required parameters answers ``-32602 Invalid params``. Arrays as
+  ``params`` are accepted here; the dispatcher maps them onto the
+  procedure's parameters in order (``-32602`` if there are too many).
+- **Duplicate keys** in an object: the last one wins (Python's ``json``).
+- **Binary frames** are accepted and decoded as UTF-8, like text frames.
 - **Ids.** A string, an integer, a finite number or null. Booleans, arrays and
   objects make the request invalid; it is then answered with id null.
 - **Strict JSON.** ``NaN``, ``Infinity`` and ``-Infinity`` are not JSON and
@@ -56,12 +59,17 @@ throughout. Where the specification leaves a choice, trioctl decides:
   that cannot be encoded as JSON does not stop the rest of a batch: that one
   answer becomes an ``-32603 Internal error`` (or loses its extra data).
 - **Limits.** ``max_size`` bounds the text (in characters for ``str``, bytes
-  for ``bytes``) and ``max_batch`` the number of items in a batch; a server
-  message over either is answered with one ``-32600 Invalid Request`` whose
-  ``data.reason`` is ``LIMIT_EXCEEDED`` (:class:`~trioctl.LimitExceeded`),
-  and nothing in it is run. A batch is decoded item by item, and decoding
-  stops at item ``max_batch + 1``: an oversized batch costs no more than a
-  full one, whatever it holds after that (even text that is not JSON).
+  for ``bytes``); a longer message is answered with one ``-32600 Invalid
+  Request`` whose ``data.reason`` is ``LIMIT_EXCEEDED``
+  (:class:`~trioctl.LimitExceeded`) and is not decoded. ``max_batch`` bounds
+  the items of a batch: none of the items of a larger batch is run, and the
+  answer is still an array (section 6 allows a single object only for text
+  that is not JSON and for an empty array), one ``LIMIT_EXCEEDED`` error per
+  item carrying that item's id (null when it has none or is not an object).
+  Past item ``max_batch`` the rest is decoded only for the ids; past
+  ``max_answers`` items (the server derives it from its output bound)
+  decoding stops and the batch gets one error object instead, so the answer
+  stays bounded whatever the batch holds.
 - **Lenient responses.** The client ignores members it does not know in a
   response, so a newer server may add some.
 
@@ -136,7 +144,9 @@ RESERVED_METHOD_PREFIX: Final = "rpc."
 RPC_EXTENSIONS: Final = frozenset({"rpc.discover"})
 """The reserved ``rpc.`` names trioctl implements (they reach the dispatcher)."""
 
-_REQUEST_MEMBERS: Final = frozenset({"jsonrpc", "method", "params", "id"})
+_RESPONSE_MEMBERS: Final = ("result", "error")
+"""Members of a response: an object with one of them is not a request.
+Other members a request does not define are ignored."""
 _ENCODE_ERRORS: Final = (TypeError, ValueError, RecursionError)
 
 
@@ -213,10 +223,12 @@ class Incoming:
     """One text frame from a client, parsed.
 
     A single call has exactly one item. A batch has one item per element of
-    the array, in order. Text that is not JSON, an empty array, and a batch
-    over ``max_batch`` are each one :class:`Invalid` item with
-    ``batch=False``: the specification answers those with a single error
-    object, never an array.
+    the array, in order. Text that is not JSON and an empty array are each
+    one :class:`Invalid` item with ``batch=False``: the specification answers
+    those with a single error object, never an array. So is a batch over
+    ``max_answers`` items (a trioctl bound, see :func:`parse_request_text`);
+    a batch over ``max_batch`` but within it is one :class:`Invalid` item
+    per element, with ``batch=True``.
     """
 
     items: tuple[IncomingItem, ...]
@@ -456,6 +468,7 @@ def parse_request_text(
     *,
     max_size: int | None = None,
     max_batch: int | None = None,
+    max_answers: int | None = None,
 ) -> Incoming:
     """Parse one message from a client: a call, a notification or a batch.
 
@@ -466,8 +479,13 @@ def parse_request_text(
         text: the frame, as text or as UTF-8 bytes.
         max_size: if given, longer text (characters for ``str``, bytes for
             ``bytes``) is one Invalid Request, and is not decoded.
-        max_batch: if given, a batch of more items is one Invalid Request,
-            and none of its items is run.
+        max_batch: if given, none of the items of a larger batch is run:
+            each is an :class:`Invalid` item (``LIMIT_EXCEEDED``) with the
+            element's id, or null if it has none or is not an object.
+        max_answers: if given, a batch over ``max_batch`` of more than this
+            many items is one Invalid Request (a single error object), and
+            decoding stops at item ``max_answers + 1``: the answers stay
+            bounded whatever the batch holds.
 
     Returns:
         The parsed message; see :class:`Incoming`.
@@ -491,7 +509,7 @@ def parse_request_text(
             )
         start = _skip_ws(text, 0)
         if start < len(text) and text[start] == "[":
-            return _parse_batch(text, start, max_batch)
+            return _parse_batch(text, start, max_batch, max_answers)
     try:
         obj = _loads(text)
     except _BadJson as exc:
@@ -513,15 +531,19 @@ def _skip_ws(text: str, index: int) -> int:
     return index
 
 
-def _parse_batch(text: str, start: int, max_batch: int) -> Incoming:
-    """Decode a batch one element at a time, stopping past ``max_batch``.
+def _parse_batch(text: str, start: int, max_batch: int, max_answers: int | None) -> Incoming:
+    """Decode a batch one element at a time.
 
-    ``text[start]`` is ``[``. The result is the same as decoding the whole
-    array and checking its length, except that an array of more than
-    ``max_batch`` elements is refused as soon as element ``max_batch + 1`` is
-    decoded, without looking at the rest.
+    ``text[start]`` is ``[``. Within ``max_batch`` elements the result is the
+    same as decoding the whole array. Past ``max_batch``, nothing is run: the
+    rest is decoded only to find each element's id, and every element is
+    answered with the same ``LIMIT_EXCEEDED`` error (see
+    :func:`parse_request_text`); past ``max_answers`` elements decoding stops
+    and the batch gets one error object instead.
     """
     elements: list[Any] = []
+    ids: list[RequestId] = []
+    over = False
     index = _skip_ws(text, start + 1)
     try:
         if index < len(text) and text[index] == "]":
@@ -535,15 +557,17 @@ def _parse_batch(text: str, start: int, max_batch: int) -> Incoming:
                 raise _BadJson("JSON nested too deeply") from None
             except ValueError as exc:
                 raise _BadJson(f"invalid JSON: {exc}") from None
-            elements.append(element)
-            if len(elements) > max_batch:
-                return _single_invalid(
-                    LimitExceeded(
-                        f"batch of more than {max_batch} items",
-                        limit="max_batch",
-                        max_batch=max_batch,
-                    )
-                )
+            if over:
+                ids.append(_id_of(element))
+            else:
+                elements.append(element)
+                if len(elements) > max_batch:
+                    over = True
+                    ids = [_id_of(e) for e in elements]
+                    elements = []
+            del element
+            if over and max_answers is not None and len(ids) > max_answers:
+                return _single_invalid(_batch_limit(max_batch, answered=False))
             index = _skip_ws(text, index)
             if index < len(text) and text[index] == ",":
                 index = _skip_ws(text, index + 1)
@@ -555,7 +579,28 @@ def _parse_batch(text: str, start: int, max_batch: int) -> Incoming:
             raise _BadJson(f"invalid JSON: expected ',' or ']' at char {index}")
     except _BadJson as exc:
         return _single_invalid(ParseError(str(exc)))
+    if over:
+        error = _batch_limit(max_batch, answered=True)
+        return Incoming(tuple([Invalid(id_, error) for id_ in ids]), True)
     return Incoming(tuple([_parse_item(element) for element in elements]), True)
+
+
+def _id_of(element: object) -> RequestId:
+    """The id to answer an element of an oversized batch with: its ``id`` if
+    it is an object with a valid one, else null."""
+    if isinstance(element, dict):
+        value = element.get("id")
+        if _valid_id(value):
+            return value
+    return None
+
+
+def _batch_limit(max_batch: int, *, answered: bool) -> LimitExceeded:
+    if answered:
+        message = f"batch of more than {max_batch} items: none of them was run"
+    else:
+        message = f"batch of more than {max_batch} items, too many to answer one by one"
+    return LimitExceeded(message, limit="max_batch", max_batch=max_batch)
 
 
 def _single_invalid(error: TrioctlError) -> Incoming:
@@ -578,22 +623,15 @@ def _parse_item(obj: object) -> IncomingItem:
     if not isinstance(method, str):
         return Invalid(reply_id, InvalidRequest('"method" must be a string'))
     params = obj.get("params", _MISSING)
-    members = 2
     if params is _MISSING:
         params = None
-    elif isinstance(params, dict | list):
-        members += 1
-    else:
+    elif not isinstance(params, dict | list):
         return Invalid(reply_id, InvalidRequest('"params" must be an object or an array'))
-    if has_id:
-        if not id_ok:
-            return Invalid(None, InvalidRequest('"id" must be a string, a finite number or null'))
-        members += 1
-    if len(obj) != members:
-        unknown = sorted(key for key in obj if key not in _REQUEST_MEMBERS)
-        shown = ", ".join(_short(key, 30) for key in unknown[:5])
-        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-        return Invalid(reply_id, InvalidRequest(f"unknown members: {shown}{more}"))
+    if has_id and not id_ok:
+        return Invalid(None, InvalidRequest('"id" must be a string, a finite number or null'))
+    for member in _RESPONSE_MEMBERS:
+        if member in obj:
+            return Invalid(reply_id, InvalidRequest(f'a request cannot have a "{member}" member'))
     if not has_id:
         return Notification(method, params)
     if method.startswith(RESERVED_METHOD_PREFIX) and method not in RPC_EXTENSIONS:
@@ -658,6 +696,16 @@ def encode_responses(responses: Response | Sequence[Response] | None) -> str | N
         return _encode_response(responses)
     if not responses:
         return None
+    shared = responses[0].exc
+    if shared is not None and all(r.exc is shared for r in responses):
+        # One error for every item (a batch over max_batch): encode it once.
+        try:
+            error = _ENCODER.encode(error_to_wire(shared))
+        except _ENCODE_ERRORS:
+            pass
+        else:
+            head = f'{{"jsonrpc":"{JSONRPC_VERSION}","error":{error},"id":'
+            return "[" + ",".join([f"{head}{_ENCODER.encode(r.id)}}}" for r in responses]) + "]"
     try:
         return _ENCODER.encode([_response_to_wire(response) for response in responses])
     except _ENCODE_ERRORS:
