@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import trio
 
 from trioctl._client import connect
 from trioctl._errors import _BY_REASON, TrioctlError
+from trioctl._handlers import PROCEDURES as HANDLED
 from trioctl._jobs import JobKind
 from trioctl._pools import Priority
 from trioctl._procedures import PROCEDURES, Procedure, ProcedureTable
@@ -22,17 +25,6 @@ from trioctl._tools import gen_schemas
 from .helpers import running_daemon
 
 ROOT = Path(__file__).resolve().parents[1]
-
-#: Procedures whose handler reaches a QEMU monitor: libvirt's rule makes them LOW.
-TOUCHES_MONITOR = {
-    "domain.start",
-    "domain.shutdown",
-    "domain.suspend",
-    "domain.resume",
-    "domain.reset",
-    "domain.get_stats",
-    "domain.monitor_command",
-}
 
 
 def test_names_are_unique_and_namespaced() -> None:
@@ -75,9 +67,44 @@ def test_error_codes_and_reasons_are_unique() -> None:
 
 
 def test_priorities_follow_libvirts_rule() -> None:
+    # The table checks the touches_monitor column against the priority.
     for proc in PROCEDURES:
-        expected = Priority.LOW if proc.name in TOUCHES_MONITOR else Priority.HIGH
-        assert proc.priority is expected, proc.name
+        assert proc.priority is (Priority.LOW if proc.touches_monitor else Priority.HIGH)
+        assert proc.job is not None or not proc.touches_monitor
+    stats = PROCEDURES["domain.get_stats"]
+    with pytest.raises(ValueError, match="touches a monitor is low priority"):
+        ProcedureTable([attrs.evolve(stats, priority=Priority.HIGH)])
+    with pytest.raises(ValueError, match="never touches a monitor is high priority"):
+        ProcedureTable([attrs.evolve(stats, touches_monitor=False)])
+    with pytest.raises(ValueError, match="needs a domain job"):
+        ProcedureTable([attrs.evolve(stats, job=None, shared=False)])
+
+
+#: Driver operations that talk to a domain's monitor.
+_MONITOR_OPERATIONS = {
+    "start_locked",
+    "shutdown_locked",
+    "suspend_locked",
+    "resume_locked",
+    "reset_locked",
+    "get_stats_locked",
+    "monitor_command_locked",
+}
+
+
+def test_the_monitor_column_matches_the_handlers() -> None:
+    for proc in HANDLED:
+        assert bool(_driver_calls(proc) & _MONITOR_OPERATIONS) == proc.touches_monitor, proc.name
+
+
+def test_every_procedure_has_a_handler_and_the_declared_table_none() -> None:
+    assert [p.name for p in HANDLED] == [p.name for p in PROCEDURES]
+    for declared, bound in zip(PROCEDURES, HANDLED, strict=True):
+        assert attrs.evolve(bound, bound=None) == declared
+        with pytest.raises(RuntimeError, match="no handler"):
+            _ = declared.handler
+    with pytest.raises(ValueError, match="missing"):
+        PROCEDURES.bind({})
 
 
 def _driver_calls(proc: Procedure) -> set[str]:
@@ -97,11 +124,29 @@ def _driver_calls(proc: Procedure) -> set[str]:
 
 def test_handlers_that_take_a_job_use_locked_operations() -> None:
     # The dispatcher holds the job: a handler taking it again would deadlock.
-    for proc in PROCEDURES:
+    for proc in HANDLED:
         calls = _driver_calls(proc)
         if proc.job is not None:
             assert any(c.endswith("_locked") for c in calls), proc.name
         assert not (calls & {"start", "suspend", "resume", "reset", "shutdown", "get_stats"})
+
+
+def test_the_client_library_loads_no_daemon_module() -> None:
+    code = (
+        "import sys, trioctl._client\n"
+        "print(sorted(m for m in sys.modules if m.startswith('trioctl')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    loaded = set(ast.literal_eval(out.stdout))
+    allowed = {"_client", "_errors", "_models", "_procedures", "_sansio", "_sansio.rpc", "_util"}
+    assert loaded <= {"trioctl", "trioctl._version"} | {f"trioctl.{m}" for m in allowed}
+    source = (ROOT / "trioctl" / "_procedures.py").read_text()
+    imported = {
+        node.module
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.ImportFrom) and node.level
+    }
+    assert imported == {"_models"}
 
 
 def test_generated_files_are_current() -> None:

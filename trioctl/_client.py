@@ -38,7 +38,6 @@ import trio
 import trio_websocket
 import wsproto.utilities
 
-from ._bulkstats import AllDomainStats
 from ._errors import (
     ConnectError,
     ConnectionRejected,
@@ -48,6 +47,7 @@ from ._errors import (
     TrioctlError,
 )
 from ._models import (
+    AllDomainStats,
     DomainDefinition,
     DomainEvent,
     DomainInfo,

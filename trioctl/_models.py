@@ -21,15 +21,22 @@ from ._errors import InvalidParams
 
 __all__ = [
     "DEFAULT_MACHINES",
+    "MAX_WAIT_SECONDS",
+    "NOWAIT_SECONDS",
+    "WRITE_MONITOR_COMMANDS",
+    "AllDomainStats",
     "Disk",
     "DomainDefinition",
     "DomainEvent",
     "DomainInfo",
     "DomainState",
     "DomainStats",
+    "DomainStatsRecord",
     "JobInfo",
+    "JobKind",
     "MonitorState",
     "Nic",
+    "Priority",
     "converter",
     "structure",
     "unstructure",
@@ -67,6 +74,38 @@ class MonitorState(enum.Enum):
     CONNECTING = "connecting"  #: (re)connecting; the reconnect holds the job
     OK = "ok"  #: answering
     UNRESPONSIVE = "unresponsive"  #: a command timed out or connect failed
+
+
+class Priority(enum.Enum):
+    """A procedure's priority (libvirt's ``@priority`` annotation): anything
+    that may touch a hypervisor monitor (and so may block) is LOW; HIGH is only
+    for calls guaranteed to end quickly."""
+
+    LOW = "low"
+    HIGH = "high"
+
+
+class JobKind(enum.Enum):
+    """What a domain job is for."""
+
+    QUERY = "query"
+    """Reads live state through the monitor; waits in the query lane."""
+    MODIFY = "modify"
+    """Changes the domain (start, shutdown, suspend, monitor commands)."""
+    DESTROY = "destroy"
+    """Kills the domain: exempt from the bounds, first in line, interrupts."""
+    RECONNECT = "reconnect"
+    """Held while the daemon reopens the monitor after a restart."""
+
+
+WRITE_MONITOR_COMMANDS: Final = frozenset(
+    {"stop", "cont", "system_reset", "system_powerdown", "system_wakeup"}
+)
+"""Monitor commands the write role may send, besides every ``query-*``
+command (which only read). Everything else (``human-monitor-command``,
+``migrate``, ``chardev-add``, ``blockdev-add``, ``device_add``,
+``object-add``, ``getfd``, ``quit``, ...) needs the admin role and taints
+the run."""
 
 
 def _check_name(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
@@ -319,6 +358,46 @@ class DomainStats:
     cpu_seconds: float
     """User plus system CPU time of the QEMU process."""
     rss_kib: int
+
+
+NOWAIT_SECONDS: Final = 0.2
+"""Without ``wait``: the deadline of each domain whose job was free and whose
+monitor looked responsive (its two QMP round trips and /proc)."""
+
+MAX_WAIT_SECONDS: Final = 30.0
+"""The largest ``wait`` a caller may ask for."""
+
+
+@attrs.frozen
+class DomainStatsRecord:
+    """One domain in a bulk stats reply."""
+
+    name: str
+    info: DomainInfo
+    """Cached state when the domain's entry was made: state, monitor state,
+    pid, the job's holder and for how long, taints."""
+    stats: DomainStats | None
+    """Live figures, or None (``skipped`` says why)."""
+    skipped: str | None = None
+    """Why there are no live figures: ``not-running``, ``job-held`` (another
+    call holds the domain's job; ``info.job`` names it), ``unresponsive``,
+    ``reconnecting``, ``timeout`` (no answer within the deadline), ``error``
+    (``error`` says what)."""
+    error: str | None = None
+    """The error's message when ``skipped`` is ``error`` or the job queue
+    refused."""
+
+
+@attrs.frozen
+class AllDomainStats:
+    domains: list[DomainStatsRecord]
+    """Sorted by name."""
+    fresh: int
+    """Domains with live figures."""
+    skipped: int
+    """Domains reported from cached state."""
+    elapsed_seconds: float
+    """Time this call spent gathering."""
 
 
 @attrs.frozen
