@@ -13,11 +13,13 @@ import attrs
 import jsonschema
 import pytest
 import trio
+from hypothesis import given, settings, strategies as st
 
 from trioctl._client import connect
-from trioctl._errors import _BY_REASON, TrioctlError
+from trioctl._errors import _BY_REASON, InvalidParams, TrioctlError
 from trioctl._handlers import PROCEDURES as HANDLED
 from trioctl._jobs import JobKind
+from trioctl._models import SCHEMA, DomainDefinition, structure
 from trioctl._pools import Priority
 from trioctl._procedures import PROCEDURES, Procedure, ProcedureTable
 from trioctl._tools import gen_schemas
@@ -219,3 +221,79 @@ async def test_live_results_match_their_schemas(sock_dir: Path) -> None:
             jsonschema.validate(disconnect, _schema("admin.disconnect_client.params.json"))
             seen.add("admin.disconnect_client")
     assert seen == {p.name for p in PROCEDURES}
+
+
+def _valid(schema: dict[str, Any], value: Any) -> bool:
+    return bool(jsonschema.Draft202012Validator(schema).is_valid(value))
+
+
+def _server_takes(value: dict[str, Any]) -> bool:
+    try:
+        structure(value, DomainDefinition)
+    except InvalidParams:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [(64, True), (64.0, True), (64.5, False), ("64", False), (True, False), (0, False),
+     (float(1 << 20), True), ((1 << 20) + 1, False), (None, False)],
+)  # fmt: skip
+def test_schema_and_server_agree_on_integers(value: Any, ok: bool) -> None:
+    definition = {"name": "a", "memory_mib": value}
+    assert _valid(_schema("domain.json"), definition) is ok
+    assert _server_takes(definition) is ok
+    if ok:
+        assert structure(definition, DomainDefinition).memory_mib == int(value)
+        assert type(structure(definition, DomainDefinition).memory_mib) is int
+
+
+_scalars = st.one_of(
+    st.integers(-3, 300),
+    st.floats(allow_nan=False, allow_infinity=False, min_value=-3, max_value=300),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=3),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=st.text(alphabet=st.characters(blacklist_characters="\n"), max_size=70),
+    vcpus=_scalars,
+    machine=st.sampled_from(["none", "pc", "q35", "PC", "pc,accel=kvm", ""]),
+    mac=st.sampled_from(["", "52:54:00:12:34:56", "53:54:00:12:34:56", "52:54:00:12:34"]),
+    cmdline=st.text(max_size=5),
+)
+def test_schema_and_server_agree_on_definitions(
+    name: str, vcpus: Any, machine: str, mac: str, cmdline: str
+) -> None:
+    # (A newline ends an ECMA "$" but not Python's: the schema is written for ECMA.)
+    definition = {"name": name, "vcpus": vcpus, "machine": machine, "nics": [{"mac": mac}]}
+    if cmdline:
+        definition |= {"kernel": "/k", "machine": "pc", "cmdline": cmdline}
+    assert _valid(_schema("domain.json"), definition) == _server_takes(definition), definition
+
+
+def test_a_validator_without_a_schema_fails_generation() -> None:
+    def odd(_inst: object, _attr: Any, value: int) -> None:
+        if not value % 2:
+            raise ValueError("odd")
+
+    @attrs.frozen
+    class Unstated:
+        n: int = attrs.field(validator=[attrs.validators.ge(1), odd])
+
+    @attrs.frozen
+    class Stated:
+        n: int = attrs.field(
+            validator=[attrs.validators.ge(1), odd], metadata={SCHEMA: {"not": {"multipleOf": 2}}}
+        )
+        items: tuple[int, ...] = attrs.field(default=(), validator=attrs.validators.max_len(3))
+
+    with pytest.raises(TypeError, match=r"Unstated\.n: .* has no JSON Schema"):
+        gen_schemas.document("x", Unstated)
+    body = gen_schemas.document("x", Stated)["properties"]
+    assert body["n"] == {"type": "integer", "minimum": 1, "not": {"multipleOf": 2}}
+    assert body["items"]["maxItems"] == 3
