@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ast
+import inspect
 import json
 import subprocess
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +17,11 @@ import pytest
 import trio
 from hypothesis import given, settings, strategies as st
 
-from trioctl._client import connect
+from trioctl._client import METHODS, Client, _procedure, connect
 from trioctl._errors import _BY_REASON, InvalidParams, TrioctlError
 from trioctl._handlers import PROCEDURES as HANDLED
 from trioctl._jobs import JobKind
-from trioctl._models import SCHEMA, DomainDefinition, structure
+from trioctl._models import SCHEMA, DomainDefinition, DomainInfo, DomainStats, structure
 from trioctl._pools import Priority
 from trioctl._procedures import PROCEDURES, Procedure, ProcedureTable
 from trioctl._tools import gen_schemas
@@ -297,3 +299,44 @@ def test_a_validator_without_a_schema_fails_generation() -> None:
     body = gen_schemas.document("x", Stated)["properties"]
     assert body["n"] == {"type": "integer", "minimum": 1, "not": {"multipleOf": 2}}
     assert body["items"]["maxItems"] == 3
+
+
+def test_every_procedure_has_a_client_method_with_its_result_type() -> None:
+    assert set(METHODS) == {p.name for p in PROCEDURES}
+    public = {
+        name
+        for name, value in vars(Client).items()
+        if inspect.iscoroutinefunction(value) and not name.startswith("_")
+    }
+    assert public - {"call"} == set(METHODS.values())
+    for proc in PROCEDURES:
+        method = getattr(Client, METHODS[proc.name])
+        returns = typing.get_type_hints(method)["return"]
+        # The method's type is the table's, or the one field it unwraps, or None.
+        assert (
+            returns in (proc.result, type(None))
+            or (
+                proc.result is not None
+                and [typing.get_type_hints(proc.result)[f.name] for f in attrs.fields(proc.result)]
+                == [returns]
+            )
+            or (proc.result is None and returns is Any)
+        ), proc.name
+        assert method.__doc__, proc.name
+
+
+def test_a_client_method_that_differs_from_the_table_is_refused() -> None:
+    async def get_info(self: Client, name: str) -> DomainStats: ...  # type: ignore[empty-body]
+
+    async def start(self: Client, name: str, paused: bool, force: bool) -> DomainInfo: ...  # type: ignore[empty-body]
+
+    async def list_clients(self: Client) -> list[DomainInfo]: ...  # type: ignore[empty-body]
+
+    with pytest.raises(TypeError, match=r"cannot return domain\.get_info's result"):
+        _procedure("domain.get_info")(get_info)
+    with pytest.raises(TypeError, match=r"domain\.start takes \['name', 'paused'\]"):
+        _procedure("domain.start")(start)
+    with pytest.raises(TypeError, match=r"cannot return admin\.list_clients"):
+        _procedure("admin.list_clients")(list_clients)
+    with pytest.raises(KeyError):
+        _procedure("domain.nothing")
