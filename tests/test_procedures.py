@@ -340,3 +340,19 @@ def test_a_client_method_that_differs_from_the_table_is_refused() -> None:
         _procedure("admin.list_clients")(list_clients)
     with pytest.raises(KeyError):
         _procedure("domain.nothing")
+
+
+def test_cli_help_comes_from_the_procedure_docs() -> None:
+    from click.testing import CliRunner
+
+    from trioctl._cli._client_cmds import COMMAND_PROCEDURES
+    from trioctl._cli._main import cli
+
+    assert set(COMMAND_PROCEDURES.values()) >= {
+        p.name for p in PROCEDURES if p.name.startswith(("domain.", "admin."))
+    } - {"domain.lookup", "admin.get_client_limits", "admin.set_client_limits"}
+    for command, procedure in COMMAND_PROCEDURES.items():
+        result = CliRunner().invoke(cli, [*command.split(), "--help"])
+        assert result.exit_code == 0, result.output
+        first = PROCEDURES[procedure].doc.replace("`", "").split(". ")[0]
+        assert " ".join(first.split()) in " ".join(result.output.split()), command
