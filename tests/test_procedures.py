@@ -356,3 +356,17 @@ def test_cli_help_comes_from_the_procedure_docs() -> None:
         assert result.exit_code == 0, result.output
         first = PROCEDURES[procedure].doc.replace("`", "").split(". ")[0]
         assert " ".join(first.split()) in " ".join(result.output.split()), command
+
+
+def test_the_drivers_embedding_api_takes_job_kinds_from_the_table() -> None:
+    from trioctl._driver import Driver
+
+    source = inspect.getsource(Driver)
+    assert "JobKind.MODIFY" not in source and "JobKind.QUERY" not in source
+    for proc in PROCEDURES:
+        if proc.job is None:
+            continue
+        method = getattr(Driver, proc.name.split(".")[1])
+        assert f'self._job(\n            "{proc.name}"' in inspect.getsource(method) or (
+            f'self._job("{proc.name}"' in inspect.getsource(method)
+        ), proc.name
