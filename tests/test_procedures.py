@@ -370,3 +370,14 @@ def test_the_drivers_embedding_api_takes_job_kinds_from_the_table() -> None:
         assert f'self._job(\n            "{proc.name}"' in inspect.getsource(method) or (
             f'self._job("{proc.name}"' in inspect.getsource(method)
         ), proc.name
+
+
+def test_client_arguments_go_out_as_json() -> None:
+    import types
+
+    from trioctl._client import _wire
+    from trioctl._models import DomainState
+
+    assert _wire(types.MappingProxyType({"a": DomainState.RUNNING})) == {"a": "running"}
+    assert _wire([DomainState.PAUSED, "shutoff"]) == ["paused", "shutoff"]
+    assert _wire(DomainDefinition(name="a"))["name"] == "a"

@@ -158,7 +158,7 @@ def _procedure(name: str, **wire_names: str) -> Callable[[F], F]:
         async def call(self: Client, *a: Any, **kw: Any) -> Any:
             bound = signature.bind(self, *a, **kw)
             params = {
-                wire[arg]: _converter.unstructure(value)
+                wire[arg]: _wire(value)
                 for arg, value in list(bound.arguments.items())[1:]
                 if value is not None
             }
@@ -176,6 +176,13 @@ def _procedure(name: str, **wire_names: str) -> Callable[[F], F]:
         return typing.cast(F, call)
 
     return make
+
+
+def _wire(value: Any) -> Any:
+    """An argument's JSON form (a mapping of any kind is sent as an object)."""
+    if isinstance(value, Mapping):
+        return {key: _converter.unstructure(item) for key, item in value.items()}
+    return _converter.unstructure(value)
 
 
 def _result_adapter(name: str, result: type | None, returns: Any) -> Callable[[Any], Any]:
