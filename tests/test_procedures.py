@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import ast
+import inspect
 import json
+import subprocess
+import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +15,13 @@ import attrs
 import jsonschema
 import pytest
 import trio
+from hypothesis import given, settings, strategies as st
 
-from trioctl._client import connect
-from trioctl._errors import _BY_REASON, TrioctlError
+from trioctl._client import METHODS, Client, _procedure, connect
+from trioctl._errors import _BY_REASON, InvalidParams, TrioctlError
+from trioctl._handlers import PROCEDURES as HANDLED
 from trioctl._jobs import JobKind
+from trioctl._models import SCHEMA, DomainDefinition, DomainInfo, DomainStats, structure
 from trioctl._pools import Priority
 from trioctl._procedures import PROCEDURES, Procedure, ProcedureTable
 from trioctl._tools import gen_schemas
@@ -22,17 +29,6 @@ from trioctl._tools import gen_schemas
 from .helpers import running_daemon
 
 ROOT = Path(__file__).resolve().parents[1]
-
-#: Procedures whose handler reaches a QEMU monitor: libvirt's rule makes them LOW.
-TOUCHES_MONITOR = {
-    "domain.start",
-    "domain.shutdown",
-    "domain.suspend",
-    "domain.resume",
-    "domain.reset",
-    "domain.get_stats",
-    "domain.monitor_command",
-}
 
 
 def test_names_are_unique_and_namespaced() -> None:
@@ -75,9 +71,44 @@ def test_error_codes_and_reasons_are_unique() -> None:
 
 
 def test_priorities_follow_libvirts_rule() -> None:
+    # The table checks the touches_monitor column against the priority.
     for proc in PROCEDURES:
-        expected = Priority.LOW if proc.name in TOUCHES_MONITOR else Priority.HIGH
-        assert proc.priority is expected, proc.name
+        assert proc.priority is (Priority.LOW if proc.touches_monitor else Priority.HIGH)
+        assert proc.job is not None or not proc.touches_monitor
+    stats = PROCEDURES["domain.get_stats"]
+    with pytest.raises(ValueError, match="touches a monitor is low priority"):
+        ProcedureTable([attrs.evolve(stats, priority=Priority.HIGH)])
+    with pytest.raises(ValueError, match="never touches a monitor is high priority"):
+        ProcedureTable([attrs.evolve(stats, touches_monitor=False)])
+    with pytest.raises(ValueError, match="needs a domain job"):
+        ProcedureTable([attrs.evolve(stats, job=None, shared=False)])
+
+
+#: Driver operations that talk to a domain's monitor.
+_MONITOR_OPERATIONS = {
+    "start_locked",
+    "shutdown_locked",
+    "suspend_locked",
+    "resume_locked",
+    "reset_locked",
+    "get_stats_locked",
+    "monitor_command_locked",
+}
+
+
+def test_the_monitor_column_matches_the_handlers() -> None:
+    for proc in HANDLED:
+        assert bool(_driver_calls(proc) & _MONITOR_OPERATIONS) == proc.touches_monitor, proc.name
+
+
+def test_every_procedure_has_a_handler_and_the_declared_table_none() -> None:
+    assert [p.name for p in HANDLED] == [p.name for p in PROCEDURES]
+    for declared, bound in zip(PROCEDURES, HANDLED, strict=True):
+        assert attrs.evolve(bound, bound=None) == declared
+        with pytest.raises(RuntimeError, match="no handler"):
+            _ = declared.handler
+    with pytest.raises(ValueError, match="missing"):
+        PROCEDURES.bind({})
 
 
 def _driver_calls(proc: Procedure) -> set[str]:
@@ -97,11 +128,29 @@ def _driver_calls(proc: Procedure) -> set[str]:
 
 def test_handlers_that_take_a_job_use_locked_operations() -> None:
     # The dispatcher holds the job: a handler taking it again would deadlock.
-    for proc in PROCEDURES:
+    for proc in HANDLED:
         calls = _driver_calls(proc)
         if proc.job is not None:
             assert any(c.endswith("_locked") for c in calls), proc.name
         assert not (calls & {"start", "suspend", "resume", "reset", "shutdown", "get_stats"})
+
+
+def test_the_client_library_loads_no_daemon_module() -> None:
+    code = (
+        "import sys, trioctl._client\n"
+        "print(sorted(m for m in sys.modules if m.startswith('trioctl')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    loaded = set(ast.literal_eval(out.stdout))
+    allowed = {"_client", "_errors", "_models", "_procedures", "_sansio", "_sansio.rpc", "_util"}
+    assert loaded <= {"trioctl", "trioctl._version"} | {f"trioctl.{m}" for m in allowed}
+    source = (ROOT / "trioctl" / "_procedures.py").read_text()
+    imported = {
+        node.module
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.ImportFrom) and node.level
+    }
+    assert imported == {"_models"}
 
 
 def test_generated_files_are_current() -> None:
@@ -174,3 +223,161 @@ async def test_live_results_match_their_schemas(sock_dir: Path) -> None:
             jsonschema.validate(disconnect, _schema("admin.disconnect_client.params.json"))
             seen.add("admin.disconnect_client")
     assert seen == {p.name for p in PROCEDURES}
+
+
+def _valid(schema: dict[str, Any], value: Any) -> bool:
+    return bool(jsonschema.Draft202012Validator(schema).is_valid(value))
+
+
+def _server_takes(value: dict[str, Any]) -> bool:
+    try:
+        structure(value, DomainDefinition)
+    except InvalidParams:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [(64, True), (64.0, True), (64.5, False), ("64", False), (True, False), (0, False),
+     (float(1 << 20), True), ((1 << 20) + 1, False), (None, False)],
+)  # fmt: skip
+def test_schema_and_server_agree_on_integers(value: Any, ok: bool) -> None:
+    definition = {"name": "a", "memory_mib": value}
+    assert _valid(_schema("domain.json"), definition) is ok
+    assert _server_takes(definition) is ok
+    if ok:
+        assert structure(definition, DomainDefinition).memory_mib == int(value)
+        assert type(structure(definition, DomainDefinition).memory_mib) is int
+
+
+_scalars = st.one_of(
+    st.integers(-3, 300),
+    st.floats(allow_nan=False, allow_infinity=False, min_value=-3, max_value=300),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=3),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=st.text(alphabet=st.characters(blacklist_characters="\n"), max_size=70),
+    vcpus=_scalars,
+    machine=st.sampled_from(["none", "pc", "q35", "PC", "pc,accel=kvm", ""]),
+    mac=st.sampled_from(["", "52:54:00:12:34:56", "53:54:00:12:34:56", "52:54:00:12:34"]),
+    cmdline=st.text(max_size=5),
+)
+def test_schema_and_server_agree_on_definitions(
+    name: str, vcpus: Any, machine: str, mac: str, cmdline: str
+) -> None:
+    # (A newline ends an ECMA "$" but not Python's: the schema is written for ECMA.)
+    definition = {"name": name, "vcpus": vcpus, "machine": machine, "nics": [{"mac": mac}]}
+    if cmdline:
+        definition |= {"kernel": "/k", "machine": "pc", "cmdline": cmdline}
+    assert _valid(_schema("domain.json"), definition) == _server_takes(definition), definition
+
+
+def test_a_validator_without_a_schema_fails_generation() -> None:
+    def odd(_inst: object, _attr: Any, value: int) -> None:
+        if not value % 2:
+            raise ValueError("odd")
+
+    @attrs.frozen
+    class Unstated:
+        n: int = attrs.field(validator=[attrs.validators.ge(1), odd])
+
+    @attrs.frozen
+    class Stated:
+        n: int = attrs.field(
+            validator=[attrs.validators.ge(1), odd], metadata={SCHEMA: {"not": {"multipleOf": 2}}}
+        )
+        items: tuple[int, ...] = attrs.field(default=(), validator=attrs.validators.max_len(3))
+
+    with pytest.raises(TypeError, match=r"Unstated\.n: .* has no JSON Schema"):
+        gen_schemas.document("x", Unstated)
+    body = gen_schemas.document("x", Stated)["properties"]
+    assert body["n"] == {"type": "integer", "minimum": 1, "not": {"multipleOf": 2}}
+    assert body["items"]["maxItems"] == 3
+
+
+def test_every_procedure_has_a_client_method_with_its_result_type() -> None:
+    assert set(METHODS) == {p.name for p in PROCEDURES}
+    public = {
+        name
+        for name, value in vars(Client).items()
+        if inspect.iscoroutinefunction(value) and not name.startswith("_")
+    }
+    assert public - {"call"} == set(METHODS.values())
+    for proc in PROCEDURES:
+        method = getattr(Client, METHODS[proc.name])
+        returns = typing.get_type_hints(method)["return"]
+        # The method's type is the table's, or the one field it unwraps, or None.
+        assert (
+            returns in (proc.result, type(None))
+            or (
+                proc.result is not None
+                and [typing.get_type_hints(proc.result)[f.name] for f in attrs.fields(proc.result)]
+                == [returns]
+            )
+            or (proc.result is None and returns is Any)
+        ), proc.name
+        assert method.__doc__, proc.name
+
+
+def test_a_client_method_that_differs_from_the_table_is_refused() -> None:
+    async def get_info(self: Client, name: str) -> DomainStats: ...  # type: ignore[empty-body]
+
+    async def start(self: Client, name: str, paused: bool, force: bool) -> DomainInfo: ...  # type: ignore[empty-body]
+
+    async def list_clients(self: Client) -> list[DomainInfo]: ...  # type: ignore[empty-body]
+
+    with pytest.raises(TypeError, match=r"cannot return domain\.get_info's result"):
+        _procedure("domain.get_info")(get_info)
+    with pytest.raises(TypeError, match=r"domain\.start takes \['name', 'paused'\]"):
+        _procedure("domain.start")(start)
+    with pytest.raises(TypeError, match=r"cannot return admin\.list_clients"):
+        _procedure("admin.list_clients")(list_clients)
+    with pytest.raises(KeyError):
+        _procedure("domain.nothing")
+
+
+def test_cli_help_comes_from_the_procedure_docs() -> None:
+    from click.testing import CliRunner
+
+    from trioctl._cli._client_cmds import COMMAND_PROCEDURES
+    from trioctl._cli._main import cli
+
+    assert set(COMMAND_PROCEDURES.values()) >= {
+        p.name for p in PROCEDURES if p.name.startswith(("domain.", "admin."))
+    } - {"domain.lookup", "admin.get_client_limits", "admin.set_client_limits"}
+    for command, procedure in COMMAND_PROCEDURES.items():
+        result = CliRunner().invoke(cli, [*command.split(), "--help"])
+        assert result.exit_code == 0, result.output
+        first = PROCEDURES[procedure].doc.replace("`", "").split(". ")[0]
+        assert " ".join(first.split()) in " ".join(result.output.split()), command
+
+
+def test_the_drivers_embedding_api_takes_job_kinds_from_the_table() -> None:
+    from trioctl._driver import Driver
+
+    source = inspect.getsource(Driver)
+    assert "JobKind.MODIFY" not in source and "JobKind.QUERY" not in source
+    for proc in PROCEDURES:
+        if proc.job is None:
+            continue
+        method = getattr(Driver, proc.name.split(".")[1])
+        assert f'self._job(\n            "{proc.name}"' in inspect.getsource(method) or (
+            f'self._job("{proc.name}"' in inspect.getsource(method)
+        ), proc.name
+
+
+def test_client_arguments_go_out_as_json() -> None:
+    import types
+
+    from trioctl._client import _wire
+    from trioctl._models import DomainState
+
+    assert _wire(types.MappingProxyType({"a": DomainState.RUNNING})) == {"a": "running"}
+    assert _wire([DomainState.PAUSED, "shutoff"]) == ["paused", "shutoff"]
+    assert _wire(DomainDefinition(name="a"))["name"] == "a"

@@ -30,7 +30,6 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Final
 
-import attrs
 import trio
 
 from ._errors import (
@@ -43,7 +42,16 @@ from ._errors import (
     TrioctlError,
 )
 from ._jobs import JobKind
-from ._models import DomainInfo, DomainState, DomainStats, MonitorState
+from ._models import (
+    MAX_WAIT_SECONDS,
+    NOWAIT_SECONDS,
+    AllDomainStats,
+    DomainInfo,
+    DomainState,
+    DomainStats,
+    DomainStatsRecord,
+    MonitorState,
+)
 
 if TYPE_CHECKING:
     from ._driver import Driver
@@ -59,55 +67,16 @@ __all__ = [
 
 PROCEDURE: Final = "connect.get_all_domain_stats"
 
-NOWAIT_SECONDS: Final = 0.2
-"""Without ``wait``: the deadline of each domain whose job was free and whose
-monitor looked responsive (its two QMP round trips and /proc)."""
-
 NOWAIT_CONCURRENCY: Final = 50
 """Without ``wait``: domains asked at once, at most. Beyond it they wait for
 a slot (within the same deadline): a thousand round trips started together
 flood the event loop, and the deadline's cancellation then takes as long
 again to be served."""
 
-MAX_WAIT_SECONDS: Final = 30.0
-"""The largest ``wait`` a caller may ask for."""
-
 _LIVE: Final = (DomainState.RUNNING, DomainState.PAUSED)
 
 _suspects: weakref.WeakKeyDictionary[Driver, set[str]] = weakref.WeakKeyDictionary()
 """Per driver: domains whose last bulk query timed out."""
-
-
-@attrs.frozen
-class DomainStatsRecord:
-    """One domain in a bulk stats reply."""
-
-    name: str
-    info: DomainInfo
-    """Cached state when the domain's entry was made: state, monitor state,
-    pid, the job's holder and for how long, taints."""
-    stats: DomainStats | None
-    """Live figures, or None (``skipped`` says why)."""
-    skipped: str | None = None
-    """Why there are no live figures: ``not-running``, ``job-held`` (another
-    call holds the domain's job; ``info.job`` names it), ``unresponsive``,
-    ``reconnecting``, ``timeout`` (no answer within the deadline), ``error``
-    (``error`` says what)."""
-    error: str | None = None
-    """The error's message when ``skipped`` is ``error`` or the job queue
-    refused."""
-
-
-@attrs.frozen
-class AllDomainStats:
-    domains: list[DomainStatsRecord]
-    """Sorted by name."""
-    fresh: int
-    """Domains with live figures."""
-    skipped: int
-    """Domains reported from cached state."""
-    elapsed_seconds: float
-    """Time this call spent gathering."""
 
 
 def _cached_reason(info: DomainInfo) -> str | None:

@@ -1,4 +1,6 @@
-"""The Trio client library: one typed method per procedure.
+"""The Trio client library: one typed method per procedure, derived from the
+procedure table (a method is a signature; its call and result type come from
+:data:`trioctl._procedures.PROCEDURES`).
 
 ::
 
@@ -23,12 +25,15 @@ never raises trio-websocket's pong-while-closing error.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import itertools
 import logging
 import os
 import ssl
+import typing
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,7 +43,6 @@ import trio
 import trio_websocket
 import wsproto.utilities
 
-from ._bulkstats import AllDomainStats
 from ._errors import (
     ConnectError,
     ConnectionRejected,
@@ -48,6 +52,7 @@ from ._errors import (
     TrioctlError,
 )
 from ._models import (
+    AllDomainStats,
     DomainDefinition,
     DomainEvent,
     DomainInfo,
@@ -57,6 +62,7 @@ from ._models import (
     converter as _converter,
 )
 from ._procedures import (
+    PROCEDURES,
     ClientInfo,
     ClientLimits,
     ServerStats,
@@ -78,7 +84,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 DEFAULT_URL = "ws://127.0.0.1:16509/"
 URL_ENV = "TRIOCTL_URL"
@@ -121,6 +126,82 @@ class _Waiter:
     error: TrioctlError | None = None
 
 
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+METHODS: dict[str, str] = {}
+"""The :class:`Client` method of each procedure, by procedure name."""
+
+
+def _procedure(name: str, **wire_names: str) -> Callable[[F], F]:
+    """Make the decorated method (a signature only) call procedure ``name``.
+
+    Everything but the signature comes from the procedure table: each
+    argument is the parameter of its name (or the one ``wire_names`` gives),
+    sent unstructured unless None; the result is structured as the table's
+    result type, then returned as the method's return annotation says: that
+    type itself, the type of its one field (``DomainList`` as
+    ``list[DomainInfo]``), or None. Anything else is a ``TypeError`` when this
+    module is imported.
+    """
+    proc = PROCEDURES[name]
+
+    def make(stub: F) -> F:
+        signature = inspect.signature(stub)
+        args = list(signature.parameters)[1:]
+        wire = {arg: wire_names.get(arg, arg) for arg in args}
+        fields = [f.name for f in attrs.fields(proc.params)]
+        if sorted(wire.values()) != sorted(fields):
+            raise TypeError(f"{stub.__name__}({', '.join(wire.values())}): {name} takes {fields}")
+        unwrap = _result_adapter(name, proc.result, typing.get_type_hints(stub)["return"])
+
+        @functools.wraps(stub)
+        async def call(self: Client, *a: Any, **kw: Any) -> Any:
+            bound = signature.bind(self, *a, **kw)
+            params = {
+                wire[arg]: _wire(value)
+                for arg, value in list(bound.arguments.items())[1:]
+                if value is not None
+            }
+            raw = await self.call(name, params)
+            if proc.result is None:
+                return raw
+            try:
+                result: Any = _converter.structure(raw, proc.result)
+            except Exception as exc:
+                raise RemoteProtocolError(f"unexpected result of {name}: {exc}") from None
+            return unwrap(result)
+
+        call.__doc__ = stub.__doc__ or proc.doc
+        METHODS[name] = stub.__name__
+        return typing.cast(F, call)
+
+    return make
+
+
+def _wire(value: Any) -> Any:
+    """An argument's JSON form (a mapping of any kind is sent as an object)."""
+    if isinstance(value, Mapping):
+        return {key: _converter.unstructure(item) for key, item in value.items()}
+    return _converter.unstructure(value)
+
+
+def _result_adapter(name: str, result: type | None, returns: Any) -> Callable[[Any], Any]:
+    """How a method returning ``returns`` gives procedure ``name``'s ``result``."""
+    if result is None and returns is Any:
+        return lambda raw: raw
+    if returns is result:
+        return lambda value: value
+    if returns is type(None):
+        return lambda _value: None
+    if result is not None:
+        hints = typing.get_type_hints(result)
+        fields = attrs.fields(result)
+        if len(fields) == 1 and hints[fields[0].name] == returns:
+            field = fields[0].name
+            return lambda value: getattr(value, field)
+    raise TypeError(f"a method returning {returns} cannot return {name}'s result {result}")
+
+
 class Client:
     """A connection to a trioctl daemon. Create it with :func:`connect`."""
 
@@ -160,13 +241,6 @@ class Client:
         assert waiter.response is not None
         return waiter.response.unwrap()
 
-    async def _typed(self, cls: type[T], method: str, **params: Any) -> T:
-        raw = await self.call(method, {k: v for k, v in params.items() if v is not None})
-        try:
-            return _converter.structure(raw, cls)
-        except Exception as exc:
-            raise RemoteProtocolError(f"unexpected result of {method}: {exc}") from None
-
     def events(self) -> trio.MemoryReceiveChannel[DomainEvent]:
         """Events after :meth:`subscribe` (``async for event in client.events()``);
         the iteration ends when the connection closes.
@@ -176,16 +250,15 @@ class Client:
         """
         return self._events_receive
 
-    # -- connect.* / domain.* / events.* ---------------------------------------------
+    # -- one method per procedure (see _procedure) -----------------------------------
 
-    async def get_version(self) -> VersionInfo:
-        return await self._typed(VersionInfo, "connect.get_version")
+    @_procedure("connect.get_version")
+    async def get_version(self) -> VersionInfo: ...
 
-    async def list_domains(self, state: DomainState | str | None = None) -> list[DomainInfo]:
-        value = state.value if isinstance(state, DomainState) else state
-        raw = await self.call("connect.list_domains", {"state": value} if value else {})
-        return [_converter.structure(d, DomainInfo) for d in raw["domains"]]
+    @_procedure("connect.list_domains")
+    async def list_domains(self, state: DomainState | str | None = None) -> list[DomainInfo]: ...
 
+    @_procedure("connect.get_all_domain_stats")
     async def get_all_domain_stats(
         self,
         names: list[str] | None = None,
@@ -193,113 +266,84 @@ class Client:
         wait: float | None = None,
     ) -> AllDomainStats:
         """Every domain's stats in one call; NOWAIT unless ``wait`` is given."""
-        params: dict[str, Any] = {}
-        if names is not None:
-            params["names"] = list(names)
-        if states is not None:
-            params["states"] = [s.value if isinstance(s, DomainState) else s for s in states]
-        if wait is not None:
-            params["wait"] = wait
-        return await self._typed(AllDomainStats, "connect.get_all_domain_stats", **params)
 
-    async def lookup(self, name: str) -> DomainInfo:
-        return await self._typed(DomainInfo, "domain.lookup", name=name)
+    @_procedure("domain.lookup")
+    async def lookup(self, name: str) -> DomainInfo: ...
 
-    async def get_info(self, name: str) -> DomainInfo:
-        return await self._typed(DomainInfo, "domain.get_info", name=name)
+    @_procedure("domain.get_info")
+    async def get_info(self, name: str) -> DomainInfo: ...
 
-    async def define(self, definition: DomainDefinition | Mapping[str, Any]) -> DomainInfo:
-        raw = (
-            _converter.unstructure(definition)
-            if isinstance(definition, DomainDefinition)
-            else dict(definition)
-        )
-        return await self._typed(DomainInfo, "domain.define", definition=raw)
+    @_procedure("domain.define")
+    async def define(self, definition: DomainDefinition | Mapping[str, Any]) -> DomainInfo: ...
 
-    async def undefine(self, name: str) -> DomainInfo:
-        return await self._typed(DomainInfo, "domain.undefine", name=name)
+    @_procedure("domain.undefine")
+    async def undefine(self, name: str) -> DomainInfo: ...
 
-    async def start(self, name: str, *, paused: bool = False) -> DomainInfo:
-        return await self._typed(DomainInfo, "domain.start", name=name, paused=paused)
+    @_procedure("domain.start")
+    async def start(self, name: str, *, paused: bool = False) -> DomainInfo: ...
 
-    async def shutdown(self, name: str) -> DomainInfo:
-        return await self._typed(DomainInfo, "domain.shutdown", name=name)
+    @_procedure("domain.shutdown")
+    async def shutdown(self, name: str) -> DomainInfo: ...
 
-    async def suspend(self, name: str) -> DomainInfo:
-        return await self._typed(DomainInfo, "domain.suspend", name=name)
+    @_procedure("domain.suspend")
+    async def suspend(self, name: str) -> DomainInfo: ...
 
-    async def resume(self, name: str) -> DomainInfo:
-        return await self._typed(DomainInfo, "domain.resume", name=name)
+    @_procedure("domain.resume")
+    async def resume(self, name: str) -> DomainInfo: ...
 
-    async def reset(self, name: str) -> DomainInfo:
-        return await self._typed(DomainInfo, "domain.reset", name=name)
+    @_procedure("domain.reset")
+    async def reset(self, name: str) -> DomainInfo: ...
 
-    async def destroy(self, name: str) -> DomainInfo:
-        return await self._typed(DomainInfo, "domain.destroy", name=name)
+    @_procedure("domain.destroy")
+    async def destroy(self, name: str) -> DomainInfo: ...
 
-    async def get_stats(self, name: str) -> DomainStats:
-        return await self._typed(DomainStats, "domain.get_stats", name=name)
+    @_procedure("domain.get_stats")
+    async def get_stats(self, name: str) -> DomainStats: ...
 
+    @_procedure("domain.monitor_command")
     async def monitor_command(
         self, name: str, command: str, arguments: Mapping[str, Any] | None = None
-    ) -> Any:
-        params: dict[str, Any] = {"name": name, "command": command}
-        if arguments is not None:
-            params["arguments"] = dict(arguments)
-        return await self.call("domain.monitor_command", params)
+    ) -> Any: ...
 
-    async def subscribe(self, domains: list[str] | None = None) -> None:
-        await self.call("events.subscribe", {"domains": domains} if domains else {})
+    @_procedure("events.subscribe")
+    async def subscribe(self, domains: list[str] | None = None) -> None: ...
 
-    async def unsubscribe(self) -> None:
-        await self.call("events.unsubscribe")
+    @_procedure("events.unsubscribe")
+    async def unsubscribe(self) -> None: ...
 
     # -- admin.* (connect to the /admin endpoint) ------------------------------------------
 
-    async def get_threadpool(self) -> ThreadpoolInfo:
-        return await self._typed(ThreadpoolInfo, "admin.get_threadpool")
+    @_procedure("admin.get_threadpool")
+    async def get_threadpool(self) -> ThreadpoolInfo: ...
 
+    @_procedure("admin.set_threadpool")
     async def set_threadpool(
         self,
         *,
         min_workers: int | None = None,
         max_workers: int | None = None,
         prio_workers: int | None = None,
-    ) -> ThreadpoolInfo:
-        return await self._typed(
-            ThreadpoolInfo,
-            "admin.set_threadpool",
-            min_workers=min_workers,
-            max_workers=max_workers,
-            prio_workers=prio_workers,
-        )
+    ) -> ThreadpoolInfo: ...
 
-    async def get_client_limits(self) -> ClientLimits:
-        return await self._typed(ClientLimits, "admin.get_client_limits")
+    @_procedure("admin.get_client_limits")
+    async def get_client_limits(self) -> ClientLimits: ...
 
+    @_procedure("admin.set_client_limits")
     async def set_client_limits(
         self, *, max_clients: int | None = None, max_client_requests: int | None = None
-    ) -> ClientLimits:
-        return await self._typed(
-            ClientLimits,
-            "admin.set_client_limits",
-            max_clients=max_clients,
-            max_client_requests=max_client_requests,
-        )
+    ) -> ClientLimits: ...
 
-    async def list_clients(self) -> list[ClientInfo]:
-        raw = await self.call("admin.list_clients")
-        return [_converter.structure(c, ClientInfo) for c in raw["clients"]]
+    @_procedure("admin.list_clients")
+    async def list_clients(self) -> list[ClientInfo]: ...
 
-    async def disconnect_client(self, client_id: str) -> None:
-        await self.call("admin.disconnect_client", {"id": client_id})
+    @_procedure("admin.disconnect_client", client_id="id")
+    async def disconnect_client(self, client_id: str) -> None: ...
 
-    async def list_jobs(self) -> list[JobInfo]:
-        raw = await self.call("admin.list_jobs")
-        return [_converter.structure(j, JobInfo) for j in raw["jobs"]]
+    @_procedure("admin.list_jobs")
+    async def list_jobs(self) -> list[JobInfo]: ...
 
-    async def get_server_stats(self) -> ServerStats:
-        return await self._typed(ServerStats, "admin.get_stats")
+    @_procedure("admin.get_stats")
+    async def get_server_stats(self) -> ServerStats: ...
 
     # -- the reader ------------------------------------------------------------------------
 

@@ -107,6 +107,7 @@ from ._policy import (
     open_storage_file,
     resolve_file,
 )
+from ._procedures import PROCEDURES
 from ._sansio.qmp import Event
 from ._store import MAX_DEFINITION_BYTES, LoadProblem, RuntimeRecord, Store, encode_definition
 from ._util import open_service_nursery
@@ -509,14 +510,7 @@ class Driver:
         self._emit(name, "lifecycle", "undefined")
 
     async def undefine(self, name: str, *, client: str = "local") -> None:
-        await self.run_job(
-            name,
-            JobKind.MODIFY,
-            self.undefine_locked,
-            name,
-            procedure="domain.undefine",
-            client=client,
-        )
+        await self._job("domain.undefine", self.undefine_locked, name, client=client)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -740,32 +734,22 @@ class Driver:
                 os.unlink(path)
 
     async def start(self, name: str, paused: bool = False, *, client: str = "local") -> DomainInfo:
-        return await self.run_job(
-            name,
-            JobKind.MODIFY,
-            self.start_locked,
-            name,
-            paused,
-            procedure="domain.start",
-            client=client,
-        )
+        return await self._job("domain.start", self.start_locked, name, paused, client=client)
 
     async def suspend(self, name: str, *, client: str = "local") -> DomainInfo:
-        return await self._job("domain.suspend", self.suspend_locked, name, client)
+        return await self._job("domain.suspend", self.suspend_locked, name, client=client)
 
     async def resume(self, name: str, *, client: str = "local") -> DomainInfo:
-        return await self._job("domain.resume", self.resume_locked, name, client)
+        return await self._job("domain.resume", self.resume_locked, name, client=client)
 
     async def reset(self, name: str, *, client: str = "local") -> DomainInfo:
-        return await self._job("domain.reset", self.reset_locked, name, client)
+        return await self._job("domain.reset", self.reset_locked, name, client=client)
 
     async def shutdown(self, name: str, *, client: str = "local") -> DomainInfo:
-        return await self._job("domain.shutdown", self.shutdown_locked, name, client)
+        return await self._job("domain.shutdown", self.shutdown_locked, name, client=client)
 
     async def get_stats(self, name: str, *, client: str = "local") -> DomainStats:
-        return await self._job(
-            "domain.get_stats", self.get_stats_locked, name, client, JobKind.QUERY
-        )
+        return await self._job("domain.get_stats", self.get_stats_locked, name, client=client)
 
     async def monitor_command(
         self,
@@ -775,26 +759,28 @@ class Driver:
         *,
         client: str = "local",
     ) -> Any:
-        return await self.run_job(
-            name,
-            JobKind.MODIFY,
+        return await self._job(
+            "domain.monitor_command",
             self.monitor_command_locked,
             name,
             command,
             arguments,
-            procedure="domain.monitor_command",
             client=client,
         )
 
     async def _job(
         self,
         procedure: str,
-        fn: Callable[[str], Awaitable[T]],
+        fn: Callable[..., Awaitable[T]],
         name: str,
+        *args: Any,
         client: str,
-        kind: JobKind = JobKind.MODIFY,
     ) -> T:
-        return await self.run_job(name, kind, fn, name, procedure=procedure, client=client)
+        """``fn(name, *args)`` holding ``name``'s job, of the kind the
+        procedure table gives ``procedure`` (as a call over RPC takes it)."""
+        kind = PROCEDURES[procedure].job
+        assert kind is not None, f"{procedure} takes no domain job"
+        return await self.run_job(name, kind, fn, name, *args, procedure=procedure, client=client)
 
     async def suspend_locked(self, name: str) -> DomainInfo:
         dom = self._running(name)

@@ -26,7 +26,6 @@ worker, only its own task (``trioctl._dispatch`` orders the two waits).
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -36,6 +35,7 @@ import attrs
 import trio
 
 from ._errors import DomainDestroyed, InvalidParams, JobQueueFull, JobTimeout, TrioctlError
+from ._models import JobKind
 
 __all__ = [
     "DEFAULT_MAX_QUEUED",
@@ -61,19 +61,6 @@ DEFAULT_MAX_QUEUED: Final = 32
 DEFAULT_MAX_QUEUED_QUERIES: Final = 32
 #: libvirt's wait for a domain's job (``VIR_JOB_WAIT_TIME``).
 DEFAULT_WAIT_TIMEOUT: Final = 30.0
-
-
-class JobKind(enum.Enum):
-    """What a domain job is for."""
-
-    QUERY = "query"
-    """Reads live state through the monitor; waits in the query lane."""
-    MODIFY = "modify"
-    """Changes the domain (start, shutdown, suspend, monitor commands)."""
-    DESTROY = "destroy"
-    """Kills the domain: exempt from the bounds, first in line, interrupts."""
-    RECONNECT = "reconnect"
-    """Held while the daemon reopens the monitor after a restart."""
 
 
 @attrs.frozen

@@ -21,15 +21,22 @@ from ._errors import InvalidParams
 
 __all__ = [
     "DEFAULT_MACHINES",
+    "MAX_WAIT_SECONDS",
+    "NOWAIT_SECONDS",
+    "WRITE_MONITOR_COMMANDS",
+    "AllDomainStats",
     "Disk",
     "DomainDefinition",
     "DomainEvent",
     "DomainInfo",
     "DomainState",
     "DomainStats",
+    "DomainStatsRecord",
     "JobInfo",
+    "JobKind",
     "MonitorState",
     "Nic",
+    "Priority",
     "converter",
     "structure",
     "unstructure",
@@ -54,6 +61,18 @@ MAX_CMDLINE: Final = 4096
 MAX_DISKS: Final = 16
 MAX_NICS: Final = 8
 
+SCHEMA: Final = "json_schema"
+"""Key of an attrs field's ``metadata``: the JSON Schema constraints its
+validator enforces, written next to it. ``trioctl._tools.gen_schemas`` puts
+them in ``schemas/`` and reads attrs' own validators (``ge``, ``le``,
+``max_len``) itself; a field whose validator is neither fails generation."""
+
+
+def _whole(regex: re.Pattern[str], *, optional: bool = False) -> dict[str, Any]:
+    """The JSON Schema ``pattern`` of a ``fullmatch`` of ``regex``."""
+    body = f"({regex.pattern})?" if optional else regex.pattern
+    return {"pattern": f"^{body}$"}
+
 
 class DomainState(enum.Enum):
     RUNNING = "running"
@@ -67,6 +86,38 @@ class MonitorState(enum.Enum):
     CONNECTING = "connecting"  #: (re)connecting; the reconnect holds the job
     OK = "ok"  #: answering
     UNRESPONSIVE = "unresponsive"  #: a command timed out or connect failed
+
+
+class Priority(enum.Enum):
+    """A procedure's priority (libvirt's ``@priority`` annotation): anything
+    that may touch a hypervisor monitor (and so may block) is LOW; HIGH is only
+    for calls guaranteed to end quickly."""
+
+    LOW = "low"
+    HIGH = "high"
+
+
+class JobKind(enum.Enum):
+    """What a domain job is for."""
+
+    QUERY = "query"
+    """Reads live state through the monitor; waits in the query lane."""
+    MODIFY = "modify"
+    """Changes the domain (start, shutdown, suspend, monitor commands)."""
+    DESTROY = "destroy"
+    """Kills the domain: exempt from the bounds, first in line, interrupts."""
+    RECONNECT = "reconnect"
+    """Held while the daemon reopens the monitor after a restart."""
+
+
+WRITE_MONITOR_COMMANDS: Final = frozenset(
+    {"stop", "cont", "system_reset", "system_powerdown", "system_wakeup"}
+)
+"""Monitor commands the write role may send, besides every ``query-*``
+command (which only read). Everything else (``human-monitor-command``,
+``migrate``, ``chardev-add``, ``blockdev-add``, ``device_add``,
+``object-add``, ``getfd``, ``quit``, ...) needs the admin role and taints
+the run."""
 
 
 def _check_name(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
@@ -184,11 +235,15 @@ def new_uuid() -> str:
 class Disk:
     """A disk image from a storage directory (``driver.storage_dirs``)."""
 
-    path: str = attrs.field(validator=_check_file)
+    path: str = attrs.field(
+        validator=_check_file, metadata={SCHEMA: {"pattern": "^/[^,]*$", "maxLength": MAX_PATH}}
+    )
     """Absolute path of the image; after resolving symlinks it must lie inside
     one of the daemon's storage directories (checked at define and at start).
     No ``,``, ``.`` or ``..`` components."""
-    format: str = attrs.field(default="raw", validator=_one_of(DISK_FORMATS))
+    format: str = attrs.field(
+        default="raw", validator=_one_of(DISK_FORMATS), metadata={SCHEMA: {"enum": DISK_FORMATS}}
+    )
     """``raw`` or ``qcow2`` (never probed; a qcow2 image's backing file is not
     opened)."""
     readonly: bool = False
@@ -198,10 +253,19 @@ class Disk:
 class Nic:
     """A user-mode (slirp) network interface."""
 
-    model: str = attrs.field(default="virtio-net-pci", validator=_one_of(NIC_MODELS))
+    model: str = attrs.field(
+        default="virtio-net-pci",
+        validator=_one_of(NIC_MODELS),
+        metadata={SCHEMA: {"enum": NIC_MODELS}},
+    )
     """``virtio-net-pci`` or ``e1000``."""
-    mac: str = attrs.field(default="", validator=_check_mac)
+    mac: str = attrs.field(
+        default="", validator=_check_mac, metadata={SCHEMA: _whole(MAC_RE, optional=True)}
+    )
     """Unicast MAC address; QEMU picks one when empty."""
+
+
+_BOOT_FILE: Final = {"pattern": "^(|/[^,]*)$", "maxLength": MAX_PATH}
 
 
 def _bounded(limit: int) -> Any:
@@ -212,9 +276,14 @@ def _bounded(limit: int) -> Any:
 class DomainDefinition:
     """A domain's persistent definition (``schemas/domain.json``)."""
 
-    name: str = attrs.field(validator=_check_name)
+    name: str = attrs.field(validator=_check_name, metadata={SCHEMA: _whole(NAME_RE)})
     """Unique name: 1 to 64 letters, digits, ``_``, ``.`` or ``-``."""
-    uuid: str = attrs.field(default="", converter=_normal_uuid, validator=_check_uuid)
+    uuid: str = attrs.field(
+        default="",
+        converter=_normal_uuid,
+        validator=_check_uuid,
+        metadata={SCHEMA: {"anyOf": [{"format": "uuid"}, {"const": ""}]}},
+    )
     """Generated when absent; kept in canonical form (lower case, with
     dashes), so one uuid written in upper case or without dashes is the same
     uuid. A domain's uuid never changes: a redefine without one keeps it, a
@@ -225,15 +294,25 @@ class DomainDefinition:
     vcpus: int = attrs.field(
         default=1, validator=[attrs.validators.ge(1), attrs.validators.le(255)]
     )
-    machine: str = attrs.field(default="none", validator=_check_machine)
+    machine: str = attrs.field(
+        default="none", validator=_check_machine, metadata={SCHEMA: _whole(MACHINE_RE)}
+    )
     """QEMU machine type (``-machine``): a plain name from the daemon's
     ``driver.machines`` allow-list; ``none`` has no guest at all."""
-    emulator: str = attrs.field(default="", validator=_check_emulator)
+    emulator: str = attrs.field(
+        default="",
+        validator=_check_emulator,
+        metadata={SCHEMA: _whole(EMULATOR_NAME_RE, optional=True)},
+    )
     """The name of an emulator in the daemon's ``driver.emulators`` table:
     ``qemu`` (the host's qemu-system-x86_64), ``sim`` (the built-in
     simulator) or another configured name; never a path. Empty: the daemon's
     default backend, filled in when the domain is defined."""
-    extra_args: tuple[str, ...] = attrs.field(default=(), validator=_check_extra_args)
+    extra_args: tuple[str, ...] = attrs.field(
+        default=(),
+        validator=_check_extra_args,
+        metadata={SCHEMA: {"items": {"type": "string", "pattern": "^[^\\u0000]*$"}}},
+    )
     """Raw emulator arguments, passed as a list (never through a shell).
     Admin role only; a run started with them is tainted ``custom-argv``."""
     autostart: bool = False
@@ -244,11 +323,15 @@ class DomainDefinition:
     """Up to 8 user-mode network interfaces (``-netdev user``)."""
     serial_log: bool = False
     """Log the first serial port to ``serial.log`` in the domain's run directory."""
-    kernel: str = attrs.field(default="", validator=_check_file)
+    kernel: str = attrs.field(default="", validator=_check_file, metadata={SCHEMA: _BOOT_FILE})
     """Direct kernel boot (``-kernel``): a file from the storage directories."""
-    initrd: str = attrs.field(default="", validator=_check_file)
+    initrd: str = attrs.field(default="", validator=_check_file, metadata={SCHEMA: _BOOT_FILE})
     """Initial ramdisk (``-initrd``), from the storage directories; needs ``kernel``."""
-    cmdline: str = attrs.field(default="", validator=_check_cmdline)
+    cmdline: str = attrs.field(
+        default="",
+        validator=_check_cmdline,
+        metadata={SCHEMA: {"pattern": "^[^\\u0000]*$", "maxLength": MAX_CMDLINE}},
+    )
     """Kernel command line (``-append``), at most 4096 characters; needs ``kernel``."""
 
     def __attrs_post_init__(self) -> None:
@@ -321,6 +404,46 @@ class DomainStats:
     rss_kib: int
 
 
+NOWAIT_SECONDS: Final = 0.2
+"""Without ``wait``: the deadline of each domain whose job was free and whose
+monitor looked responsive (its two QMP round trips and /proc)."""
+
+MAX_WAIT_SECONDS: Final = 30.0
+"""The largest ``wait`` a caller may ask for."""
+
+
+@attrs.frozen
+class DomainStatsRecord:
+    """One domain in a bulk stats reply."""
+
+    name: str
+    info: DomainInfo
+    """Cached state when the domain's entry was made: state, monitor state,
+    pid, the job's holder and for how long, taints."""
+    stats: DomainStats | None
+    """Live figures, or None (``skipped`` says why)."""
+    skipped: str | None = None
+    """Why there are no live figures: ``not-running``, ``job-held`` (another
+    call holds the domain's job; ``info.job`` names it), ``unresponsive``,
+    ``reconnecting``, ``timeout`` (no answer within the deadline), ``error``
+    (``error`` says what)."""
+    error: str | None = None
+    """The error's message when ``skipped`` is ``error`` or the job queue
+    refused."""
+
+
+@attrs.frozen
+class AllDomainStats:
+    domains: list[DomainStatsRecord]
+    """Sorted by name."""
+    fresh: int
+    """Domains with live figures."""
+    skipped: int
+    """Domains reported from cached state."""
+    elapsed_seconds: float
+    """Time this call spent gathering."""
+
+
 @attrs.frozen
 class DomainEvent:
     """Something happened to a domain."""
@@ -340,10 +463,15 @@ def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True)
 
     # Refuse booleans where integers are expected, and numbers where strings
-    # are: cattrs' defaults call int()/str() and would accept "12" or 12.
+    # are: cattrs' defaults call int()/str() and would accept "12", 12.5 or 12.
+    # A JSON number without a fractional part (``64.0``) is an integer, as
+    # JSON Schema's "integer" type says: the schemas and the server agree.
     def _int(value: Any, _t: type) -> int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"expected an integer, got {type(value).__name__}")
+            got = f"{value!r}" if isinstance(value, float) else type(value).__name__
+            raise TypeError(f"expected an integer, got {got}")
         return value
 
     def _str(value: Any, _t: type) -> str:

@@ -34,7 +34,7 @@ from collections.abc import Iterable, Mapping
 from typing import Final
 
 from ._errors import InvalidParams
-from ._models import DomainDefinition
+from ._models import WRITE_MONITOR_COMMANDS, DomainDefinition
 
 __all__ = [
     "BUILTIN_EMULATORS",
@@ -56,15 +56,6 @@ DEFAULT_QEMU: Final = "qemu-system-x86_64"
 
 #: Names every daemon knows; ``sim`` is the built-in simulator.
 BUILTIN_EMULATORS: Final = ("qemu", "sim")
-
-WRITE_MONITOR_COMMANDS: Final = frozenset(
-    {"stop", "cont", "system_reset", "system_powerdown", "system_wakeup"}
-)
-"""Monitor commands the write role may send, besides every ``query-*``
-command (which only read). Everything else (``human-monitor-command``,
-``migrate``, ``chardev-add``, ``blockdev-add``, ``device_add``,
-``object-add``, ``getfd``, ``quit``, ...) needs the admin role and taints
-the run."""
 
 TAINT_CUSTOM_ARGV: Final = "custom-argv"
 TAINT_CUSTOM_MONITOR: Final = "custom-monitor"

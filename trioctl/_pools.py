@@ -21,7 +21,6 @@ the caller's task, ``submit_nowait()`` in a task of its own (at most
 from __future__ import annotations
 
 import collections
-import enum
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,6 +31,7 @@ import attrs
 import trio
 
 from ._errors import InvalidParams, ServerBusy
+from ._models import Priority
 
 __all__ = [
     "PoolLimits",
@@ -46,15 +46,6 @@ __all__ = [
 logger = logging.getLogger("trioctl.pools")
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
-
-
-class Priority(enum.Enum):
-    """A procedure's priority (libvirt's ``@priority`` annotation): anything
-    that may touch a hypervisor monitor (and so may block) is LOW; HIGH is only
-    for calls guaranteed to end quickly."""
-
-    LOW = "low"
-    HIGH = "high"
 
 
 @attrs.frozen

@@ -3,40 +3,50 @@
 As libvirt's ``remote_protocol.x`` declares each procedure with its
 ``@priority`` and ``@acl``, each :class:`Procedure` here names its params and
 result types (attrs classes, structured by cattrs with unknown keys refused),
-its priority, the role it needs, the domain job it takes, its deadline and its
-documentation. The server dispatches from it; ``trioctl._tools.gen_schemas``
-generates ``schemas/`` and ``docs/procedures.md`` from it; the client library
-has one method per entry.
+its priority, the role it needs, the domain job it takes, whether it touches
+a monitor, its deadline and its documentation. From it:
 
-libvirt's rule for priorities: a procedure that may touch a monitor (and so
-block) is LOW; destroy is the exception. Lookups, listing and cached info are
-HIGH.
+- the server dispatches (``trioctl._handlers`` binds a handler to each entry);
+- ``trioctl._tools.gen_schemas`` generates ``schemas/`` and
+  ``docs/procedures.md`` (constraints from the validators of the models);
+- the client library derives one method per entry, with the entry's result
+  type (``trioctl._client``; a test fails if one is missing or differs);
+- the CLI takes its commands' help from the entries' docs.
+
+This module imports only the models: the client library loads it, and must
+not load the daemon's side.
+
+libvirt's rule for priorities, checked here: a procedure that may touch a
+monitor (and so block) is LOW, every other one HIGH (destroy kills without
+asking the monitor). Lookups, listing and cached info are HIGH.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable, Iterator
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+from typing import Any, Final, Literal
 
 import attrs
 
-from ._bulkstats import MAX_WAIT_SECONDS, NOWAIT_SECONDS, AllDomainStats, get_all_domain_stats
-from ._errors import AccessDenied
-from ._jobs import JobKind
-from ._models import DomainDefinition, DomainInfo, DomainState, DomainStats, JobInfo
-from ._policy import WRITE_MONITOR_COMMANDS, monitor_command_allowed
-from ._pools import Priority
-
-if TYPE_CHECKING:
-    # Only a type here: the client library imports this module for the result
-    # types, and must not load the driver (the daemon's side).
-    from ._driver import Driver
+from ._models import (
+    MAX_WAIT_SECONDS,
+    NOWAIT_SECONDS,
+    WRITE_MONITOR_COMMANDS,
+    AllDomainStats,
+    DomainDefinition,
+    DomainInfo,
+    DomainState,
+    DomainStats,
+    JobInfo,
+    JobKind,
+    Priority,
+)
 
 __all__ = [
     "PROCEDURES",
     "PROTOCOL_VERSION",
-    "CallContext",
+    "Handler",
     "Procedure",
     "ProcedureTable",
     "Role",
@@ -230,43 +240,9 @@ class ServerStats:
     events_dropped: int
 
 
-# -- the services a handler may use ----------------------------------------------------
-
-
-class Services(Protocol):
-    """What the server offers to handlers (implemented by the server)."""
-
-    driver: Driver
-
-    def version(self) -> VersionInfo: ...
-    def threadpool_info(self) -> ThreadpoolInfo: ...
-    def set_threadpool(self, params: SetThreadpoolParams) -> ThreadpoolInfo: ...
-    def client_limits(self) -> ClientLimits: ...
-    def set_client_limits(self, params: SetClientLimitsParams) -> ClientLimits: ...
-    def list_clients(self) -> ClientList: ...
-    def disconnect_client(self, client_id: str) -> Disconnected: ...
-    def server_stats(self) -> ServerStats: ...
-
-
-class Session(Protocol):
-    """The calling client's session (implemented by the server)."""
-
-    id: str
-    role: Role
-    """What the caller may do: handlers check content-dependent rights
-    (``extra_args``, monitor commands) with it."""
-
-    def subscribe(self, domains: list[str] | None) -> None: ...
-    def unsubscribe(self) -> None: ...
-
-
-@attrs.frozen
-class CallContext:
-    services: Services
-    session: Session
-
-
-Handler = Callable[[CallContext, Any], Awaitable[Any]]
+Handler = Callable[[Any, Any], Awaitable[Any]]
+"""``handler(ctx, params)``: ``ctx`` is the server's call context
+(``trioctl._handlers.CallContext``)."""
 
 
 @attrs.frozen
@@ -277,7 +253,6 @@ class Procedure:
     params: type
     result: type | None
     """None: the result is any JSON value (QMP passthrough)."""
-    handler: Handler
     priority: Priority
     role: Role
     job: JobKind | None = None
@@ -291,6 +266,20 @@ class Procedure:
     """The dispatcher cancels the call after this many seconds."""
     endpoint: Literal["api", "admin"] = "api"
     doc: str = ""
+    touches_monitor: bool = False
+    """The handler may talk to the domain's monitor (and so block): LOW
+    priority, under a domain job."""
+    bound: Handler | None = None
+    """The server's handler, bound by ``trioctl._handlers``."""
+
+    @property
+    def handler(self) -> Handler:
+        """The bound handler (the daemon's table, ``trioctl._handlers.PROCEDURES``)."""
+        if self.bound is None:
+            raise RuntimeError(
+                f"{self.name} has no handler here: the daemon's table is trioctl._handlers"
+            )
+        return self.bound
 
 
 class ProcedureTable:
@@ -307,10 +296,31 @@ class ProcedureTable:
                 raise ValueError(f"{proc.name}: a domain job needs a 'name' parameter")
             if proc.shared and proc.job is not JobKind.QUERY:
                 raise ValueError(f"{proc.name}: only a query job can be shared")
+            expected = Priority.LOW if proc.touches_monitor else Priority.HIGH
+            if proc.priority is not expected:
+                raise ValueError(
+                    f"{proc.name}: a procedure that "
+                    f"{'touches' if proc.touches_monitor else 'never touches'} a monitor "
+                    f"is {expected.value} priority (libvirt's rule)"
+                )
+            if proc.touches_monitor and proc.job is None:
+                raise ValueError(f"{proc.name}: a procedure touching a monitor needs a domain job")
             self._by_name[proc.name] = proc
 
     def get(self, name: str) -> Procedure | None:
         return self._by_name.get(name)
+
+    def __getitem__(self, name: str) -> Procedure:
+        return self._by_name[name]
+
+    def bind(self, handlers: dict[str, Handler]) -> ProcedureTable:
+        """This table with a handler bound to every procedure; refuses a
+        missing or unknown one."""
+        missing = sorted(set(self._by_name) - set(handlers))
+        unknown = sorted(set(handlers) - set(self._by_name))
+        if missing or unknown:
+            raise ValueError(f"handlers missing for {missing}, unknown for {unknown}")
+        return ProcedureTable([attrs.evolve(proc, bound=handlers[proc.name]) for proc in self])
 
     def __iter__(self) -> Iterator[Procedure]:
         return iter(self._by_name.values())
@@ -319,141 +329,18 @@ class ProcedureTable:
         return len(self._by_name)
 
 
-# -- handlers ----------------------------------------------------------------------------
-# Handlers with a job run while the dispatcher holds the domain's job, so they
-# call the driver's *_locked operations.
-
-
-async def _get_version(ctx: CallContext, _p: NoParams) -> VersionInfo:
-    return attrs.evolve(ctx.services.version(), role=ctx.session.role.name.lower())
-
-
-async def _list_domains(ctx: CallContext, p: ListDomainsParams) -> DomainList:
-    return DomainList(ctx.services.driver.list_domains(p.state))
-
-
-async def _get_all_domain_stats(ctx: CallContext, p: AllDomainStatsParams) -> AllDomainStats:
-    return await get_all_domain_stats(
-        ctx.services.driver, names=p.names, states=p.states, wait=p.wait, client=ctx.session.id
-    )
-
-
-async def _get_info(ctx: CallContext, p: DomainRef) -> DomainInfo:
-    return ctx.services.driver.get_info(p.name)
-
-
-async def _define(ctx: CallContext, p: DefineParams) -> DomainInfo:
-    if p.definition.extra_args and ctx.session.role < Role.ADMIN:
-        raise AccessDenied(
-            "'extra_args' (raw emulator options) needs the admin role; this client has "
-            f"{ctx.session.role.name.lower()}: use the typed fields (disks, nics, serial_log, "
-            "kernel) instead",
-            method="domain.define",
-        )
-    return await ctx.services.driver.define(p.definition)
-
-
-async def _undefine(ctx: CallContext, p: DomainRef) -> DomainInfo:
-    # The last state of the domain, without this call's own job.
-    info = attrs.evolve(ctx.services.driver.get_info(p.name), job=None)
-    await ctx.services.driver.undefine_locked(p.name)
-    return info
-
-
-async def _start(ctx: CallContext, p: StartParams) -> DomainInfo:
-    return await ctx.services.driver.start_locked(p.name, p.paused)
-
-
-async def _shutdown(ctx: CallContext, p: DomainRef) -> DomainInfo:
-    return await ctx.services.driver.shutdown_locked(p.name)
-
-
-async def _suspend(ctx: CallContext, p: DomainRef) -> DomainInfo:
-    return await ctx.services.driver.suspend_locked(p.name)
-
-
-async def _resume(ctx: CallContext, p: DomainRef) -> DomainInfo:
-    return await ctx.services.driver.resume_locked(p.name)
-
-
-async def _reset(ctx: CallContext, p: DomainRef) -> DomainInfo:
-    return await ctx.services.driver.reset_locked(p.name)
-
-
-async def _destroy(ctx: CallContext, p: DomainRef) -> DomainInfo:
-    return await ctx.services.driver.destroy(p.name, client=ctx.session.id)
-
-
-async def _get_stats(ctx: CallContext, p: DomainRef) -> DomainStats:
-    return await ctx.services.driver.get_stats_locked(p.name)
-
-
-async def _monitor_command(ctx: CallContext, p: MonitorCommandParams) -> Any:
-    if not monitor_command_allowed(p.command) and ctx.session.role < Role.ADMIN:
-        raise AccessDenied(
-            f"monitor command {p.command!r} needs the admin role; the "
-            f"{ctx.session.role.name.lower()} role may send query-* and "
-            f"{', '.join(sorted(WRITE_MONITOR_COMMANDS))}",
-            method="domain.monitor_command",
-            command=p.command,
-        )
-    return await ctx.services.driver.monitor_command_locked(p.name, p.command, p.arguments)
-
-
-async def _subscribe(ctx: CallContext, p: SubscribeParams) -> Subscribed:
-    ctx.session.subscribe(p.domains)
-    return Subscribed(True, p.domains)
-
-
-async def _unsubscribe(ctx: CallContext, _p: NoParams) -> Subscribed:
-    ctx.session.unsubscribe()
-    return Subscribed(False, None)
-
-
-async def _get_threadpool(ctx: CallContext, _p: NoParams) -> ThreadpoolInfo:
-    return ctx.services.threadpool_info()
-
-
-async def _set_threadpool(ctx: CallContext, p: SetThreadpoolParams) -> ThreadpoolInfo:
-    return ctx.services.set_threadpool(p)
-
-
-async def _get_client_limits(ctx: CallContext, _p: NoParams) -> ClientLimits:
-    return ctx.services.client_limits()
-
-
-async def _set_client_limits(ctx: CallContext, p: SetClientLimitsParams) -> ClientLimits:
-    return ctx.services.set_client_limits(p)
-
-
-async def _list_clients(ctx: CallContext, _p: NoParams) -> ClientList:
-    return ctx.services.list_clients()
-
-
-async def _disconnect_client(ctx: CallContext, p: ClientRef) -> Disconnected:
-    return ctx.services.disconnect_client(p.id)
-
-
-async def _list_jobs(ctx: CallContext, _p: NoParams) -> JobList:
-    return JobList(ctx.services.driver.list_jobs())
-
-
-async def _get_stats_admin(ctx: CallContext, _p: NoParams) -> ServerStats:
-    return ctx.services.server_stats()
-
-
 HIGH, LOW = Priority.HIGH, Priority.LOW
 READ, WRITE, ADMIN = Role.READ, Role.WRITE, Role.ADMIN
 
 PROCEDURES: Final = ProcedureTable(
     [
-        Procedure("connect.get_version", NoParams, VersionInfo, _get_version, HIGH, READ,
+        Procedure("connect.get_version", NoParams, VersionInfo, HIGH, READ,
                   deadline=5, doc="The daemon's version, protocol version and default backend."),
-        Procedure("connect.list_domains", ListDomainsParams, DomainList, _list_domains, HIGH,
+        Procedure("connect.list_domains", ListDomainsParams, DomainList, HIGH,
                   READ, deadline=5,
                   doc="Every domain (or those in `state`), from cached state: never waits."),
         Procedure("connect.get_all_domain_stats", AllDomainStatsParams, AllDomainStats,
-                  _get_all_domain_stats, HIGH, READ, deadline=MAX_WAIT_SECONDS + 5,
+                  HIGH, READ, deadline=MAX_WAIT_SECONDS + 5,
                   doc="Stats of every domain (or `names`, `states`) in one call, gathered "
                       "concurrently, each under its own deadline. By default (NOWAIT) a domain "
                       "whose job is held, or whose monitor is unresponsive or reconnecting, "
@@ -461,75 +348,78 @@ PROCEDURES: Final = ProcedureTable(
                       "`info.job` naming the holder; the others get "
                       f"{NOWAIT_SECONDS:g} s each (else `skipped: timeout`). With `wait`, "
                       "every running domain may wait that long for its job and monitor."),
-        Procedure("domain.lookup", DomainRef, DomainInfo, _get_info, HIGH, READ, deadline=5,
+        Procedure("domain.lookup", DomainRef, DomainInfo, HIGH, READ, deadline=5,
                   doc="One domain by name, from cached state."),
-        Procedure("domain.get_info", DomainRef, DomainInfo, _get_info, HIGH, READ, deadline=5,
+        Procedure("domain.get_info", DomainRef, DomainInfo, HIGH, READ, deadline=5,
                   doc="Cached state of one domain (state, reason, monitor, pid, job holder); "
                       "never touches the monitor, so it answers even for hung domains."),
-        Procedure("domain.define", DefineParams, DomainInfo, _define, HIGH, WRITE, deadline=10,
+        Procedure("domain.define", DefineParams, DomainInfo, HIGH, WRITE, deadline=10,
                   doc="Add a domain or replace its definition (a running domain keeps its "
                       "configuration, shown by get_info with `pending_changes`, and uses the "
                       "new one at its next start; the uuid never changes). The emulator is a "
                       "configured name, the machine type from `driver.machines`, files from "
                       "`driver.storage_dirs` (else INVALID_PARAMS); `extra_args` needs the "
                       "admin role (else ACCESS_DENIED) and taints the runs it starts."),
-        Procedure("domain.undefine", DomainRef, DomainInfo, _undefine, HIGH, WRITE,
+        Procedure("domain.undefine", DomainRef, DomainInfo, HIGH, WRITE,
                   job=JobKind.MODIFY, deadline=40,
                   doc="Remove a domain's definition; refused while it runs."),
-        Procedure("domain.start", StartParams, DomainInfo, _start, LOW, WRITE,
-                  job=JobKind.MODIFY, deadline=60,
+        Procedure("domain.start", StartParams, DomainInfo, LOW, WRITE,
+                  touches_monitor=True, job=JobKind.MODIFY, deadline=60,
                   doc="Launch the emulator and connect its monitor."),
-        Procedure("domain.shutdown", DomainRef, DomainInfo, _shutdown, LOW, WRITE,
-                  job=JobKind.MODIFY, deadline=120,
+        Procedure("domain.shutdown", DomainRef, DomainInfo, LOW, WRITE,
+                  touches_monitor=True, job=JobKind.MODIFY, deadline=120,
                   doc="Press the power button (QMP `system_powerdown`) and wait for the "
                       "guest to power off, up to `shutdown_timeout`."),
-        Procedure("domain.suspend", DomainRef, DomainInfo, _suspend, LOW, WRITE,
-                  job=JobKind.MODIFY, deadline=60, doc="Pause the CPUs (QMP `stop`)."),
-        Procedure("domain.resume", DomainRef, DomainInfo, _resume, LOW, WRITE,
-                  job=JobKind.MODIFY, deadline=60, doc="Resume the CPUs (QMP `cont`)."),
-        Procedure("domain.reset", DomainRef, DomainInfo, _reset, LOW, WRITE,
-                  job=JobKind.MODIFY, deadline=60, doc="Hard reset (QMP `system_reset`)."),
-        Procedure("domain.destroy", DomainRef, DomainInfo, _destroy, HIGH, WRITE, deadline=30,
+        Procedure("domain.suspend", DomainRef, DomainInfo, LOW, WRITE,
+                  touches_monitor=True, job=JobKind.MODIFY, deadline=60,
+                  doc="Pause the CPUs (QMP `stop`)."),
+        Procedure("domain.resume", DomainRef, DomainInfo, LOW, WRITE,
+                  touches_monitor=True, job=JobKind.MODIFY, deadline=60,
+                  doc="Resume the CPUs (QMP `cont`)."),
+        Procedure("domain.reset", DomainRef, DomainInfo, LOW, WRITE,
+                  touches_monitor=True, job=JobKind.MODIFY, deadline=60,
+                  doc="Hard reset (QMP `system_reset`)."),
+        Procedure("domain.destroy", DomainRef, DomainInfo, HIGH, WRITE, deadline=30,
                   doc="Kill the emulator at once, even if hung (SIGKILL for a stopped "
                       "process), then take the job, bypassing `max_queued`; the job's "
                       "holder gets DOMAIN_DESTROYED."),
-        Procedure("domain.get_stats", DomainRef, DomainStats, _get_stats, LOW, READ,
-                  job=JobKind.QUERY, shared=True, deadline=60,
+        Procedure("domain.get_stats", DomainRef, DomainStats, LOW, READ,
+                  touches_monitor=True, job=JobKind.QUERY, shared=True, deadline=60,
                   doc="Live figures through the monitor (`query-status`, `query-cpus-fast`) "
                       "and /proc."),
-        Procedure("domain.monitor_command", MonitorCommandParams, None, _monitor_command, LOW,
-                  WRITE, job=JobKind.MODIFY, deadline=60,
+        Procedure("domain.monitor_command", MonitorCommandParams, None, LOW,
+                  WRITE, touches_monitor=True, job=JobKind.MODIFY, deadline=60,
                   doc="QMP passthrough: returns QMP's return value; a QMP error is "
                       "MONITOR_ERROR with its class and description. The write role may send "
                       "`query-*` and " + ", ".join(f"`{c}`" for c in sorted(WRITE_MONITOR_COMMANDS))
                       + "; any other command needs the admin role (else ACCESS_DENIED) and "
                       "taints the run (`custom-monitor`)."),
-        Procedure("events.subscribe", SubscribeParams, Subscribed, _subscribe, HIGH, READ,
+        Procedure("events.subscribe", SubscribeParams, Subscribed, HIGH, READ,
                   deadline=5,
                   doc="Receive `events.event` notifications (all domains, or `domains`)."),
-        Procedure("events.unsubscribe", NoParams, Subscribed, _unsubscribe, HIGH, READ,
+        Procedure("events.unsubscribe", NoParams, Subscribed, HIGH, READ,
                   deadline=5, doc="Stop receiving events."),
-        Procedure("admin.get_threadpool", NoParams, ThreadpoolInfo, _get_threadpool, HIGH,
+        Procedure("admin.get_threadpool", NoParams, ThreadpoolInfo, HIGH,
                   ADMIN, deadline=5, endpoint="admin",
                   doc="Worker pool limits, workers alive and free, queue depth."),
-        Procedure("admin.set_threadpool", SetThreadpoolParams, ThreadpoolInfo, _set_threadpool,
-                  HIGH, ADMIN, deadline=5, endpoint="admin",
+        Procedure("admin.set_threadpool", SetThreadpoolParams, ThreadpoolInfo, HIGH, ADMIN,
+                  deadline=5, endpoint="admin",
                   doc="Change pool limits at run time (libvirt's validation); running jobs "
                       "are never cancelled."),
-        Procedure("admin.get_client_limits", NoParams, ClientLimits, _get_client_limits, HIGH,
+        Procedure("admin.get_client_limits", NoParams, ClientLimits, HIGH,
                   ADMIN, deadline=5, endpoint="admin", doc="max_clients, max_client_requests."),
         Procedure("admin.set_client_limits", SetClientLimitsParams, ClientLimits,
-                  _set_client_limits, HIGH, ADMIN, deadline=5, endpoint="admin",
+                  HIGH, ADMIN, deadline=5, endpoint="admin",
                   doc="Change client limits; applies to new requests and connections."),
-        Procedure("admin.list_clients", NoParams, ClientList, _list_clients, HIGH, ADMIN,
+        Procedure("admin.list_clients", NoParams, ClientList, HIGH, ADMIN,
                   deadline=5, endpoint="admin", doc="Connected clients."),
-        Procedure("admin.disconnect_client", ClientRef, Disconnected, _disconnect_client, HIGH,
+        Procedure("admin.disconnect_client", ClientRef, Disconnected, HIGH,
                   ADMIN, deadline=5, endpoint="admin", doc="Close a client's connection."),
-        Procedure("admin.list_jobs", NoParams, JobList, _list_jobs, HIGH, ADMIN, deadline=5,
+        Procedure("admin.list_jobs", NoParams, JobList, HIGH, ADMIN, deadline=5,
                   endpoint="admin",
                   doc="Every held domain job: holder procedure, client, seconds held, "
                       "callers queued (and how many of them are queries)."),
-        Procedure("admin.get_stats", NoParams, ServerStats, _get_stats_admin, HIGH, ADMIN,
+        Procedure("admin.get_stats", NoParams, ServerStats, HIGH, ADMIN,
                   deadline=5, endpoint="admin",
                   doc="Calls per procedure, errors per reason, latency percentiles per "
                       "priority."),

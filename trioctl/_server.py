@@ -82,14 +82,13 @@ from ._errors import (
     ServerBusy,
     TrioctlError,
 )
+from ._handlers import PROCEDURES, CallContext
 from ._log import RefusalLog, log
 from ._metrics import Histogram
 from ._models import structure, unstructure
 from ._pools import Priority
 from ._procedures import (
-    PROCEDURES,
     PROTOCOL_VERSION,
-    CallContext,
     ClientInfo,
     ClientLimits,
     ClientList,

@@ -7,13 +7,14 @@ JSON document with ``--json``. Failures follow :mod:`._output`'s rules.
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import sys
 import tomllib
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import trio
@@ -21,7 +22,7 @@ import trio
 from .._client import Client
 from .._errors import InvalidParams
 from .._models import DomainEvent, DomainInfo, DomainState
-from .._procedures import ClientInfo, ServerStats, ThreadpoolInfo
+from .._procedures import PROCEDURES, ClientInfo, ServerStats, ThreadpoolInfo
 from ._output import (
     EXIT_CONNECTION,
     CliFailure,
@@ -41,6 +42,25 @@ from ._output import (
 __all__ = ["register"]
 
 _Call = Callable[[Client], Coroutine[Any, Any, Any]]
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+#: The procedure each command calls, by command path (``admin jobs``).
+COMMAND_PROCEDURES: dict[str, str] = {}
+
+
+def procedure_help(procedure: str, command: str) -> Callable[[_F], _F]:
+    """Give the decorated command function the procedure's doc as its help,
+    followed by the function's own docstring (what the command adds)."""
+    doc = PROCEDURES[procedure].doc.replace("`", "")
+
+    def set_help(fn: _F) -> _F:
+        own = inspect.getdoc(fn)
+        fn.__doc__ = f"{doc}\n\n{own}" if own else doc
+        COMMAND_PROCEDURES[command] = procedure
+        return fn
+
+    return set_help
+
 
 pass_settings = click.make_pass_decorator(Settings, ensure=True)
 
@@ -74,8 +94,8 @@ def register(group: click.Group) -> None:
 @click.command()
 @json_option
 @pass_settings
+@procedure_help("connect.get_version", "version")
 def version(settings: Settings) -> None:
-    """The daemon's version, protocol version and default backend."""
     info = run_client(settings, lambda c: c.get_version())
     if settings.json:
         echo_json(unstructure(info))
@@ -114,8 +134,8 @@ def console(settings: Settings) -> None:
 )
 @json_option
 @pass_settings
+@procedure_help("connect.list_domains", "list")
 def list_domains(settings: Settings, state: str | None) -> None:
-    """Every domain, from the daemon's cached state (never waits on a VM)."""
     domains = run_client(settings, lambda c: c.list_domains(state))
     if settings.json:
         echo_json(unstructure(domains))
@@ -179,10 +199,9 @@ def _summary(verb: str, info: DomainInfo) -> str:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @json_option
 @pass_settings
+@procedure_help("domain.define", "define")
 def define(settings: Settings, file: str) -> None:
-    """Add a domain, or replace its definition, from FILE.
-
-    FILE is TOML (.toml) or JSON (.json, or '-' for JSON on stdin), with the
+    """FILE is TOML (.toml) or JSON (.json, or '-' for JSON on stdin), with the
     definition's keys at the top level: name (required), memory_mib, vcpus,
     machine, emulator, extra_args, autostart, uuid.
     """
@@ -202,12 +221,13 @@ def _lifecycle(
     name: str,
     verb: str,
     call: Callable[[Client, str], Coroutine[Any, Any, DomainInfo]],
-    help_text: str,
+    procedure: str,
 ) -> click.Command:
-    @click.command(name, help=help_text)
+    @click.command(name)
     @click.argument("domain")
     @json_option
     @pass_settings
+    @procedure_help(procedure, name)
     def command(settings: Settings, domain: str) -> None:
         info = run_client(settings, lambda c: call(c, domain))
         if settings.json:
@@ -222,23 +242,23 @@ undefine = _lifecycle(
     "undefine",
     "undefined",
     Client.undefine,
-    "Remove DOMAIN's definition (refused while it runs).",
+    "domain.undefine",
 )
 shutdown = _lifecycle(
     "shutdown",
     "shut down",
     Client.shutdown,
-    "Press DOMAIN's power button and wait for the guest to power off.",
+    "domain.shutdown",
 )
 destroy = _lifecycle(
     "destroy",
     "destroyed",
     Client.destroy,
-    "Kill DOMAIN's emulator at once, even if it is hung.",
+    "domain.destroy",
 )
-suspend = _lifecycle("suspend", "suspended", Client.suspend, "Pause DOMAIN's CPUs (QMP stop).")
-resume = _lifecycle("resume", "resumed", Client.resume, "Resume DOMAIN's CPUs (QMP cont).")
-reset = _lifecycle("reset", "reset", Client.reset, "Hard-reset DOMAIN (QMP system_reset).")
+suspend = _lifecycle("suspend", "suspended", Client.suspend, "domain.suspend")
+resume = _lifecycle("resume", "resumed", Client.resume, "domain.resume")
+reset = _lifecycle("reset", "reset", Client.reset, "domain.reset")
 
 
 @click.command()
@@ -246,8 +266,8 @@ reset = _lifecycle("reset", "reset", Client.reset, "Hard-reset DOMAIN (QMP syste
 @click.option("--paused", is_flag=True, help="Start with the CPUs stopped.")
 @json_option
 @pass_settings
+@procedure_help("domain.start", "start")
 def start(settings: Settings, domain: str, paused: bool) -> None:
-    """Launch DOMAIN's emulator and connect its monitor."""
     info = run_client(settings, lambda c: c.start(domain, paused=paused))
     if settings.json:
         echo_json(unstructure(info))
@@ -259,8 +279,8 @@ def start(settings: Settings, domain: str, paused: bool) -> None:
 @click.argument("domain")
 @json_option
 @pass_settings
+@procedure_help("domain.get_info", "dominfo")
 def dominfo(settings: Settings, domain: str) -> None:
-    """DOMAIN's cached state: answers at once, even when the VM is hung."""
     info = run_client(settings, lambda c: c.get_info(domain))
     show(settings, info, format_domain_info)
 
@@ -269,8 +289,8 @@ def dominfo(settings: Settings, domain: str) -> None:
 @click.argument("domain")
 @json_option
 @pass_settings
+@procedure_help("domain.get_stats", "domstats")
 def domstats(settings: Settings, domain: str) -> None:
-    """Live figures of DOMAIN, read through its monitor."""
     stats = run_client(settings, lambda c: c.get_stats(domain))
     if settings.json:
         echo_json(unstructure(stats))
@@ -309,8 +329,9 @@ def _json_object(
 @click.argument("arguments", required=False, callback=_json_object)
 @json_option
 @pass_settings
+@procedure_help("domain.monitor_command", "qmp")
 def qmp(settings: Settings, domain: str, command: str, arguments: dict[str, Any] | None) -> None:
-    """Run a QMP COMMAND on DOMAIN's monitor; print QMP's return value.
+    """Runs COMMAND on DOMAIN's monitor and prints QMP's return value.
 
     ARGUMENTS is a JSON object: trioctl qmp vm1 query-status, or
     trioctl qmp vm1 human-monitor-command '{"command-line": "info status"}'.
@@ -406,8 +427,8 @@ def _threadpool_text(info: ThreadpoolInfo) -> str:
 @admin.command("threadpool-info")
 @json_option
 @pass_settings
+@procedure_help("admin.get_threadpool", "admin threadpool-info")
 def threadpool_info(settings: Settings) -> None:
-    """Worker pool limits, workers alive and free, queue depth."""
     info = run_client(settings, lambda c: c.get_threadpool(), admin=True)
     show(settings, info, _threadpool_text)
 
@@ -418,13 +439,14 @@ def threadpool_info(settings: Settings) -> None:
 @click.option("--prio-workers", type=click.IntRange(min=0))
 @json_option
 @pass_settings
+@procedure_help("admin.set_threadpool", "admin threadpool-set")
 def threadpool_set(
     settings: Settings,
     min_workers: int | None,
     max_workers: int | None,
     prio_workers: int | None,
 ) -> None:
-    """Change the worker pool limits now; prints the new state."""
+    """Prints the new state."""
     if min_workers is None and max_workers is None and prio_workers is None:
         raise click.UsageError("give --min-workers, --max-workers or --prio-workers")
     info = run_client(
@@ -493,8 +515,9 @@ def _clients_table(clients: list[ClientInfo]) -> str:
 @admin.command("clients")
 @json_option
 @pass_settings
+@procedure_help("admin.list_clients", "admin clients")
 def clients(settings: Settings) -> None:
-    """Connected clients (this command's own connection included)."""
+    """This command's own connection included."""
     found = run_client(settings, lambda c: c.list_clients(), admin=True)
     show(settings, found, _clients_table)
 
@@ -503,8 +526,9 @@ def clients(settings: Settings) -> None:
 @click.argument("client_id", metavar="ID")
 @json_option
 @pass_settings
+@procedure_help("admin.disconnect_client", "admin client-disconnect")
 def client_disconnect(settings: Settings, client_id: str) -> None:
-    """Close client ID's connection (IDs from `trioctl admin clients`)."""
+    """ID: from `trioctl admin clients`."""
     run_client(settings, lambda c: c.disconnect_client(client_id), admin=True)
     if settings.json:
         echo_json({"disconnected": True, "id": client_id})
@@ -515,8 +539,8 @@ def client_disconnect(settings: Settings, client_id: str) -> None:
 @admin.command("jobs")
 @json_option
 @pass_settings
+@procedure_help("admin.list_jobs", "admin jobs")
 def jobs(settings: Settings) -> None:
-    """Every held domain job: procedure, client, time held, callers queued."""
     found = run_client(settings, lambda c: c.list_jobs(), admin=True)
     if settings.json:
         echo_json(unstructure(found))
@@ -556,7 +580,7 @@ def _stats_text(stats: ServerStats) -> str:
 @admin.command("stats")
 @json_option
 @pass_settings
+@procedure_help("admin.get_stats", "admin stats")
 def stats(settings: Settings) -> None:
-    """Calls per procedure, errors per reason, latency per priority."""
     found = run_client(settings, lambda c: c.get_server_stats(), admin=True)
     show(settings, found, _stats_text)

@@ -31,32 +31,63 @@ from typing import Any, Final, Union
 import attrs
 
 from .._errors import _BY_REASON, TrioctlError
-from .._models import DomainDefinition, DomainEvent
-from .._pools import Priority
+from .._models import SCHEMA, DomainDefinition, DomainEvent
 from .._procedures import PROCEDURES, PROTOCOL_VERSION, Procedure
 from .._version import __version__
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 DRAFT: Final = "https://json-schema.org/draft/2020-12/schema"
 
-#: Constraints the validators enforce, stated for schema readers.
-EXTRAS: Final[dict[tuple[str, str], dict[str, Any]]] = {
-    ("DomainDefinition", "name"): {"pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"},
-    ("DomainDefinition", "memory_mib"): {"minimum": 1, "maximum": 1 << 20},
-    ("DomainDefinition", "vcpus"): {"minimum": 1, "maximum": 255},
-    ("DomainDefinition", "machine"): {"pattern": "^[a-z0-9][a-z0-9._-]{0,63}$"},
-    ("DomainDefinition", "emulator"): {"pattern": "^([a-z][a-z0-9_-]{0,31})?$"},
-    ("DomainDefinition", "uuid"): {"anyOf": [{"format": "uuid"}, {"const": ""}]},
-    ("DomainDefinition", "disks"): {"maxItems": 16},
-    ("DomainDefinition", "nics"): {"maxItems": 8},
-    ("DomainDefinition", "kernel"): {"pattern": "^(|/[^,]*)$", "maxLength": 1024},
-    ("DomainDefinition", "initrd"): {"pattern": "^(|/[^,]*)$", "maxLength": 1024},
-    ("DomainDefinition", "cmdline"): {"maxLength": 4096},
-    ("Disk", "path"): {"pattern": "^/[^,]*$", "maxLength": 1024},
-    ("Disk", "format"): {"enum": ["raw", "qcow2"]},
-    ("Nic", "model"): {"enum": ["virtio-net-pci", "e1000"]},
-    ("Nic", "mac"): {"pattern": "^([0-9a-f][02468ace](:[0-9a-f]{2}){5})?$"},
+_BOUNDS: Final = {
+    ">=": "minimum",
+    "<=": "maximum",
+    ">": "exclusiveMinimum",
+    "<": "exclusiveMaximum",
 }
+
+
+def _validators(validator: Any) -> list[Any]:
+    """``validator`` as a flat list (attrs makes a list of them one ``and_``)."""
+    if validator is None:
+        return []
+    inner = getattr(validator, "_validators", None)
+    if type(validator).__name__ == "_AndValidator" and inner is not None:
+        return [v for each in inner for v in _validators(each)]
+    return [validator]
+
+
+def constraints(cls: type, field: attrs.Attribute[Any], prop: dict[str, Any]) -> dict[str, Any]:
+    """The JSON Schema constraints of ``field``'s validators: attrs' own
+    (``ge``, ``le``, ``lt``, ``gt``, ``max_len``, ``min_len``) read from the
+    validator, any other from the field's ``metadata[SCHEMA]``, written next
+    to it in the model.
+
+    Raises:
+        TypeError: a field has a validator the schema would not state.
+    """
+    out: dict[str, Any] = {}
+    unstated = []
+    for validator in _validators(field.validator):
+        kind = type(validator).__name__
+        if kind == "_NumberValidator" and validator.compare_op in _BOUNDS:
+            out[_BOUNDS[validator.compare_op]] = validator.bound
+        elif kind in ("_MaxLengthValidator", "_MinLengthValidator"):
+            limit = "max" if kind.startswith("_Max") else "min"
+            unit = "Items" if prop.get("type") == "array" else "Length"
+            out[f"{limit}{unit}"] = getattr(validator, f"{limit}_length")
+        else:
+            unstated.append(validator)
+    if unstated and SCHEMA not in field.metadata:
+        raise TypeError(
+            f"{cls.__name__}.{field.name}: validator {unstated[0]!r} has no JSON Schema: "
+            f"add metadata={{SCHEMA: ...}} next to it"
+        )
+    for key, value in field.metadata.get(SCHEMA, {}).items():
+        if key == "items":
+            out[key] = {**prop.get("items", {}), **value}
+        else:
+            out[key] = list(value) if isinstance(value, tuple) else value
+    return out
 
 
 @functools.cache
@@ -120,7 +151,7 @@ def object_schema(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
     required: list[str] = []
     for field in attrs.fields(cls):
         prop = schema_for(hints[field.name], defs)
-        prop.update(EXTRAS.get((cls.__name__, field.name), {}))
+        prop.update(constraints(cls, field, prop))
         if field.name in docs:
             prop["description"] = docs[field.name]
         if field.default is attrs.NOTHING:
@@ -215,7 +246,7 @@ def method_errors(proc: Procedure) -> list[str]:
         reasons.append("NO_DOMAIN")
     if proc.job is not None:
         reasons += _JOB_ERRORS
-        if proc.priority is Priority.LOW:
+        if proc.touches_monitor:
             reasons += _MONITOR_ERRORS
     reasons += _EXTRA_ERRORS.get(proc.name, ())
     return list(dict.fromkeys(reasons))
