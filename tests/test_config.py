@@ -33,9 +33,7 @@ from trioctl._config import (
     AuthConfig,
     ConfigError,
     DaemonConfig,
-    DriverSettings,
     LogConfig,
-    PoolsConfig,
     ServerConfig,
     TlsConfig,
     default_run_dir,
@@ -44,7 +42,7 @@ from trioctl._config import (
     parse_listen,
 )
 from trioctl._driver import DriverConfig
-from trioctl._pools import check_limits
+from trioctl._pools import PoolLimits, check_limits
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
@@ -209,15 +207,14 @@ def test_explicit_state_dir_owns_run_dir_and_tokens(
     assert config.auth.tokens_file == tmp_path / "s" / "tokens.json"
 
 
-def test_driver_settings_mirror_driver_config(tmp_path: Path) -> None:
-    settings = {f.name: f for f in attrs.fields(DriverSettings)}
-    for field in attrs.fields(DriverConfig):
-        if field.name == "private_dirs":  # the tokens file's directory, from [auth]
-            continue
-        assert field.name in settings
-        if field.name not in ("state_dir", "run_dir"):
-            assert settings[field.name].default == field.default, field.name
-    assert set(settings) - {f.name for f in attrs.fields(DriverConfig)} <= {"backend"}
+def test_driver_table_is_driver_config(tmp_path: Path) -> None:
+    # Every field of the driver's own settings is a [driver] key, but private_dirs
+    # (the tokens file's directory, from [auth]).
+    keys = {k.partition(".")[2] for k in KEYS if k.startswith("driver.")}
+    assert keys == {f.name for f in attrs.fields(DriverConfig)} - {"private_dirs"}
+    assert {k.partition(".")[2] for k in KEYS if k.startswith("pools.")} == {
+        f.name for f in attrs.fields(PoolLimits)
+    }
 
     config = load_config(
         None,
@@ -240,7 +237,7 @@ def test_driver_settings_mirror_driver_config(tmp_path: Path) -> None:
 
 def test_pool_limits_pass_the_pools_own_check() -> None:
     config = load_config(None, overrides={"pools.min_workers": 0, "pools.max_workers": 1})
-    limits = config.pools.limits()
+    limits = config.pools
     check_limits(limits)
     assert (limits.min_workers, limits.max_workers, limits.prio_workers) == (0, 1, 5)
 
@@ -765,7 +762,7 @@ def test_legacy_mode_changes_five_defaults(write: Writer) -> None:
     driver = config.driver_config()
     assert (driver.max_queued, driver.monitor_timeout, driver.reconnect) == (0, None, "serial")
     assert driver.query_lane is False
-    assert config.pools.limits().prio_workers == 0
+    assert config.pools.prio_workers == 0
 
 
 def test_explicit_keys_win_over_legacy_defaults(write: Writer) -> None:
@@ -1118,7 +1115,7 @@ def test_parse_listen_raises_only_value_error(text: str) -> None:
 
 
 def test_sections_are_frozen_and_default_constructible() -> None:
-    for cls in (ServerConfig, PoolsConfig, TlsConfig, LogConfig):
+    for cls in (ServerConfig, PoolLimits, TlsConfig, LogConfig):
         section = cls()
         name = attrs.fields(cls)[0].name
         with pytest.raises(attrs.exceptions.FrozenInstanceError):
