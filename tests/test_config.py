@@ -38,6 +38,7 @@ from trioctl._config import (
     TlsConfig,
     default_run_dir,
     default_state_dir,
+    dump_toml,
     load_config,
     parse_listen,
 )
@@ -575,6 +576,8 @@ def test_config_error_is_a_startup_error() -> None:
         ("server = 5\n", "server", "expected a table [server], got 5"),
         ("pools = []\n", "pools", "expected a table [pools], got an array"),
         ("[[log]]\nlevel = 1\n", "log", "expected a table [log], got an array"),
+        # A field of the runtime class that is not a key of the file.
+        ("[driver]\nprivate_dirs = []\n", "driver.private_dirs", "unknown key"),
     ],
 )
 def test_unknown_and_misshapen(write: Writer, text: str, key: str, reason: str) -> None:
@@ -865,6 +868,21 @@ def test_to_toml_writes_every_key_with_comments(state: Path) -> None:
     for index, line in enumerate(lines):
         if " = " in line and not line.startswith("#"):
             assert lines[index - 1].startswith("# "), line
+
+
+def test_dump_toml_of_dotted_keys_loads_back(write: Writer, state: Path) -> None:
+    # The one writer, as the benchmarks use it: no comments, only some keys.
+    settings = {
+        "mode": "legacy",
+        "driver.state_dir": str(state),
+        "driver.reconnect_timeout": 1e6,
+        "driver.storage_dirs": [str(state.parent / 'img "1"\n')],
+        "pools.prio_workers": 5,
+        "server.allowed_origins": ["https://a.example"],
+    }
+    config = load_config(write(dump_toml(settings)))
+    assert config == load_config(None, overrides=settings)
+    assert config.driver.storage_dirs == (state.parent / 'img "1"\n',)
 
 
 def test_round_trip_of_defaults_and_legacy(write: Writer, state: Path) -> None:

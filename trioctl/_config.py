@@ -453,17 +453,6 @@ class LogConfig:
         return _LOG_LEVELS[self.level]
 
 
-_MODE: Final = Setting(
-    _choice("default", "legacy"),
-    '"default", or "legacy" to reproduce pre-patch libvirt for benchmarks: the defaults '
-    "of pools.prio_workers (0), driver.max_queued (0, unbounded), driver.query_lane "
-    "(false), driver.monitor_timeout (false, forever) and driver.reconnect "
-    '("serial") change, and the dispatcher takes a '
-    "worker before waiting for a domain's job. Keys given explicitly still win over the "
-    "legacy defaults.",
-    textual=True,
-)
-
 LEGACY_DEFAULTS: Final[Mapping[str, object]] = {
     "pools.prio_workers": 0,
     "driver.max_queued": 0,
@@ -476,14 +465,27 @@ LEGACY_DEFAULTS: Final[Mapping[str, object]] = {
 
 @attrs.frozen(kw_only=True)
 class DaemonConfig:
-    """The whole configuration. Build it with :func:`load_config`: ``driver``
-    then has its ``run_dir`` and, as ``private_dirs``, the tokens file's directory."""
+    """The whole configuration, its tables in file order. Build it with
+    :func:`load_config`: ``driver`` then has its ``run_dir`` and, as
+    ``private_dirs``, the tokens file's directory."""
 
-    mode: Literal["default", "legacy"] = "default"
-    driver: DriverConfig
-    auth: AuthConfig
+    mode: Literal["default", "legacy"] = attrs.field(
+        default="default",
+        metadata=_meta(
+            _choice("default", "legacy"),
+            '"default", or "legacy" to reproduce pre-patch libvirt for benchmarks: the '
+            "defaults of pools.prio_workers (0), driver.max_queued (0, unbounded), "
+            "driver.query_lane (false), driver.monitor_timeout (false, forever) and "
+            'driver.reconnect ("serial") change, and the dispatcher takes a worker before '
+            "waiting for a domain's job. Keys given explicitly still win over the legacy "
+            "defaults.",
+            textual=True,
+        ),
+    )
     server: ServerConfig = attrs.Factory(ServerConfig)
     pools: PoolLimits = attrs.Factory(PoolLimits)
+    driver: DriverConfig
+    auth: AuthConfig
     tls: TlsConfig = attrs.Factory(TlsConfig)
     log: LogConfig = attrs.Factory(LogConfig)
 
@@ -517,24 +519,19 @@ class DaemonConfig:
 
 
 _TABLES: Final[Mapping[str, type[Any]]] = {
-    "server": ServerConfig,
-    "pools": PoolLimits,
-    "driver": DriverConfig,
-    "auth": AuthConfig,
-    "tls": TlsConfig,
-    "log": LogConfig,
+    f.name: f.type
+    for f in attrs.fields(attrs.resolve_types(DaemonConfig))
+    if isinstance(f.type, type) and attrs.has(f.type)
 }
-
+_CLASSES: Final[Mapping[str, type[Any]]] = {**_TABLES, "": DaemonConfig}
+"""Each table's class, and DaemonConfig for the top level (last: its
+structure function is made from the tables')."""
 _SETTINGS: Final[Mapping[str, Setting]] = {
-    "mode": _MODE,
-    **{
-        f"{table}.{field.name}": spec
-        for table, cls in _TABLES.items()
-        for field in attrs.fields(cls)
-        if (spec := setting_of(field)) is not None
-    },
+    f"{table}.{field.name}".lstrip("."): spec
+    for table, cls in [("", DaemonConfig), *_TABLES.items()]
+    for field in attrs.fields(cls)
+    if (spec := setting_of(field)) is not None
 }
-
 KEYS: Final[tuple[str, ...]] = tuple(_SETTINGS)
 """Every dotted key, in file order (``mode`` first)."""
 
@@ -614,10 +611,13 @@ def _literal(text: str) -> object:
     return parsed["v"] if len(parsed) == 1 else text
 
 
+def _given_at(key: str) -> _Given:
+    return _given.get().get(key, _Given(DEFAULTS, None, override=False))
+
+
 def _parse(dotted: str, raw: object) -> Any:
     """``raw`` checked as the value of ``dotted``."""
-    spec = _SETTINGS[dotted]
-    item = _given.get().get(dotted, _Given(DEFAULTS, None, override=False))
+    spec, item = _SETTINGS[dotted], _given_at(dotted)
     if item.override and isinstance(raw, str) and not spec.textual:
         raw = _literal(raw)
     try:
@@ -627,55 +627,38 @@ def _parse(dotted: str, raw: object) -> Any:
 
 
 def _make_converter() -> cattrs.Converter:
-    """One converter for the whole file: each key through its check, unknown
-    keys refused (extra keys raise ForbiddenExtraKeysError, named by
-    :func:`load_config`)."""
+    """One converter for the whole file: each key through its check; an
+    unknown key, or a field of a table that is not a key, raises
+    ForbiddenExtraKeysError (named by :func:`_unknown`)."""
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=False)
 
-    def key_hook(dotted: str) -> Callable[[object, Any], Any]:
-        return lambda raw, _type: _parse(dotted, raw)
+    def key(dotted: str) -> Any:
+        return override(struct_hook=lambda raw, _type: _parse(dotted, raw))
 
-    def refuse(table: str, name: str) -> Callable[[object, Any], NoReturn]:
-        def hook(raw: object, _type: Any) -> NoReturn:  # a field that is not a key
-            known = [k.partition(".")[2] for k in KEYS if k.startswith(f"{table}.")]
-            source = _given.get().get(table, _Given(DEFAULTS, None, override=False)).source
-            raise ConfigError(source, f"{table}.{name}", "unknown key" + _suggest(name, known))
+    def refuse(cls: type[Any], name: str) -> Any:
+        def hook(raw: object, _type: Any) -> NoReturn:
+            raise cattrs.ForbiddenExtraKeysError("", cls, {name})
 
-        return hook
+        return override(struct_hook=hook)
 
-    def table_hook(table: str, cls: type[Any]) -> Callable[[object, Any], Any]:
-        fields = attrs.fields(cls)
-        hooks: dict[str, Any] = {
-            f.name: override(
-                struct_hook=key_hook(f"{table}.{f.name}")
-                if setting_of(f)
-                else refuse(table, f.name)
-            )
-            for f in fields
+    def structure_fn(table: str, cls: type[Any]) -> Callable[[object, Any], Any]:
+        hooks = {
+            f.name: key(f"{table}.{f.name}".lstrip(".")) if setting_of(f) else refuse(cls, f.name)
+            for f in attrs.fields(cls)
+            if setting_of(f) or table  # the tables of DaemonConfig: their own hooks
         }
         build = make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **hooks)
 
         def hook(raw: object, _type: Any) -> Any:
             if not isinstance(raw, Mapping):
-                item = _given.get().get(table, _Given(DEFAULTS, None, override=False))
-                raise ConfigError(
-                    item.source, table, f"expected a table [{table}], got {_show(raw)}"
-                )
+                reason = f"expected a table [{table}], got {_show(raw)}"
+                raise ConfigError(_given_at(table).source, table, reason)
             return build(raw, cls)
 
         return hook
 
-    for table, cls in _TABLES.items():
-        conv.register_structure_hook(cls, table_hook(table, cls))
-    conv.register_structure_hook(
-        DaemonConfig,
-        make_dict_structure_fn(
-            DaemonConfig,
-            conv,
-            _cattrs_forbid_extra_keys=True,
-            mode=override(struct_hook=key_hook("mode")),
-        ),
-    )
+    for table, cls in _CLASSES.items():
+        conv.register_structure_hook(cls, structure_fn(table, cls))
     return conv
 
 
@@ -697,23 +680,21 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(source, None, f"invalid TOML: {exc}") from None
 
 
-def _unknown(exc: cattrs.ForbiddenExtraKeysError, raw: Mapping[str, Any], source: str) -> NoReturn:
+def _unknown(exc: cattrs.ForbiddenExtraKeysError, raw: Mapping[str, Any]) -> NoReturn:
     """The first extra key of ``exc`` (in file order) as a ConfigError."""
     table = next((t for t, cls in _TABLES.items() if cls is exc.cl), "")
     within = raw.get(table, {}) if table else raw
     name = next(k for k in within if k in exc.extra_fields)
-    value = within.get(name)
-    kind = "table" if isinstance(value, dict) else "key"
+    dotted = f"{table}.{name}".lstrip(".")
     if table:
         known = [k.partition(".")[2] for k in KEYS if k.startswith(f"{table}.")]
-        raise ConfigError(source, f"{table}.{name}", f"unknown {kind}" + _suggest(name, known))
-    if isinstance(value, dict):
-        raise ConfigError(
-            source, name, "unknown table" + _suggest(f"[{name}]", [f"[{t}]" for t in _TABLES])
-        )
-    raise ConfigError(
-        source, name, "unknown key" + _suggest(name, ["mode", *(f"[{t}]" for t in _TABLES)])
-    )
+        hint = _suggest(name, known)
+    elif isinstance(within[name], dict):
+        hint = _suggest(f"[{name}]", [f"[{t}]" for t in _TABLES])
+    else:
+        hint = _suggest(name, ["mode", *(f"[{t}]" for t in _TABLES)])
+    kind = "table" if isinstance(within[name], dict) else "key"
+    raise ConfigError(_given_at(dotted).source, dotted, f"unknown {kind}{hint}")
 
 
 def load_config(path: Path | None, *, overrides: Mapping[str, Any] | None = None) -> DaemonConfig:
@@ -766,7 +747,7 @@ def load_config(path: Path | None, *, overrides: Mapping[str, Any] | None = None
     try:
         return _build(raw, given, fallback)
     except cattrs.ForbiddenExtraKeysError as exc:
-        _unknown(exc, raw, fallback)
+        _unknown(exc, raw)
     finally:
         _given.reset(token)
 
