@@ -780,7 +780,7 @@ def _build(raw: dict[str, Any], given: Mapping[str, _Given], fallback: str) -> D
         state = default_state_dir()
         _put(raw, "driver.state_dir", state)
         _put(raw, "driver.run_dir", default_run_dir(state))
-    _put(raw, "driver.run_dir", state / "run")  # when neither was given
+    _put(raw, "driver.run_dir", state / "run")  # state_dir given, run_dir not
     _put(raw, "auth.tokens_file", state / "tokens.json")
     config: DaemonConfig = _converter.structure(raw, DaemonConfig)
     assert config.driver.run_dir is not None
