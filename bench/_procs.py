@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import shutil
 import signal
@@ -30,6 +29,7 @@ from typing import Any, Final
 import attrs
 import trio
 
+from trioctl._config import dump_toml
 from trioctl._models import DomainDefinition, unstructure
 from trioctl._store import RuntimeRecord
 
@@ -92,33 +92,7 @@ MODES: Final[dict[str, Mode]] = {
 
 def write_toml(path: Path, settings: Mapping[str, object]) -> None:
     """Write dotted keys (``"driver.max_queued": 0``) as a TOML file."""
-    top: dict[str, object] = {}
-    tables: dict[str, dict[str, object]] = {}
-    for key, value in settings.items():
-        table, dot, name = key.partition(".")
-        if dot:
-            tables.setdefault(table, {})[name] = value
-        else:
-            top[key] = value
-    lines = [f"{k} = {_toml_value(v)}" for k, v in top.items()]
-    for table, values in tables.items():
-        lines += ["", f"[{table}]"]
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def _toml_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"TOML has no {value}")
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    raise TypeError(f"cannot write {value!r} as TOML")
+    path.write_text(dump_toml(settings))
 
 
 def free_port() -> int:

@@ -52,7 +52,7 @@ async def memory_server(
     listener = MemoryListener()
     async with (
         open_driver(config.driver_config()) as driver,
-        open_worker_pools(config.pools.limits()) as pools,
+        open_worker_pools(config.pools) as pools,
         trio.open_nursery() as nursery,
     ):
         server = Server(config.server, driver, Dispatcher(pools, driver.jobs), tokens=None)

@@ -1,39 +1,37 @@
 """The daemon's configuration: one TOML file, every key with a default.
 
 The file has a top-level ``mode`` key and six tables, each read into a frozen
-attrs class::
+attrs class; the runtime classes are the tables themselves::
 
     mode = "default"          DaemonConfig.mode ("default" or "legacy")
     [server]                  ServerConfig    the WebSocket endpoint and its limits
-    [pools]                   PoolsConfig     worker pools (libvirtd.conf)
-    [driver]                  DriverSettings  domains, jobs, monitors (qemu.conf)
+    [pools]                   PoolLimits      worker pools (libvirtd.conf)
+    [driver]                  DriverConfig    domains, jobs, monitors (qemu.conf)
     [auth]                    AuthConfig      tokens
     [tls]                     TlsConfig       certificate and key
     [log]                     LogConfig       level and format
 
-:func:`load_config` is the only validating entry point: it refuses an unknown
-table or key, a value of the wrong type (an integer is not a boolean, a
-boolean is not an integer, a number is not a string) and a bad value, with a
-:class:`ConfigError` naming the file, the dotted key and the reason. The
-classes themselves do not validate again; build them through
-:func:`load_config` (``load_config(None, overrides={...})`` gives the defaults
-plus a few settings, as the command line does).
+Each key is a field carrying its check and help (:mod:`trioctl._settings`).
+:func:`load_config` is the only validating entry point: one cattrs converter
+builds the classes, refusing an unknown table or key ("did you mean"), a value
+of the wrong type (an integer is not a boolean, a boolean is not an integer, a
+number is not a string) and a bad value, with a :class:`ConfigError` naming the
+file, the dotted key and the reason. ``load_config(None, overrides={...})``
+gives the defaults plus a few settings, as the command line does.
+:meth:`DaemonConfig.to_toml` writes a file back through :func:`dump_toml`, the
+one TOML writer (the benchmarks use it too).
 
 Where libvirt has the setting, the name and the default are libvirt's.
 
 ``mode = "legacy"`` reproduces pre-patch libvirt for the benchmarks: it changes
-the *defaults* of five keys (``pools.prio_workers = 0``,
-``driver.max_queued = 0``, ``driver.query_lane = false``,
-``driver.monitor_timeout = false``, ``driver.reconnect = "serial"``) and
-makes the dispatcher take a worker before waiting for a domain's job
-(:attr:`DaemonConfig.legacy`). A key given explicitly, in the file or on the
-command line, still wins over the legacy default.
+the *defaults* of the keys in :data:`LEGACY_DEFAULTS` and makes the dispatcher
+take a worker before waiting for a domain's job (:attr:`DaemonConfig.legacy`).
+A key given explicitly, in the file or on the command line, still wins.
 
 Paths are expanded (``~``) and made absolute: relative paths in a file are
 relative to the file's directory, relative paths given on the command line to
 the current directory. The default directories follow the XDG base directory
-spec for users and the FHS for root; see :func:`default_state_dir` and
-:func:`default_run_dir`.
+spec for users and the FHS for root (:mod:`trioctl._paths`).
 
 A ``ConfigError`` is a start-up error, not an RPC error: it is not part of the
 :class:`~trioctl.TrioctlError` hierarchy.
@@ -41,11 +39,10 @@ A ``ConfigError`` is a start-up error, not an RPC error: it is not part of the
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import ipaddress
-import json
 import logging
-import math
 import os
 import re
 import ssl
@@ -57,6 +54,8 @@ from pathlib import Path
 from typing import Any, Final, Literal, NoReturn
 
 import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn, override
 
 from ._driver import DriverConfig
 from ._paths import (
@@ -65,6 +64,18 @@ from ._paths import (
     default_tokens_file as default_tokens_file,
 )
 from ._pools import PoolLimits
+from ._settings import (
+    Invalid as _Invalid,
+    Setting,
+    boolean as _boolean,
+    choice as _choice,
+    integer as _integer,
+    path as _path,
+    seconds as _seconds,
+    setting as _meta,
+    setting_of,
+    show as _show,
+)
 
 __all__ = [
     "KEYS",
@@ -72,13 +83,12 @@ __all__ = [
     "AuthConfig",
     "ConfigError",
     "DaemonConfig",
-    "DriverSettings",
     "LogConfig",
-    "PoolsConfig",
     "ServerConfig",
     "TlsConfig",
     "default_run_dir",
     "default_state_dir",
+    "dump_toml",
     "load_config",
     "parse_listen",
 ]
@@ -120,244 +130,6 @@ class ConfigError(Exception):
         if self.key is None:
             return f"{self.file}: {self.reason}"
         return f"{self.file}: {self.key}: {self.reason}"
-
-
-class _Invalid(Exception):
-    """A checker's refusal; :func:`load_config` adds the file and the key."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-# -- values: checking, showing, writing ------------------------------------------------
-
-_Check = Callable[[object, "Path | None"], Any]
-"""``check(raw value, base directory for relative paths) -> value``; raises
-:class:`_Invalid`. A base of ``None`` means the current directory."""
-
-_META: Final = "trioctl.config"
-
-
-@attrs.frozen
-class _Spec:
-    check: _Check
-    help: str
-    textual: bool = False
-    """The value is a string in TOML: a string override is taken as it is,
-    never parsed as a TOML literal."""
-    none: str = '""'
-    """How ``None`` is written in TOML."""
-
-
-def _meta(check: _Check, help: str, *, textual: bool = False, none: str = '""') -> dict[str, Any]:
-    return {_META: _Spec(check, help, textual=textual, none=none)}
-
-
-def _spec_of(field: attrs.Attribute[Any]) -> _Spec:
-    spec = field.metadata[_META]
-    assert isinstance(spec, _Spec)
-    return spec
-
-
-def _show(value: object) -> str:
-    """A value as the error message quotes it (TOML spelling where possible)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, os.PathLike):
-        return json.dumps(os.fsdecode(value), ensure_ascii=False)
-    if isinstance(value, int | float):
-        try:
-            return repr(value)
-        except ValueError:  # an integer beyond Python's 4300-digit string limit
-            return "a huge integer"
-    if isinstance(value, Mapping):
-        return "a table"
-    if isinstance(value, list | tuple):
-        return "an array"
-    if value is None:
-        return "None"
-    return f"{type(value).__name__} {value!s}"
-
-
-def _toml_str(text: str) -> str:
-    """``text`` as a TOML basic string."""
-    out = ['"']
-    for ch in text:
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
-
-
-def _toml_value(value: object, none: str) -> str:
-    if value is None:
-        return none
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value)  # shortest round-trip form; finite values are valid TOML
-    if isinstance(value, str):
-        return _toml_str(value)
-    if isinstance(value, Path):
-        return _toml_str(str(value))
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v, none) for v in value) + "]"
-    if isinstance(value, Mapping):
-        items = (f"{_toml_str(k)} = {_toml_value(v, none)}" for k, v in value.items())
-        return "{" + ", ".join(items) + "}"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
-def _integer(minimum: int) -> _Check:
-    wanted = {0: "a non-negative integer", 1: "a positive integer"}.get(
-        minimum, f"an integer >= {minimum}"
-    )
-
-    def check(value: object, _base: Path | None) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise _Invalid(f"expected {wanted}, got {_show(value)}")
-        return value
-
-    return check
-
-
-def _seconds(*, zero: bool = False, forever: bool = False) -> _Check:
-    """A finite number of seconds, > 0 (``zero``: >= 0); ``forever``: or false."""
-    wanted = "a non-negative number" if zero else "a positive number"
-    if forever:
-        wanted += " or false"
-
-    def check(value: object, _base: Path | None) -> float | None:
-        if forever and (value is False or value is None):
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _Invalid(f"expected {wanted}, got {_show(value)}")
-        try:
-            seconds = float(value)
-        except OverflowError:
-            raise _Invalid(f"expected {wanted}, got {_show(value)}") from None
-        if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero):
-            raise _Invalid(f"expected {wanted}, got {_show(value)}")
-        return seconds
-
-    return check
-
-
-def _boolean(value: object, _base: Path | None) -> bool:
-    if not isinstance(value, bool):
-        raise _Invalid(f"expected true or false, got {_show(value)}")
-    return value
-
-
-def _choice(*options: str) -> _Check:
-    wanted = ", ".join(json.dumps(o) for o in options)
-
-    def check(value: object, _base: Path | None) -> str:
-        if not isinstance(value, str) or value not in options:
-            raise _Invalid(f"expected one of {wanted}, got {_show(value)}")
-        return value
-
-    return check
-
-
-def _path(*, optional: bool = False) -> _Check:
-    """A path string, ``~`` expanded, made absolute; ``optional``: "" is None."""
-
-    def check(value: object, base: Path | None) -> Path | None:
-        if isinstance(value, os.PathLike):
-            value = os.fspath(value)
-        if not isinstance(value, str):
-            raise _Invalid(f"expected a path string, got {_show(value)}")
-        if not value:
-            if optional:
-                return None
-            raise _Invalid("expected a path, got an empty string")
-        if "\0" in value:
-            raise _Invalid(f"a path cannot contain NUL, got {_show(value)}")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise _Invalid(f"the path is not valid UTF-8: {value!r}") from None
-        expanded = os.path.expanduser(value)
-        if expanded.startswith("~"):
-            raise _Invalid(f"cannot expand {_show(value)}: unknown user or no home directory")
-        try:
-            if base is not None:
-                expanded = os.path.join(base, expanded)
-            return Path(os.path.abspath(expanded))
-        except OSError as exc:  # the current directory is gone
-            raise _Invalid(f"cannot make {_show(value)} absolute: {exc.strerror}") from None
-
-    return check
-
-
-_EMULATOR_NAME_RE: Final = re.compile(r"[a-z][a-z0-9_-]{0,31}", re.ASCII)
-_MACHINE_PATTERN_RE: Final = re.compile(r"[a-z0-9*][a-z0-9._*-]{0,63}", re.ASCII)
-
-
-def _emulators(value: object, base: Path | None) -> dict[str, str]:
-    """``[driver.emulators]``: name = absolute path of an executable file."""
-    if not isinstance(value, Mapping):
-        raise _Invalid(f"expected a table of name = path, got {_show(value)}")
-    table: dict[str, str] = {}
-    for name, path in value.items():
-        if not isinstance(name, str) or not _EMULATOR_NAME_RE.fullmatch(name):
-            raise _Invalid(
-                f"emulator name {_show(name)}: expected a lower-case letter, then up to 31 "
-                "lower-case letters, digits, '_' or '-'"
-            )
-        if name == "sim":
-            raise _Invalid('"sim" is the built-in simulator and cannot be replaced')
-        if not isinstance(path, str) or not os.path.isabs(path):
-            raise _Invalid(f"emulator {name}: expected an absolute path, got {_show(path)}")
-        checked = _path()(path, base)
-        assert checked is not None
-        if not (checked.is_file() and os.access(checked, os.X_OK)):
-            raise _Invalid(f"emulator {name}: {_show(path)} is not an executable file")
-        table[name] = str(checked)
-    return dict(sorted(table.items()))
-
-
-def _machines(value: object, _base: Path | None) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _Invalid(f"expected an array of machine type names, got {_show(value)}")
-    for item in value:
-        if not _MACHINE_PATTERN_RE.fullmatch(item):
-            raise _Invalid(
-                f"machine type {_show(item)}: expected lower-case letters, digits, '.', '_', "
-                "'-' and '*' (no ',' or '=')"
-            )
-    return tuple(value)
-
-
-def _storage_dirs(value: object, base: Path | None) -> tuple[Path, ...]:
-    if not isinstance(value, list):
-        raise _Invalid(f"expected an array of directory paths, got {_show(value)}")
-    dirs: list[Path] = []
-    for item in value:
-        checked = _path()(item, base)
-        assert checked is not None
-        if checked == Path("/"):
-            raise _Invalid('"/" would allow every file on the host; name storage directories')
-        dirs.append(checked)
-    return tuple(dirs)
 
 
 _HOSTNAME_RE: Final = re.compile(
@@ -412,16 +184,6 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not _PORT_RE.fullmatch(port_text) or int(port_text) > 65535:
         raise ValueError(f"the port must be 0 to 65535, got {_show(text)}")
     return host, int(port_text)
-
-
-def _account(value: object, _base: Path | None) -> str:
-    """A user name (checked to exist when the daemon starts as root)."""
-    if not isinstance(value, str) or (value and not _ACCOUNT_RE.fullmatch(value)):
-        raise _Invalid(f"expected a user name, got {_show(value)}")
-    return value
-
-
-_ACCOUNT_RE: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\$?", re.ASCII)
 
 
 _ORIGIN_RE: Final = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+", re.ASCII)
@@ -595,246 +357,6 @@ class ServerConfig:
 
 
 @attrs.frozen
-class PoolsConfig:
-    """The ``[pools]`` table: worker pools, libvirtd.conf's names and defaults."""
-
-    min_workers: int = attrs.field(
-        default=5,
-        metadata=_meta(
-            _integer(0), "General workers kept alive (at most max_workers). libvirtd: min_workers."
-        ),
-    )
-    max_workers: int = attrs.field(
-        default=20,
-        metadata=_meta(
-            _integer(1),
-            "General workers at most; they are added on demand. libvirtd: max_workers.",
-        ),
-    )
-    prio_workers: int = attrs.field(
-        default=5,
-        metadata=_meta(
-            _integer(0),
-            "Priority workers, which run only high-priority calls (destroy, queries); 0 "
-            "disables them. libvirtd: prio_workers.",
-        ),
-    )
-    max_pending: int = attrs.field(
-        default=1000,
-        metadata=_meta(
-            _integer(1),
-            "Calls that may wait for a worker, per priority; beyond it SERVER_BUSY. "
-            "libvirt's queue is unbounded; 1000 is its max_queued_clients.",
-        ),
-    )
-
-    def limits(self) -> PoolLimits:
-        """These settings as :class:`~trioctl._pools.PoolLimits`."""
-        return PoolLimits(
-            min_workers=self.min_workers,
-            max_workers=self.max_workers,
-            prio_workers=self.prio_workers,
-            max_pending=self.max_pending,
-        )
-
-
-_DRIVER_DEFAULTS: Final[Mapping[str, Any]] = {f.name: f.default for f in attrs.fields(DriverConfig)}
-"""The driver's own defaults, which the ``[driver]`` table shares."""
-
-
-@attrs.frozen(kw_only=True)
-class DriverSettings:
-    """The ``[driver]`` table: :class:`~trioctl._driver.DriverConfig` field by
-    field, with the same names, defaults (taken from it) and meaning.
-
-    ``state_dir`` and ``run_dir`` have no default here: :func:`load_config`
-    computes them (:func:`default_state_dir`, :func:`default_run_dir`).
-    """
-
-    state_dir: Path = attrs.field(
-        metadata=_meta(
-            _path(),
-            "Domain definitions and daemon state. Default: /var/lib/trioctl for root, "
-            "else $XDG_STATE_HOME/trioctl or ~/.local/state/trioctl.",
-            textual=True,
-        ),
-    )
-    run_dir: Path = attrs.field(
-        metadata=_meta(
-            _path(),
-            "Runtime records and QMP sockets; keep it short (socket paths are limited to "
-            "107 bytes). Default: STATE_DIR/run when state_dir is set; else "
-            "$XDG_RUNTIME_DIR/trioctl, /run/trioctl for root, or STATE_DIR/run. Never "
-            "state_dir itself.",
-            textual=True,
-        ),
-    )
-    max_queued: int = attrs.field(
-        default=_DRIVER_DEFAULTS["max_queued"],
-        metadata=_meta(
-            _integer(0),
-            "Callers that may wait for one domain's job; the next gets JOB_QUEUE_FULL at "
-            "once (destroy is exempt). 0: unbounded. qemu.conf: max_queued (default 0).",
-        ),
-    )
-    max_queued_queries: int = attrs.field(
-        default=_DRIVER_DEFAULTS["max_queued_queries"],
-        metadata=_meta(
-            _integer(0),
-            "Queries (domain.get_stats) that may wait for one domain's job in their own "
-            "queue (with query_lane); the next gets JOB_QUEUE_FULL at once. 0: unbounded.",
-        ),
-    )
-    query_lane: bool = attrs.field(
-        default=_DRIVER_DEFAULTS["query_lane"],
-        metadata=_meta(
-            _boolean,
-            "Queries wait in their own queue, alternating with the other jobs, so read-only "
-            "callers cannot fill the writers' queue, and concurrent domain.get_stats calls "
-            "share one monitor round trip. false: libvirt's one queue, no sharing.",
-        ),
-    )
-    job_wait_timeout: float | None = attrs.field(
-        default=_DRIVER_DEFAULTS["job_wait_timeout"],
-        metadata=_meta(
-            _seconds(forever=True),
-            "Seconds a caller waits for a domain's job before JOB_TIMEOUT; false: forever. "
-            "libvirt: VIR_JOB_WAIT_TIME (30 s, not configurable).",
-            none="false",
-        ),
-    )
-    monitor_timeout: float | None = attrs.field(
-        default=_DRIVER_DEFAULTS["monitor_timeout"],
-        metadata=_meta(
-            _seconds(forever=True),
-            "Deadline of every monitor command, in seconds; on expiry MONITOR_TIMEOUT and "
-            "the monitor is marked unresponsive. false: wait forever, as libvirt.",
-            none="false",
-        ),
-    )
-    monitor_fail_fast: bool = attrs.field(
-        default=_DRIVER_DEFAULTS["monitor_fail_fast"],
-        metadata=_meta(
-            _boolean,
-            "While a monitor is unresponsive, refuse monitor calls at once "
-            "(MONITOR_UNRESPONSIVE) instead of letting each wait out monitor_timeout.",
-        ),
-    )
-    probe_interval: float = attrs.field(
-        default=_DRIVER_DEFAULTS["probe_interval"],
-        metadata=_meta(
-            _seconds(),
-            "Seconds between query-status probes of an unresponsive monitor.",
-        ),
-    )
-    destroy_grace: float = attrs.field(
-        default=_DRIVER_DEFAULTS["destroy_grace"],
-        metadata=_meta(
-            _seconds(zero=True),
-            "Seconds between SIGTERM and SIGKILL on destroy (a stopped process gets "
-            "SIGKILL at once).",
-        ),
-    )
-    shutdown_timeout: float = attrs.field(
-        default=_DRIVER_DEFAULTS["shutdown_timeout"],
-        metadata=_meta(_seconds(), "Seconds shutdown waits for the guest to power off."),
-    )
-    start_timeout: float = attrs.field(
-        default=_DRIVER_DEFAULTS["start_timeout"],
-        metadata=_meta(_seconds(), "Seconds a start may take until the monitor is negotiated."),
-    )
-    reconnect: Literal["parallel", "serial"] = attrs.field(
-        default=_DRIVER_DEFAULTS["reconnect"],
-        metadata=_meta(
-            _choice("parallel", "serial"),
-            'After a restart: "parallel" reconnects each running domain in its own task '
-            'and serves at once; "serial" reconnects one by one before serving, with no '
-            "deadline (pre-patch libvirt).",
-            textual=True,
-        ),
-    )
-    reconnect_timeout: float = attrs.field(
-        default=_DRIVER_DEFAULTS["reconnect_timeout"],
-        metadata=_meta(
-            _seconds(),
-            "Seconds a reconnecting domain holds its job before it is declared "
-            "monitor-unresponsive (attempts continue in the background).",
-        ),
-    )
-    event_buffer: int = attrs.field(
-        default=_DRIVER_DEFAULTS["event_buffer"],
-        metadata=_meta(
-            _integer(1),
-            "Events buffered per subscriber inside the driver; beyond it they are dropped "
-            "and counted.",
-        ),
-    )
-    max_events_per_second: float = attrs.field(
-        default=_DRIVER_DEFAULTS["max_events_per_second"],
-        metadata=_meta(
-            _seconds(zero=True),
-            "QMP events one domain passes on to subscribers per second, with a burst of one "
-            "second's worth; beyond it they are dropped, counted (admin.get_stats "
-            "events_dropped) and reported by a monitor event events_dropped. 0: no bound.",
-        ),
-    )
-    backend: Literal["sim", "qemu"] = attrs.field(
-        default=_DRIVER_DEFAULTS["backend"],
-        metadata=_meta(
-            _choice("sim", "qemu"),
-            'Emulator of definitions that do not name one: "sim" (the built-in '
-            'simulator) or "qemu" (qemu-system-x86_64).',
-            textual=True,
-        ),
-    )
-    emulators: Mapping[str, str] = attrs.field(
-        factory=dict,
-        metadata=_meta(
-            _emulators,
-            "Emulator names definitions may use, to absolute paths of executables "
-            '([driver.emulators] name = "/path"), besides the built-in "qemu" (the host\'s '
-            'qemu-system-x86_64 found on PATH) and "sim"; an entry "qemu" replaces the '
-            "default. Definitions name an emulator, never a path.",
-        ),
-    )
-    machines: tuple[str, ...] = attrs.field(
-        default=_DRIVER_DEFAULTS["machines"],
-        metadata=_meta(
-            _machines,
-            "Machine types definitions may name; '*' matches the rest of a name "
-            "(pc-q35-* allows pc-q35-7.2).",
-        ),
-    )
-    storage_dirs: tuple[Path, ...] = attrs.field(
-        default=_DRIVER_DEFAULTS["storage_dirs"],
-        metadata=_meta(
-            _storage_dirs,
-            "Directories disk images, kernels and initrds must lie in, as written and after "
-            "resolving symlinks. Empty: definitions cannot name files. None may be, contain or "
-            "lie in state_dir, run_dir or the tokens file's directory.",
-        ),
-    )
-    qemu_user: str = attrs.field(
-        default=_DRIVER_DEFAULTS["qemu_user"],
-        metadata=_meta(
-            _account,
-            "When the daemon runs as root, the account QEMU runs as (its primary group, no "
-            'supplementary groups), dropped before exec. "": trioctl-qemu if that account '
-            "exists, else nobody. Ignored when the daemon is not root. qemu.conf: user, group.",
-            textual=True,
-        ),
-    )
-    max_domains: int = attrs.field(
-        default=_DRIVER_DEFAULTS["max_domains"],
-        metadata=_meta(
-            _integer(1),
-            "How many domains may be defined; the next define is refused (OPERATION_INVALID, "
-            "data.limit). Definitions already on disk all load.",
-        ),
-    )
-
-
-@attrs.frozen
 class AuthConfig:
     """The ``[auth]`` table."""
 
@@ -940,17 +462,6 @@ class LogConfig:
         return _LOG_LEVELS[self.level]
 
 
-_MODE: Final = _Spec(
-    _choice("default", "legacy"),
-    '"default", or "legacy" to reproduce pre-patch libvirt for benchmarks: the defaults '
-    "of pools.prio_workers (0), driver.max_queued (0, unbounded), driver.query_lane "
-    "(false), driver.monitor_timeout (false, forever) and driver.reconnect "
-    '("serial") change, and the dispatcher takes a '
-    "worker before waiting for a domain's job. Keys given explicitly still win over the "
-    "legacy defaults.",
-    textual=True,
-)
-
 LEGACY_DEFAULTS: Final[Mapping[str, object]] = {
     "pools.prio_workers": 0,
     "driver.max_queued": 0,
@@ -963,13 +474,27 @@ LEGACY_DEFAULTS: Final[Mapping[str, object]] = {
 
 @attrs.frozen(kw_only=True)
 class DaemonConfig:
-    """The whole configuration. Build it with :func:`load_config`."""
+    """The whole configuration, its tables in file order. Build it with
+    :func:`load_config`: ``driver`` then has its ``run_dir`` and, as
+    ``private_dirs``, the tokens file's directory."""
 
-    mode: Literal["default", "legacy"] = "default"
-    driver: DriverSettings
-    auth: AuthConfig
+    mode: Literal["default", "legacy"] = attrs.field(
+        default="default",
+        metadata=_meta(
+            _choice("default", "legacy"),
+            '"default", or "legacy" to reproduce pre-patch libvirt for benchmarks: the '
+            "defaults of pools.prio_workers (0), driver.max_queued (0, unbounded), "
+            "driver.query_lane (false), driver.monitor_timeout (false, forever) and "
+            'driver.reconnect ("serial") change, and the dispatcher takes a worker before '
+            "waiting for a domain's job. Keys given explicitly still win over the legacy "
+            "defaults.",
+            textual=True,
+        ),
+    )
     server: ServerConfig = attrs.Factory(ServerConfig)
-    pools: PoolsConfig = attrs.Factory(PoolsConfig)
+    pools: PoolLimits = attrs.Factory(PoolLimits)
+    driver: DriverConfig
+    auth: AuthConfig
     tls: TlsConfig = attrs.Factory(TlsConfig)
     log: LogConfig = attrs.Factory(LogConfig)
 
@@ -980,66 +505,86 @@ class DaemonConfig:
         return self.mode == "legacy"
 
     def driver_config(self) -> DriverConfig:
-        """The ``[driver]`` table as the driver's own :class:`DriverConfig`
-        (its ``private_dirs``: the tokens file's directory)."""
-        return DriverConfig(
-            **{
-                f.name: getattr(self.driver, f.name)
-                for f in attrs.fields(DriverConfig)
-                if f.name != "private_dirs"
-            },
-            private_dirs=(self.auth.tokens_file.parent,),
-        )
+        """The ``[driver]`` table, the driver's own settings."""
+        return self.driver
 
     def to_toml(self) -> str:
         """A complete, commented configuration file holding every current value.
 
         ``load_config`` of the result gives back an equal ``DaemonConfig``.
         """
-        lines = [
-            "# trioctl daemon configuration, with every key and its current value.",
-            "# Every key is optional; see docs/configuration.md.",
-            "",
-        ]
-
-        def add(name: str, value: object, spec: _Spec) -> None:
-            lines.extend("# " + line for line in textwrap.wrap(spec.help, 86))
-            lines.append(f"{name} = {_toml_value(value, spec.none)}")
-
-        add("mode", self.mode, _MODE)
-        for table in _TABLES:
-            section = getattr(self, table)
-            lines.extend(["", f"[{table}]"])
-            for index, field in enumerate(attrs.fields(type(section))):
-                if index:
-                    lines.append("")
-                add(field.name, getattr(section, field.name), _spec_of(field))
-        return "\n".join(lines) + "\n"
+        values: dict[str, object] = {}
+        comments: dict[str, str] = {}
+        for dotted, spec in _SETTINGS.items():
+            obj: Any = self
+            for part in dotted.split("."):
+                obj = getattr(obj, part)
+            values[dotted] = (False if spec.none == "false" else "") if obj is None else obj
+            comments[dotted] = spec.help
+        header = "trioctl daemon configuration, with every key and its current value.\n"
+        return dump_toml(
+            values, comments, header + "Every key is optional; see docs/configuration.md."
+        )
 
 
 _TABLES: Final[Mapping[str, type[Any]]] = {
-    "server": ServerConfig,
-    "pools": PoolsConfig,
-    "driver": DriverSettings,
-    "auth": AuthConfig,
-    "tls": TlsConfig,
-    "log": LogConfig,
+    f.name: f.type
+    for f in attrs.fields(attrs.resolve_types(DaemonConfig))
+    if isinstance(f.type, type) and attrs.has(f.type)
 }
-
-
-def _specs() -> dict[str, _Spec]:
-    specs = {"mode": _MODE}
-    for table, cls in _TABLES.items():
-        for field in attrs.fields(cls):
-            specs[f"{table}.{field.name}"] = _spec_of(field)
-    return specs
-
-
-KEYS: Final[tuple[str, ...]] = tuple(_specs())
+_CLASSES: Final[Mapping[str, type[Any]]] = {**_TABLES, "": DaemonConfig}
+"""Each table's class, and DaemonConfig for the top level (last: its
+structure function is made from the tables')."""
+_SETTINGS: Final[Mapping[str, Setting]] = {
+    f"{table}.{field.name}".lstrip("."): spec
+    for table, cls in [("", DaemonConfig), *_TABLES.items()]
+    for field in attrs.fields(cls)
+    if (spec := setting_of(field)) is not None
+}
+KEYS: Final[tuple[str, ...]] = tuple(_SETTINGS)
 """Every dotted key, in file order (``mode`` first)."""
 
 
-# -- default directories: see _paths ---------------------------------------------------
+# -- writing ----------------------------------------------------------------------------
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)  # floats: the shortest round-trip form
+    if isinstance(value, str | Path):
+        text = str(value).replace("\\", "\\\\").replace('"', '\\"')
+        return '"' + re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\u{ord(m[0]):04x}", text) + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(map(_toml_value, value)) + "]"
+    if isinstance(value, Mapping):
+        return (
+            "{" + ", ".join(f"{_toml_value(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        )
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def dump_toml(
+    values: Mapping[str, object], comments: Mapping[str, str] | None = None, header: str = ""
+) -> str:
+    """Dotted keys (``"driver.max_queued": 0``) as a TOML document: top-level
+    keys first, then one table per prefix; a key's comment, wrapped, before it."""
+    comments = comments or {}
+    lines = [f"# {line}" for line in header.splitlines()]
+    tables: dict[str, list[str]] = {"": []}
+    for dotted, value in values.items():
+        table, _, key = dotted.rpartition(".")
+        out = tables.setdefault(table, [])
+        if table and out and dotted in comments:
+            out.append("")
+        out += ["# " + line for line in textwrap.wrap(comments.get(dotted, ""), 86)]
+        out.append(f"{key} = {_toml_value(value)}")
+    for table, out in tables.items():
+        if lines and out:
+            lines.append("")
+        lines += ([f"[{table}]"] if table else []) + out
+    return "\n".join(lines) + "\n"
 
 
 # -- loading ----------------------------------------------------------------------------
@@ -1047,21 +592,86 @@ KEYS: Final[tuple[str, ...]] = tuple(_specs())
 
 @attrs.frozen
 class _Given:
-    """A value given explicitly, and where."""
+    """Where a key's value was given."""
 
-    value: object
     source: str
     base: Path | None
     """Base of relative paths (None: the current directory)."""
     override: bool
 
 
+_given: Final[contextvars.ContextVar[Mapping[str, _Given]]] = contextvars.ContextVar("given")
+"""The sources of the keys of the :func:`load_config` call in progress."""
+
+
 def _suggest(name: str, known: list[str]) -> str:
     """A hint for an unknown name: the closest known one, or all of them."""
     match = difflib.get_close_matches(name, known, n=1)
-    if match:
-        return f"; did you mean {match[0]}?"
-    return f" (known: {', '.join(known)})"
+    return f"; did you mean {match[0]}?" if match else f" (known: {', '.join(known)})"
+
+
+def _literal(text: str) -> object:
+    """A command-line string as a TOML value (``"10"``, ``"false"``, ``"2.5"``);
+    the string itself when it is not one."""
+    try:
+        parsed = tomllib.loads(f"v = {text}")
+    except ValueError:  # TOMLDecodeError, or an integer of over 4300 digits
+        return text
+    return parsed["v"] if len(parsed) == 1 else text
+
+
+def _given_at(key: str) -> _Given:
+    return _given.get().get(key, _Given(DEFAULTS, None, override=False))
+
+
+def _parse(dotted: str, raw: object) -> Any:
+    """``raw`` checked as the value of ``dotted``."""
+    spec, item = _SETTINGS[dotted], _given_at(dotted)
+    if item.override and isinstance(raw, str) and not spec.textual:
+        raw = _literal(raw)
+    try:
+        return spec.check(raw, item.base)
+    except _Invalid as exc:
+        raise ConfigError(item.source, dotted, exc.reason) from None
+
+
+def _make_converter() -> cattrs.Converter:
+    """One converter for the whole file: each key through its check; an
+    unknown key, or a field of a table that is not a key, raises
+    ForbiddenExtraKeysError (named by :func:`_unknown`)."""
+    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=False)
+
+    def key(dotted: str) -> Any:
+        return override(struct_hook=lambda raw, _type: _parse(dotted, raw))
+
+    def refuse(cls: type[Any], name: str) -> Any:
+        def hook(raw: object, _type: Any) -> NoReturn:
+            raise cattrs.ForbiddenExtraKeysError("", cls, {name})
+
+        return override(struct_hook=hook)
+
+    def structure_fn(table: str, cls: type[Any]) -> Callable[[object, Any], Any]:
+        hooks = {
+            f.name: key(f"{table}.{f.name}".lstrip(".")) if setting_of(f) else refuse(cls, f.name)
+            for f in attrs.fields(cls)
+            if setting_of(f) or table  # the tables of DaemonConfig: their own hooks
+        }
+        build = make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **hooks)
+
+        def hook(raw: object, _type: Any) -> Any:
+            if not isinstance(raw, Mapping):
+                reason = f"expected a table [{table}], got {_show(raw)}"
+                raise ConfigError(_given_at(table).source, table, reason)
+            return build(raw, cls)
+
+        return hook
+
+    for table, cls in _CLASSES.items():
+        conv.register_structure_hook(cls, structure_fn(table, cls))
+    return conv
+
+
+_converter: Final = _make_converter()
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -1079,54 +689,21 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(source, None, f"invalid TOML: {exc}") from None
 
 
-def _collect_file(
-    data: Mapping[str, Any], source: str, base: Path, given: dict[str, _Given]
-) -> None:
-    for name, value in data.items():
-        if name == "mode":
-            given[name] = _Given(value, source, base, override=False)
-            continue
-        cls = _TABLES.get(name)
-        if cls is None:
-            if isinstance(value, dict):
-                reason = "unknown table" + _suggest(f"[{name}]", [f"[{t}]" for t in _TABLES])
-            else:
-                reason = "unknown key" + _suggest(name, ["mode", *(f"[{t}]" for t in _TABLES)])
-            raise ConfigError(source, name, reason)
-        if not isinstance(value, dict):
-            raise ConfigError(source, name, f"expected a table [{name}], got {_show(value)}")
-        names = [f.name for f in attrs.fields(cls)]
-        for key, item in value.items():
-            dotted = f"{name}.{key}"
-            if key not in names:
-                kind = "table" if isinstance(item, dict) else "key"
-                raise ConfigError(source, dotted, f"unknown {kind}" + _suggest(key, names))
-            given[dotted] = _Given(item, source, base, override=False)
-
-
-def _collect_overrides(overrides: Mapping[str, Any], given: dict[str, _Given]) -> None:
-    specs = _specs()
-    for dotted, value in overrides.items():
-        if not isinstance(dotted, str):
-            raise ConfigError(COMMAND_LINE, repr(dotted), "expected a dotted key (table.key)")
-        if dotted not in specs:
-            if dotted in _TABLES:
-                first = attrs.fields(_TABLES[dotted])[0].name
-                reason = f"a table, not a key: give {dotted}.KEY, such as {dotted}.{first}"
-            else:
-                reason = "unknown key" + _suggest(dotted, list(specs))
-            raise ConfigError(COMMAND_LINE, dotted, reason)
-        given[dotted] = _Given(value, COMMAND_LINE, None, override=True)
-
-
-def _literal(text: str) -> object:
-    """A command-line string as a TOML value (``"10"``, ``"false"``, ``"2.5"``);
-    the string itself when it is not one."""
-    try:
-        parsed = tomllib.loads(f"v = {text}")
-    except ValueError:  # TOMLDecodeError, or an integer of over 4300 digits
-        return text
-    return parsed["v"] if len(parsed) == 1 else text
+def _unknown(exc: cattrs.ForbiddenExtraKeysError, raw: Mapping[str, Any]) -> NoReturn:
+    """The first extra key of ``exc`` (in file order) as a ConfigError."""
+    table = next((t for t, cls in _TABLES.items() if cls is exc.cl), "")
+    within = raw.get(table, {}) if table else raw
+    name = next(k for k in within if k in exc.extra_fields)
+    dotted = f"{table}.{name}".lstrip(".")
+    if table:
+        known = [k.partition(".")[2] for k in KEYS if k.startswith(f"{table}.")]
+        hint = _suggest(name, known)
+    elif isinstance(within[name], dict):
+        hint = _suggest(f"[{name}]", [f"[{t}]" for t in _TABLES])
+    else:
+        hint = _suggest(name, ["mode", *(f"[{t}]" for t in _TABLES)])
+    kind = "table" if isinstance(within[name], dict) else "key"
+    raise ConfigError(_given_at(dotted).source, dotted, f"unknown {kind}{hint}")
 
 
 def load_config(path: Path | None, *, overrides: Mapping[str, Any] | None = None) -> DaemonConfig:
@@ -1145,19 +722,103 @@ def load_config(path: Path | None, *, overrides: Mapping[str, Any] | None = None
             or value is refused. Nothing else: a bad configuration never
             raises another exception.
     """
+    raw: dict[str, Any] = {}
     given: dict[str, _Given] = {}
     fallback = DEFAULTS
     if path is not None:
         fallback = str(path)
-        data = _read_file(path)
+        raw = _read_file(path)
         try:
             base = Path(os.path.abspath(path)).parent
         except OSError as exc:
             raise ConfigError(str(path), None, f"cannot locate: {exc.strerror}") from None
-        _collect_file(data, str(path), base, given)
-    if overrides:
-        _collect_overrides(overrides, given)
-    return _build(given, fallback)
+        for name, value in raw.items():
+            given[name] = _Given(fallback, base, override=False)
+            for key in value if isinstance(value, dict) else ():
+                given[f"{name}.{key}"] = _Given(fallback, base, override=False)
+    for dotted, value in (overrides or {}).items():
+        if not isinstance(dotted, str):
+            raise ConfigError(COMMAND_LINE, repr(dotted), "expected a dotted key (table.key)")
+        if dotted not in _SETTINGS:
+            if dotted in _TABLES:
+                first = next(k for k in KEYS if k.startswith(f"{dotted}."))
+                reason = f"a table, not a key: give {dotted}.KEY, such as {first}"
+            else:
+                reason = "unknown key" + _suggest(dotted, list(KEYS))
+            raise ConfigError(COMMAND_LINE, dotted, reason)
+        given[dotted] = _Given(COMMAND_LINE, None, override=True)
+        table, _, key = dotted.rpartition(".")
+        if not table:
+            raw[key] = value
+        elif isinstance(raw.setdefault(table, {}), dict):
+            raw[table] = {**raw[table], key: value}
+    token = _given.set(given)
+    try:
+        return _build(raw, given, fallback)
+    except cattrs.ForbiddenExtraKeysError as exc:
+        _unknown(exc, raw)
+    finally:
+        _given.reset(token)
+
+
+def _put(raw: dict[str, Any], dotted: str, value: object) -> None:
+    """A default into ``raw``, if its table is a table."""
+    table, _, key = dotted.partition(".")
+    if isinstance(within := raw.setdefault(table, {}), dict):
+        raw[table] = {key: value, **within}
+
+
+def _build(raw: dict[str, Any], given: Mapping[str, _Given], fallback: str) -> DaemonConfig:
+    def fail(reason: str, *keys: str) -> NoReturn:
+        """Blame the first of ``keys`` given on the command line, else in the file."""
+        for want_override in (True, False):
+            for key in keys:
+                if key in given and given[key].override == want_override:
+                    raise ConfigError(given[key].source, key, reason)
+        raise ConfigError(fallback, keys[0], reason)
+
+    raw = dict(raw)
+    if _parse("mode", raw.get("mode", "default")) == "legacy":
+        for dotted, value in LEGACY_DEFAULTS.items():
+            if dotted not in given:
+                _put(raw, dotted, value)
+    driver = raw.get("driver")
+    if "driver.state_dir" in given and isinstance(driver, dict):
+        state = _parse("driver.state_dir", driver["state_dir"])
+    else:
+        state = default_state_dir()
+        _put(raw, "driver.state_dir", state)
+        _put(raw, "driver.run_dir", default_run_dir(state))
+    _put(raw, "driver.run_dir", state / "run")  # state_dir given, run_dir not
+    _put(raw, "auth.tokens_file", state / "tokens.json")
+    config: DaemonConfig = _converter.structure(raw, DaemonConfig)
+    assert config.driver.run_dir is not None
+
+    for dotted, file, want_dir in (
+        ("driver.state_dir", config.driver.state_dir, True),
+        ("driver.run_dir", config.driver.run_dir, True),
+        ("auth.tokens_file", config.auth.tokens_file, False),
+    ):
+        try:
+            mode_bits = os.stat(file).st_mode
+        except OSError:
+            continue  # missing (created later) or not reachable (reported when used)
+        if want_dir and not stat.S_ISDIR(mode_bits):
+            fail(f"{_show(file)} exists and is not a directory", dotted)
+        if not want_dir and stat.S_ISDIR(mode_bits):
+            fail(f"{_show(file)} is a directory", dotted)
+    _check_own_dirs(config.driver, config.auth.tokens_file, fail)
+    pools = config.pools
+    if pools.min_workers > pools.max_workers:
+        fail(
+            f"min_workers ({pools.min_workers}) cannot be larger than max_workers "
+            f"({pools.max_workers})",
+            "pools.min_workers",
+            "pools.max_workers",
+        )
+    _check_tls(config.tls, fail)
+    tokens_dir = config.auth.tokens_file.parent
+    return attrs.evolve(config, driver=attrs.evolve(config.driver, private_dirs=(tokens_dir,)))
 
 
 def _real(path: Path) -> Path:
@@ -1167,15 +828,13 @@ def _real(path: Path) -> Path:
         return path
 
 
-def _check_own_dirs(
-    driver: Mapping[str, Any], tokens_file: Path, fail: Callable[..., NoReturn]
-) -> None:
+def _check_own_dirs(driver: DriverConfig, tokens_file: Path, fail: Callable[..., NoReturn]) -> None:
     """Keep the daemon's own files apart (paths compared after resolving
     symlinks): runtime records never share a directory with definitions or
     the tokens file, and no storage directory holds, or lies in, the state
     directory, the run directory or the tokens file's directory (a disk image
     there could be the tokens file)."""
-    state, run = _real(driver["state_dir"]), _real(driver["run_dir"])
+    state, run = _real(driver.state_dir), _real(driver.runtime_dir)
     domains, tokens_dir = state / "domains", _real(tokens_file.parent)
     if run in (state, domains):
         fail(
@@ -1193,7 +852,7 @@ def _check_own_dirs(
             "driver.run_dir",
         )
     own = (("state", state), ("run", run), ("tokens file's", tokens_dir))
-    for storage in driver.get("storage_dirs", ()):
+    for storage in driver.storage_dirs:
         real = _real(storage)
         for what, directory in own:
             if real == directory or directory.is_relative_to(real):
@@ -1209,96 +868,22 @@ def _check_own_dirs(
             )
 
 
-def _build(given: Mapping[str, _Given], fallback: str) -> DaemonConfig:
-    def parse(dotted: str, spec: _Spec) -> Any:
-        item = given[dotted]
-        raw = item.value
-        if item.override and isinstance(raw, str) and not spec.textual:
-            raw = _literal(raw)
-        try:
-            return spec.check(raw, item.base)
-        except _Invalid as exc:
-            raise ConfigError(item.source, dotted, exc.reason) from None
-
-    def fail(reason: str, *keys: str) -> NoReturn:
-        """Blame the first of ``keys`` given on the command line, else in the file."""
-        for want_override in (True, False):
-            for key in keys:
-                if key in given and given[key].override == want_override:
-                    raise ConfigError(given[key].source, key, reason)
-        raise ConfigError(fallback, keys[0], reason)
-
-    mode: Literal["default", "legacy"] = parse("mode", _MODE) if "mode" in given else "default"
-    defaults = LEGACY_DEFAULTS if mode == "legacy" else {}
-    tables: dict[str, dict[str, Any]] = {}
-    for table, cls in _TABLES.items():
-        values: dict[str, Any] = {}
-        for field in attrs.fields(cls):
-            dotted = f"{table}.{field.name}"
-            if dotted in given:
-                values[field.name] = parse(dotted, _spec_of(field))
-            elif dotted in defaults:
-                values[field.name] = defaults[dotted]
-        tables[table] = values
-
-    driver, auth, pools, tls = tables["driver"], tables["auth"], tables["pools"], tables["tls"]
-    if "state_dir" not in driver:
-        driver["state_dir"] = default_state_dir()
-        driver.setdefault("run_dir", default_run_dir(driver["state_dir"]))
-    else:
-        driver.setdefault("run_dir", driver["state_dir"] / "run")
-    auth.setdefault("tokens_file", driver["state_dir"] / "tokens.json")
-
-    for dotted, path, want_dir in (
-        ("driver.state_dir", driver["state_dir"], True),
-        ("driver.run_dir", driver["run_dir"], True),
-        ("auth.tokens_file", auth["tokens_file"], False),
-    ):
-        try:
-            mode_bits = os.stat(path).st_mode
-        except OSError:
-            continue  # missing (created later) or not reachable (reported when used)
-        if want_dir and not stat.S_ISDIR(mode_bits):
-            fail(f"{_show(path)} exists and is not a directory", dotted)
-        if not want_dir and stat.S_ISDIR(mode_bits):
-            fail(f"{_show(path)} is a directory", dotted)
-
-    _check_own_dirs(driver, auth["tokens_file"], fail)
-
-    min_workers: int = pools.get("min_workers", PoolsConfig().min_workers)
-    max_workers: int = pools.get("max_workers", PoolsConfig().max_workers)
-    if min_workers > max_workers:
-        fail(
-            f"min_workers ({min_workers}) cannot be larger than max_workers ({max_workers})",
-            "pools.min_workers",
-            "pools.max_workers",
-        )
-
-    cert: Path | None = tls.get("cert")
-    key: Path | None = tls.get("key")
-    if (cert is None) != (key is None):
-        present, missing = ("cert", "key") if key is None else ("key", "cert")
+def _check_tls(tls: TlsConfig, fail: Callable[..., NoReturn]) -> None:
+    """Both files or neither, readable, and a usable pair."""
+    if (tls.cert is None) != (tls.key is None):
+        present, missing = ("cert", "key") if tls.key is None else ("key", "cert")
         fail(f"tls.{missing} is missing: give both cert and key, or neither", f"tls.{present}")
-    if cert is not None and key is not None:
-        for name, file in (("cert", cert), ("key", key)):
-            try:
-                with open(file, "rb"):
-                    pass
-            except OSError as exc:
-                fail(f"cannot read {_show(file)}: {exc.strerror or exc}", f"tls.{name}")
+    if tls.cert is None or tls.key is None:
+        return
+    for name, file in (("cert", tls.cert), ("key", tls.key)):
         try:
-            _server_context(cert, key)
-        except _Invalid as exc:
-            fail(exc.reason, "tls.key")
-        except (ssl.SSLError, OSError, ValueError) as exc:
-            fail(f"cannot load the certificate and key: {exc}", "tls.cert", "tls.key")
-
-    return DaemonConfig(
-        mode=mode,
-        server=ServerConfig(**tables["server"]),
-        pools=PoolsConfig(**pools),
-        driver=DriverSettings(**driver),
-        auth=AuthConfig(**auth),
-        tls=TlsConfig(**tls),
-        log=LogConfig(**tables["log"]),
-    )
+            with open(file, "rb"):
+                pass
+        except OSError as exc:
+            fail(f"cannot read {_show(file)}: {exc.strerror or exc}", f"tls.{name}")
+    try:
+        _server_context(tls.cert, tls.key)
+    except _Invalid as exc:
+        fail(exc.reason, "tls.key")
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        fail(f"cannot load the certificate and key: {exc}", "tls.cert", "tls.key")

@@ -175,7 +175,7 @@ async def open_daemon(config: DaemonConfig) -> AsyncIterator[DaemonHandle]:
         mode = DispatchMode.LEGACY if config.mode == "legacy" else DispatchMode.DEFAULT
         async with (
             open_driver(driver_config) as driver,
-            open_worker_pools(config.pools.limits()) as pools,
+            open_worker_pools(config.pools) as pools,
         ):
             dispatcher = Dispatcher(pools, driver.jobs, mode=mode)
             async with serve(

@@ -46,6 +46,7 @@ from typing import Any, Literal, TypeVar
 import attrs
 import trio
 
+from . import _settings as checks
 from ._errors import (
     ConnectionLost,
     DomainDestroyed,
@@ -109,6 +110,7 @@ from ._policy import (
 )
 from ._procedures import PROCEDURES
 from ._sansio.qmp import Event
+from ._settings import setting
 from ._store import MAX_DEFINITION_BYTES, LoadProblem, RuntimeRecord, Store, encode_definition
 from ._util import open_service_nursery
 
@@ -125,67 +127,196 @@ _PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 @attrs.frozen
 class DriverConfig:
-    """The driver's settings (the ``[driver]`` table of the daemon's config)."""
+    """The driver's settings: the ``[driver]`` table of the daemon's config,
+    each key's check and help on its field (:mod:`trioctl._settings`)."""
 
-    state_dir: Path
-    run_dir: Path | None = None
-    """Runtime records and QMP sockets; ``state_dir/run`` by default. UNIX
-    socket paths are limited to 107 bytes: keep this short."""
-    max_queued: int = DEFAULT_MAX_QUEUED
-    """Callers that may wait for one domain's job (0: unbounded, as libvirt)."""
-    max_queued_queries: int = DEFAULT_MAX_QUEUED_QUERIES
-    """Queries (``domain.get_stats``) that may wait for one domain's job, in
-    their own queue (0: unbounded); see ``query_lane``."""
-    query_lane: bool = True
-    """Queries wait in their own queue, alternating with the other jobs, so
-    readers cannot fill the writers' queue, and the dispatcher lets concurrent
-    shared queries answer together; False: libvirt's one queue, no sharing."""
-    job_wait_timeout: float | None = 30.0
-    """How long a caller waits for a domain's job (None: forever)."""
-    monitor_timeout: float | None = 5.0
-    """Deadline of every monitor command (None: wait forever, as libvirt)."""
-    monitor_fail_fast: bool = True
-    """While a monitor is unresponsive, refuse monitor calls at once."""
-    probe_interval: float = 1.0
-    """How often an unresponsive monitor is probed with ``query-status``."""
-    destroy_grace: float = 1.0
-    """SIGTERM grace before SIGKILL on destroy (a stopped process gets SIGKILL at once)."""
-    shutdown_timeout: float = 30.0
-    """How long ``shutdown`` waits for the guest to power off."""
-    start_timeout: float = 10.0
-    """How long a start may take until the monitor is negotiated."""
-    reconnect: Literal["parallel", "serial"] = "parallel"
-    """``parallel``: each domain reconnects in its own task and the driver
-    serves at once (the seed's fix). ``serial``: reconnect one by one before
-    serving, with no deadline (pre-patch libvirt, for the benchmarks)."""
-    reconnect_timeout: float = 10.0
-    """How long a reconnecting domain holds its job before it is declared
-    monitor-unresponsive (reconnect attempts continue in the background)."""
-    event_buffer: int = 1024
-    """Each event subscriber's buffer; events beyond it are dropped and counted."""
-    max_events_per_second: float = 100.0
-    """QMP events one domain may send on to subscribers per second (a token
-    bucket holding one second's worth); beyond it they are dropped, counted,
-    and reported by an ``events_dropped`` event. 0: no bound."""
-    backend: str = "sim"
-    """The emulator of definitions that name none (``sim`` or ``qemu``)."""
-    emulators: Mapping[str, str] = attrs.field(factory=dict)
-    """Emulator names definitions may use, to absolute paths of QEMU
-    binaries, besides the built-in ``qemu`` (the host's qemu-system-x86_64,
-    found on PATH) and ``sim``; an entry ``qemu`` replaces the default."""
-    machines: tuple[str, ...] = DEFAULT_MACHINES
-    """Machine types definitions may name (``*`` matches any rest)."""
-    storage_dirs: tuple[Path, ...] = ()
-    """Directories disk images, kernels and initrds must lie in (after
-    resolving symlinks); empty: definitions cannot name files."""
-    qemu_user: str = ""
-    """When the daemon is root, the account emulators run as ("": ``trioctl-qemu``
-    if it exists, else ``nobody``). Ignored when the daemon is not root."""
-    max_domains: int = 10000
-    """How many domains may be defined (definitions already on disk all load)."""
+    state_dir: Path = attrs.field(
+        metadata=setting(
+            checks.path(),
+            "Domain definitions and daemon state. Default: /var/lib/trioctl for root, "
+            "else $XDG_STATE_HOME/trioctl or ~/.local/state/trioctl.",
+            textual=True,
+        )
+    )
+    run_dir: Path | None = attrs.field(
+        default=None,
+        metadata=setting(
+            checks.path(),
+            "Runtime records and QMP sockets; keep it short (socket paths are limited to "
+            "107 bytes). Default: STATE_DIR/run when state_dir is set; else "
+            "$XDG_RUNTIME_DIR/trioctl, /run/trioctl for root, or STATE_DIR/run. Never "
+            "state_dir itself.",
+            textual=True,
+        ),
+    )
+    max_queued: int = attrs.field(
+        default=DEFAULT_MAX_QUEUED,
+        metadata=setting(
+            checks.integer(0),
+            "Callers that may wait for one domain's job; the next gets JOB_QUEUE_FULL at "
+            "once (destroy is exempt). 0: unbounded. qemu.conf: max_queued (default 0).",
+        ),
+    )
+    max_queued_queries: int = attrs.field(
+        default=DEFAULT_MAX_QUEUED_QUERIES,
+        metadata=setting(
+            checks.integer(0),
+            "Queries (domain.get_stats) that may wait for one domain's job in their own "
+            "queue (with query_lane); the next gets JOB_QUEUE_FULL at once. 0: unbounded.",
+        ),
+    )
+    query_lane: bool = attrs.field(
+        default=True,
+        metadata=setting(
+            checks.boolean,
+            "Queries wait in their own queue, alternating with the other jobs, so read-only "
+            "callers cannot fill the writers' queue, and concurrent domain.get_stats calls "
+            "share one monitor round trip. false: libvirt's one queue, no sharing.",
+        ),
+    )
+    job_wait_timeout: float | None = attrs.field(
+        default=30.0,
+        metadata=setting(
+            checks.seconds(forever=True),
+            "Seconds a caller waits for a domain's job before JOB_TIMEOUT; false: forever. "
+            "libvirt: VIR_JOB_WAIT_TIME (30 s, not configurable).",
+            none="false",
+        ),
+    )
+    monitor_timeout: float | None = attrs.field(
+        default=5.0,
+        metadata=setting(
+            checks.seconds(forever=True),
+            "Deadline of every monitor command, in seconds; on expiry MONITOR_TIMEOUT and "
+            "the monitor is marked unresponsive. false: wait forever, as libvirt.",
+            none="false",
+        ),
+    )
+    monitor_fail_fast: bool = attrs.field(
+        default=True,
+        metadata=setting(
+            checks.boolean,
+            "While a monitor is unresponsive, refuse monitor calls at once "
+            "(MONITOR_UNRESPONSIVE) instead of letting each wait out monitor_timeout.",
+        ),
+    )
+    probe_interval: float = attrs.field(
+        default=1.0,
+        metadata=setting(
+            checks.seconds(), "Seconds between query-status probes of an unresponsive monitor."
+        ),
+    )
+    destroy_grace: float = attrs.field(
+        default=1.0,
+        metadata=setting(
+            checks.seconds(zero=True),
+            "Seconds between SIGTERM and SIGKILL on destroy (a stopped process gets "
+            "SIGKILL at once).",
+        ),
+    )
+    shutdown_timeout: float = attrs.field(
+        default=30.0,
+        metadata=setting(checks.seconds(), "Seconds shutdown waits for the guest to power off."),
+    )
+    start_timeout: float = attrs.field(
+        default=10.0,
+        metadata=setting(
+            checks.seconds(), "Seconds a start may take until the monitor is negotiated."
+        ),
+    )
+    reconnect: Literal["parallel", "serial"] = attrs.field(
+        default="parallel",
+        metadata=setting(
+            checks.choice("parallel", "serial"),
+            'After a restart: "parallel" reconnects each running domain in its own task '
+            'and serves at once; "serial" reconnects one by one before serving, with no '
+            "deadline (pre-patch libvirt).",
+            textual=True,
+        ),
+    )
+    reconnect_timeout: float = attrs.field(
+        default=10.0,
+        metadata=setting(
+            checks.seconds(),
+            "Seconds a reconnecting domain holds its job before it is declared "
+            "monitor-unresponsive (attempts continue in the background).",
+        ),
+    )
+    event_buffer: int = attrs.field(
+        default=1024,
+        metadata=setting(
+            checks.integer(1),
+            "Events buffered per subscriber inside the driver; beyond it they are dropped "
+            "and counted.",
+        ),
+    )
+    max_events_per_second: float = attrs.field(
+        default=100.0,
+        metadata=setting(
+            checks.seconds(zero=True),
+            "QMP events one domain passes on to subscribers per second, with a burst of one "
+            "second's worth; beyond it they are dropped, counted (admin.get_stats "
+            "events_dropped) and reported by a monitor event events_dropped. 0: no bound.",
+        ),
+    )
+    backend: str = attrs.field(
+        default="sim",
+        metadata=setting(
+            checks.choice("sim", "qemu"),
+            'Emulator of definitions that do not name one: "sim" (the built-in '
+            'simulator) or "qemu" (qemu-system-x86_64).',
+            textual=True,
+        ),
+    )
+    emulators: Mapping[str, str] = attrs.field(
+        factory=dict,
+        metadata=setting(
+            checks.emulators,
+            "Emulator names definitions may use, to absolute paths of executables "
+            '([driver.emulators] name = "/path"), besides the built-in "qemu" (the host\'s '
+            'qemu-system-x86_64 found on PATH) and "sim"; an entry "qemu" replaces the '
+            "default. Definitions name an emulator, never a path.",
+        ),
+    )
+    machines: tuple[str, ...] = attrs.field(
+        default=DEFAULT_MACHINES,
+        metadata=setting(
+            checks.machines,
+            "Machine types definitions may name; '*' matches the rest of a name "
+            "(pc-q35-* allows pc-q35-7.2).",
+        ),
+    )
+    storage_dirs: tuple[Path, ...] = attrs.field(
+        default=(),
+        metadata=setting(
+            checks.storage_dirs,
+            "Directories disk images, kernels and initrds must lie in, as written and after "
+            "resolving symlinks. Empty: definitions cannot name files. None may be, contain or "
+            "lie in state_dir, run_dir or the tokens file's directory.",
+        ),
+    )
+    qemu_user: str = attrs.field(
+        default="",
+        metadata=setting(
+            checks.account,
+            "When the daemon runs as root, the account QEMU runs as (its primary group, no "
+            'supplementary groups), dropped before exec. "": trioctl-qemu if that account '
+            "exists, else nobody. Ignored when the daemon is not root. qemu.conf: user, group.",
+            textual=True,
+        ),
+    )
+    max_domains: int = attrs.field(
+        default=10000,
+        metadata=setting(
+            checks.integer(1),
+            "How many domains may be defined; the next define is refused (OPERATION_INVALID, "
+            "data.limit). Definitions already on disk all load.",
+        ),
+    )
     private_dirs: tuple[Path, ...] = ()
     """Directories no file named by a definition may lie in, besides
-    ``state_dir`` and the run directory (the daemon adds the tokens file's)."""
+    ``state_dir`` and the run directory (the daemon adds the tokens file's);
+    not a key of the file."""
 
     @property
     def runtime_dir(self) -> Path:

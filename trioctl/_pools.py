@@ -30,8 +30,10 @@ from typing import Any, NoReturn, TypeVar, TypeVarTuple
 import attrs
 import trio
 
+from . import _settings as checks
 from ._errors import InvalidParams, ServerBusy
 from ._models import Priority
+from ._settings import setting
 
 __all__ = [
     "PoolLimits",
@@ -50,20 +52,41 @@ Ts = TypeVarTuple("Ts")
 
 @attrs.frozen
 class PoolLimits:
-    """The pools' size limits; libvirt's names and defaults.
+    """The pools' size limits, libvirt's names and defaults: the ``[pools]``
+    table of the daemon's config (each key's check and help on its field;
+    :func:`check_limits` has the runtime rules, where ``max_workers`` 0 means
+    no pool)."""
 
-    Attributes:
-        min_workers: general workers kept (libvirt: 5).
-        max_workers: general workers at most (libvirt: 20); 0: no pool.
-        prio_workers: workers for HIGH jobs only (libvirt: 5).
-        max_pending: jobs that may wait per priority (libvirt: unbounded;
-            1000, its ``max_queued_clients``, then ``SERVER_BUSY`` at once).
-    """
-
-    min_workers: int = 5
-    max_workers: int = 20
-    prio_workers: int = 5
-    max_pending: int = 1000
+    min_workers: int = attrs.field(
+        default=5,
+        metadata=setting(
+            checks.integer(0),
+            "General workers kept alive (at most max_workers). libvirtd: min_workers.",
+        ),
+    )
+    max_workers: int = attrs.field(
+        default=20,
+        metadata=setting(
+            checks.integer(1),
+            "General workers at most; they are added on demand. libvirtd: max_workers.",
+        ),
+    )
+    prio_workers: int = attrs.field(
+        default=5,
+        metadata=setting(
+            checks.integer(0),
+            "Priority workers, which run only high-priority calls (destroy, queries); 0 "
+            "disables them. libvirtd: prio_workers.",
+        ),
+    )
+    max_pending: int = attrs.field(
+        default=1000,
+        metadata=setting(
+            checks.integer(1),
+            "Calls that may wait for a worker, per priority; beyond it SERVER_BUSY. "
+            "libvirt's queue is unbounded; 1000 is its max_queued_clients.",
+        ),
+    )
 
 
 def check_limits(limits: PoolLimits, current: PoolLimits | None = None) -> None:

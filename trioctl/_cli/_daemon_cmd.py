@@ -224,7 +224,7 @@ def daemon_main(
         return EXIT_CONFIG
     for directory, what in (
         (config.driver.state_dir, "state directory"),
-        (config.driver.run_dir, "run directory"),
+        (config.driver.runtime_dir, "run directory"),
     ):
         # Refused before anything starts, in one line (open_daemon checks again).
         try:
