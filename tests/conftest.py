@@ -54,3 +54,14 @@ def sock_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def storage() -> Iterator[Path]:
+    """A storage directory (``driver.storage_dirs``) apart from the daemon's
+    state directory (one holding or inside it is refused)."""
+    path = Path(tempfile.mkdtemp(prefix="tc-img-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

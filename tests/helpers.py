@@ -70,3 +70,11 @@ async def no_reply_within(ws: trio_websocket.WebSocketConnection, seconds: float
         await ws.get_message()
         return False
     return True
+
+
+def make_image(directory: Path, name: str = "disk.img", size: int = 1 << 20) -> Path:
+    """A sparse raw disk image of ``size`` bytes."""
+    path = directory / name
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path

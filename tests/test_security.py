@@ -12,8 +12,7 @@ import logging
 import os
 import shutil
 import struct
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ from trioctl._policy import WRITE_MONITOR_COMMANDS, monitor_command_allowed
 from trioctl._procedures import Role
 from trioctl._server import Tokens
 
-from .helpers import running_daemon
+from .helpers import make_image, running_daemon
 
 READ, WRITE = "r" * 24, "w" * 24
 
@@ -44,24 +43,6 @@ async def clients(daemon: DaemonHandle) -> AsyncIterator[tuple[Client, Client]]:
     daemon.server.tokens = Tokens({READ: Role.READ, WRITE: Role.WRITE, daemon.token: Role.ADMIN})
     async with connect(daemon.url, WRITE) as writer, connect(daemon.url, daemon.token) as admin:
         yield writer, admin
-
-
-@pytest.fixture
-def storage() -> Iterator[Path]:
-    """A storage directory apart from the daemon's state directory (one
-    holding or inside it is refused)."""
-    path = Path(tempfile.mkdtemp(prefix="tc-img-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _image(storage: Path, name: str = "disk.img", size: int = 1 << 20) -> Path:
-    path = storage / name
-    with open(path, "wb") as f:
-        f.truncate(size)
-    return path
 
 
 # -- emulators by name ---------------------------------------------------------------------
@@ -214,12 +195,12 @@ async def test_monitor_commands_by_role(sock_dir: Path) -> None:
 
 
 async def test_files_outside_the_storage_dirs_are_refused(sock_dir: Path, storage: Path) -> None:
-    inside = _image(storage)
+    inside = make_image(storage)
     (storage / "escape").symlink_to("/etc/passwd")
     (storage / "a,b").mkdir()
     (storage / "comma").symlink_to(storage / "a,b")
     (storage / "sub").mkdir()
-    outside = _image(sock_dir, "outside.img")
+    outside = make_image(sock_dir, "outside.img")
     with trio.fail_after(30):
         async with (
             running_daemon(sock_dir, driver__storage_dirs=[str(storage)]) as daemon,
@@ -252,13 +233,13 @@ async def test_no_storage_dirs_no_files(sock_dir: Path, storage: Path) -> None:
     with trio.fail_after(30):
         async with running_daemon(sock_dir) as daemon, clients(daemon) as (writer, _admin):
             with pytest.raises(InvalidParams, match="no storage directories are configured"):
-                await writer.define({"name": "d", "disks": [{"path": str(_image(storage))}]})
+                await writer.define({"name": "d", "disks": [{"path": str(make_image(storage))}]})
 
 
 async def test_symlink_swapped_after_define_is_refused_at_start(
     sock_dir: Path, storage: Path
 ) -> None:
-    image = _image(storage)
+    image = make_image(storage)
     with trio.fail_after(30):
         async with (
             running_daemon(sock_dir, driver__storage_dirs=[str(storage)]) as daemon,
@@ -340,8 +321,8 @@ def _device_definition(storage: Path, emulator: str) -> dict[str, Any]:
         "name": "dev",
         "emulator": emulator,
         "disks": [
-            {"path": str(_image(storage, "ro.img")), "format": "raw", "readonly": True},
-            {"path": str(_image(storage, "rw.img")), "format": "raw"},
+            {"path": str(make_image(storage, "ro.img")), "format": "raw", "readonly": True},
+            {"path": str(make_image(storage, "rw.img")), "format": "raw"},
         ],
         "nics": [{"model": "e1000", "mac": "52:54:00:12:34:56"}],
         "serial_log": True,

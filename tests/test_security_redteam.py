@@ -14,7 +14,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from trioctl._policy import resolve_file
 from trioctl._procedures import Role
 from trioctl._server import Tokens
 
-from .helpers import exchange, raw_ws, running_daemon
+from .helpers import exchange, make_image, raw_ws, running_daemon
 
 READ, WRITE = "r" * 24, "w" * 24
 
@@ -46,23 +46,6 @@ async def writer_of(daemon: DaemonHandle) -> AsyncIterator[Client]:
     daemon.server.tokens = Tokens({READ: Role.READ, WRITE: Role.WRITE, daemon.token: Role.ADMIN})
     async with connect(daemon.url, WRITE) as writer:
         yield writer
-
-
-@pytest.fixture
-def storage() -> Iterator[Path]:
-    """A storage directory apart from the state directory."""
-    path = Path(tempfile.mkdtemp(prefix="tc-img-"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _image(directory: Path, name: str = "disk.img", size: int = 1 << 20) -> Path:
-    path = directory / name
-    with open(path, "wb") as f:
-        f.truncate(size)
-    return path
 
 
 # -- 1: no path is resolved or shown unless it lies in a storage directory -------------------
@@ -155,10 +138,10 @@ def test_resolve_file_property() -> None:
         storage, outside, state = root / "images", root / "outside", root / "images" / "state"
         for directory in (storage / "sub", outside, state):
             directory.mkdir(parents=True)
-        _image(storage, "img")
-        _image(storage / "sub", "img2")
-        _image(state, "tokens.json")
-        os.link(_image(outside, "secret"), storage / "hard")
+        make_image(storage, "img")
+        make_image(storage / "sub", "img2")
+        make_image(state, "tokens.json")
+        os.link(make_image(outside, "secret"), storage / "hard")
         for name, target in [("out", outside), ("proc", Path("/proc/self")), ("etc", Path("/etc")),
                              ("in", storage / "sub"), ("loop", storage / "loop"),
                              ("up", root)]:  # fmt: skip
@@ -413,7 +396,7 @@ async def test_uuid_is_unique_whatever_its_spelling(sock_dir: Path) -> None:
 
 
 async def test_lone_surrogates_are_invalid_params(sock_dir: Path, storage: Path) -> None:
-    kernel = _image(storage, "vmlinuz")
+    kernel = make_image(storage, "vmlinuz")
     cases: list[dict[str, Any]] = [
         {"name": "s", "disks": [{"path": str(storage) + "/\ud800"}]},
         {"name": "s", "machine": "pc", "kernel": str(kernel), "cmdline": "console=\ud800"},
