@@ -1163,7 +1163,10 @@ class Driver:
                 if reconnecting and self.config.reconnect == "parallel":
                     await nursery.start(self._hold_reconnect_job, dom, run)
                     ready()
-                    nursery.start_soon(self._monitor_loop, dom, run, True)
+                    # In this task rather than a child of its own: one task
+                    # fewer per domain to schedule, keep and cancel at stop
+                    # (the exit watcher cancels this body as it would a child).
+                    await self._monitor_loop(dom, run, True)
                 else:
                     # A fresh start (or a serial reconnect) reports back once
                     # the monitor is negotiated, or fails.

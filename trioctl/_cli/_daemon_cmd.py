@@ -38,6 +38,7 @@ from .._startup import (
 )
 from .._store import check_private_dir, write_atomic
 from .._tokens import TokensFileError
+from .._util import tune_gc
 
 logger = logging.getLogger("trioctl.daemon")
 
@@ -233,6 +234,7 @@ def daemon_main(
             text = str(exc) if exc.strerror is None else f"{what} {directory}: {exc.strerror}"
             print(f"trioctl daemon: {text}", file=sys.stderr)
             return StateDirUnusable.exit_status
+    tune_gc()
     try:
         trio.run(functools.partial(run_daemon, config, ready_file=ready_file))
     except BaseException as exc:

@@ -24,6 +24,7 @@ from typing import Final, NoReturn
 
 import trio
 
+from .._util import tune_gc
 from ._control import ControlServer
 from ._options import (
     PROG,
@@ -279,6 +280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args[:1] == ["many"]:
             many = parse_many_args(args[1:])
+            tune_gc()  # thousands of VMs in one process: see GC_THRESHOLDS
             return _run(lambda ready: serve_many(many, ready), many.daemonize)
         options = parse_qemu_args(args)
     except UsageError as exc:
