@@ -29,6 +29,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from trioctl import _pools
 from trioctl._errors import InvalidParams, ServerBusy
 from trioctl._pools import (
     PoolLimits,
@@ -46,7 +47,9 @@ PRIO_WORKER = "trioctl-prio-worker"
 
 
 def on_prio_worker() -> bool:
-    return trio.lowlevel.current_task().name == PRIO_WORKER
+    """The job runs on a priority token: in a priority worker's task, or (a
+    ``run()`` job given a token at once) in its caller's task."""
+    return trio.lowlevel.current_task().name == PRIO_WORKER or _pools.ON_PRIO_TOKEN.get()
 
 
 def busy(s: PoolStatistics) -> tuple[int, int]:
