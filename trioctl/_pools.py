@@ -190,6 +190,7 @@ class WorkerPools:
         self._kept = 0 if self._inline else limits.min_workers  # workers counted, idle too
         self._pending = {p: collections.deque[_Job]() for p in Priority}
         self._here: set[trio.CancelScope] = set()  # run() jobs running in their caller's task
+        self._here_ended: trio.Event | None = None  # set when the last of them ends, once closed
         self._completed = self._failed = self._cancelled = self._rejected = 0
 
     @property
@@ -372,6 +373,8 @@ class WorkerPools:
             self._completed += 1
             self._release(prio)
             self._dispatch()
+            if not self._here and self._here_ended is not None:
+                self._here_ended.set()
 
     def _start(self, job: _Job) -> bool:
         """Give ``job`` a free token and start its task; False if none is free."""
@@ -474,6 +477,12 @@ async def open_worker_pools(limits: PoolLimits | None = None) -> AsyncIterator[W
             finally:
                 pools._close()
                 nursery.cancel_scope.cancel()
+                # Jobs running in their callers' tasks were cancelled by
+                # _close(): wait for them as the nursery waits for its tasks.
+                if pools._here:
+                    pools._here_ended = trio.Event()
+                    with trio.CancelScope(shield=True):
+                        await pools._here_ended.wait()
     except BaseExceptionGroup as group:
         # Job tasks never raise Exceptions (those go to callers or the log),
         # so the group holds only what the body raised: unwrap a lone one.
