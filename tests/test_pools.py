@@ -822,3 +822,37 @@ async def test_no_pool_mode_runs_jobs_without_workers(autojump_clock: MOCK) -> N
         s = pools.statistics()
         assert (s.running, s.completed, s.rejected) == (0, 4, 1)
     assert tasks[2:] == ["trioctl-inline-job"] * 2
+
+
+async def test_run_with_a_free_token_runs_in_the_callers_task_holding_it(
+    autojump_clock: MOCK,
+) -> None:
+    """A run() job given a token at once runs in its caller's task, counted
+    like one in a worker's task; a job that had to wait runs in a worker."""
+    limits = PoolLimits(min_workers=1, max_workers=1, prio_workers=1, max_pending=5)
+    release = trio.Event()
+    seen: list[tuple[str, bool, int]] = []
+
+    async def job(name: str) -> str:
+        s = pools.statistics()
+        seen.append((name, on_prio_worker(), s.running))
+        await release.wait()
+        return trio.lowlevel.current_task().name
+
+    async def caller(name: str, priority: Priority, into: dict[str, str]) -> None:
+        into[name] = await pools.run(priority, job, name)
+
+    ran_in: dict[str, str] = {}
+    async with open_worker_pools(limits) as pools, trio.open_nursery() as nursery:
+        nursery.start_soon(caller, "high", Priority.HIGH, ran_in, name="caller-high")
+        nursery.start_soon(caller, "low", Priority.LOW, ran_in, name="caller-low")
+        nursery.start_soon(caller, "waits", Priority.LOW, ran_in, name="caller-waits")
+        await trio.testing.wait_all_tasks_blocked()
+        assert seen == [("high", True, 1), ("low", False, 2)]
+        s = pools.statistics()
+        assert (s.running, s.free_workers, s.free_prio_workers, s.pending_low) == (2, 0, 0, 1)
+        release.set()
+    assert ran_in == {"high": "caller-high", "low": "caller-low", "waits": "trioctl-worker"}
+    assert seen[2] == ("waits", False, 1)
+    s = pools.statistics()
+    assert (s.completed, s.running) == (3, 0)
