@@ -844,10 +844,14 @@ async def test_run_with_a_free_token_runs_in_the_callers_task_holding_it(
 
     ran_in: dict[str, str] = {}
     async with open_worker_pools(limits) as pools, trio.open_nursery() as nursery:
-        nursery.start_soon(caller, "high", Priority.HIGH, ran_in, name="caller-high")
-        nursery.start_soon(caller, "low", Priority.LOW, ran_in, name="caller-low")
-        nursery.start_soon(caller, "waits", Priority.LOW, ran_in, name="caller-waits")
-        await trio.testing.wait_all_tasks_blocked()
+        # One at a time: Trio does not promise the order of tasks started together.
+        for name, priority in (
+            ("high", Priority.HIGH),
+            ("low", Priority.LOW),
+            ("waits", Priority.LOW),
+        ):
+            nursery.start_soon(caller, name, priority, ran_in, name=f"caller-{name}")
+            await trio.testing.wait_all_tasks_blocked()
         assert seen == [("high", True, 1), ("low", False, 2)]
         s = pools.statistics()
         assert (s.running, s.free_workers, s.free_prio_workers, s.pending_low) == (2, 0, 0, 1)
