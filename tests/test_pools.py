@@ -29,6 +29,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from trioctl import _pools
 from trioctl._errors import InvalidParams, ServerBusy
 from trioctl._pools import (
     PoolLimits,
@@ -46,7 +47,9 @@ PRIO_WORKER = "trioctl-prio-worker"
 
 
 def on_prio_worker() -> bool:
-    return trio.lowlevel.current_task().name == PRIO_WORKER
+    """The job runs on a priority token: in a priority worker's task, or (a
+    ``run()`` job given a token at once) in its caller's task."""
+    return trio.lowlevel.current_task().name == PRIO_WORKER or _pools.ON_PRIO_TOKEN.get()
 
 
 def busy(s: PoolStatistics) -> tuple[int, int]:
@@ -819,3 +822,41 @@ async def test_no_pool_mode_runs_jobs_without_workers(autojump_clock: MOCK) -> N
         s = pools.statistics()
         assert (s.running, s.completed, s.rejected) == (0, 4, 1)
     assert tasks[2:] == ["trioctl-inline-job"] * 2
+
+
+async def test_run_with_a_free_token_runs_in_the_callers_task_holding_it(
+    autojump_clock: MOCK,
+) -> None:
+    """A run() job given a token at once runs in its caller's task, counted
+    like one in a worker's task; a job that had to wait runs in a worker."""
+    limits = PoolLimits(min_workers=1, max_workers=1, prio_workers=1, max_pending=5)
+    release = trio.Event()
+    seen: list[tuple[str, bool, int]] = []
+
+    async def job(name: str) -> str:
+        s = pools.statistics()
+        seen.append((name, on_prio_worker(), s.running))
+        await release.wait()
+        return trio.lowlevel.current_task().name
+
+    async def caller(name: str, priority: Priority, into: dict[str, str]) -> None:
+        into[name] = await pools.run(priority, job, name)
+
+    ran_in: dict[str, str] = {}
+    async with open_worker_pools(limits) as pools, trio.open_nursery() as nursery:
+        # One at a time: Trio does not promise the order of tasks started together.
+        for name, priority in (
+            ("high", Priority.HIGH),
+            ("low", Priority.LOW),
+            ("waits", Priority.LOW),
+        ):
+            nursery.start_soon(caller, name, priority, ran_in, name=f"caller-{name}")
+            await trio.testing.wait_all_tasks_blocked()
+        assert seen == [("high", True, 1), ("low", False, 2)]
+        s = pools.statistics()
+        assert (s.running, s.free_workers, s.free_prio_workers, s.pending_low) == (2, 0, 0, 1)
+        release.set()
+    assert ran_in == {"high": "caller-high", "low": "caller-low", "waits": "trioctl-worker"}
+    assert seen[2] == ("waits", False, 1)
+    s = pools.statistics()
+    assert (s.completed, s.running) == (3, 0)

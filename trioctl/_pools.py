@@ -1,8 +1,12 @@
 """Priority worker pools: libvirt's ``virThreadPool`` limits on Trio tasks.
 
 A waiting task costs nothing in Trio, so there are no long-lived workers: a
-**worker** is a token, and a job runs in a task of its own (``trioctl-worker``
-or ``trioctl-prio-worker``) while it holds one. ``max_workers`` general tokens
+**worker** is a token, and a job runs while it holds one: a ``run()`` job
+that gets a token at once runs in its caller's task (the caller waits for it
+anyway; a task of its own would cost a spawn and two scheduler passes per
+call), every other job in a task of its own (``trioctl-worker`` or
+``trioctl-prio-worker``). Either way it counts against the same limits, and
+closing the pools cancels it. ``max_workers`` general tokens
 run any job; ``prio_workers`` priority tokens run only HIGH jobs, so those are
 served when every general worker is stuck. A HIGH job takes a free priority
 token, else a free general one; a LOW job a free general one. Otherwise it
@@ -21,6 +25,7 @@ the caller's task, ``submit_nowait()`` in a task of its own (at most
 from __future__ import annotations
 
 import collections
+import contextvars
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -149,6 +154,13 @@ class PoolStatistics:
     rejected: int
 
 
+ON_PRIO_TOKEN: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "trioctl_on_prio_token", default=False
+)
+"""True while a ``run()`` job holding a priority token runs in its caller's
+task (a job in a task of its own shows it by the task's name); for tests."""
+
+
 class _Job:
     """One job; ``done`` is set when it has ended or left the queue for good."""
 
@@ -177,6 +189,8 @@ class WorkerPools:
         self._busy = self._busy_prio = self._inline_running = 0  # tokens held, jobs inline
         self._kept = 0 if self._inline else limits.min_workers  # workers counted, idle too
         self._pending = {p: collections.deque[_Job]() for p in Priority}
+        self._here: set[trio.CancelScope] = set()  # run() jobs running in their caller's task
+        self._here_ended: trio.Event | None = None  # set when the last of them ends, once closed
         self._completed = self._failed = self._cancelled = self._rejected = 0
 
     @property
@@ -218,6 +232,10 @@ class WorkerPools:
             return await self._run_inline(fn, *args)
         if trio.current_effective_deadline() == -math.inf:
             await trio.sleep(0)  # noqa: ASYNC115 (public API): cancelled, raise here
+        self._check_open()
+        prio = self._take(priority)
+        if prio is not None:
+            return await self._run_here(prio, fn, *args)
         job = _Job(priority, fn, args)
         job.caller = True
         self._submit(job)
@@ -316,14 +334,52 @@ class WorkerPools:
             self._refuse(job.priority, len(queue), what)
         queue.append(job)
 
-    def _start(self, job: _Job) -> bool:
-        """Give ``job`` a free token and start its task; False if none is free."""
-        if prio := job.priority is Priority.HIGH and self._busy_prio < self._limits.prio_workers:
+    def _take(self, priority: Priority) -> bool | None:
+        """Take a free token for a job of ``priority``: True for a priority
+        token, False for a general one, None if none is free."""
+        if priority is Priority.HIGH and self._busy_prio < self._limits.prio_workers:
             self._busy_prio += 1
-        elif self._busy < self._limits.max_workers:
+            return True
+        if self._busy < self._limits.max_workers:
             self._busy += 1
             self._kept = max(self._kept, self._busy)
+            return False
+        return None
+
+    def _release(self, prio: bool) -> None:
+        if prio:
+            self._busy_prio -= 1
         else:
+            self._busy -= 1
+
+    async def _run_here(self, prio: bool, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
+        """Run a ``run()`` job holding token ``prio`` in the caller's task."""
+        scope = trio.CancelScope()
+        self._here.add(scope)
+        token = ON_PRIO_TOKEN.set(prio)
+        try:
+            with scope:
+                try:
+                    result = await fn(*args)
+                except Exception:
+                    self._failed += 1
+                    raise
+            if scope.cancelled_caught:  # only _close() cancels this scope
+                raise trio.ClosedResourceError("the worker pools closed while the job ran")
+            return result
+        finally:
+            ON_PRIO_TOKEN.reset(token)
+            self._here.discard(scope)
+            self._completed += 1
+            self._release(prio)
+            self._dispatch()
+            if not self._here and self._here_ended is not None:
+                self._here_ended.set()
+
+    def _start(self, job: _Job) -> bool:
+        """Give ``job`` a free token and start its task; False if none is free."""
+        prio = self._take(job.priority)
+        if prio is None:
             return False
         name = "trioctl-prio-worker" if prio else "trioctl-worker"
         self._nursery.start_soon(self._work, job, prio, name=name)
@@ -359,10 +415,7 @@ class WorkerPools:
             raise
         finally:
             self._completed += ran
-            if prio:
-                self._busy_prio -= 1
-            else:
-                self._busy -= 1
+            self._release(prio)
             job.done.set()
             self._dispatch()
 
@@ -393,6 +446,8 @@ class WorkerPools:
     def _close(self) -> None:
         """Refuse new jobs, fail waiting ones; the caller then cancels the nursery."""
         self._closed, self._kept = True, 0
+        for scope in self._here:
+            scope.cancel()
         for queue in self._pending.values():
             while queue:
                 job = queue.popleft()
@@ -422,6 +477,12 @@ async def open_worker_pools(limits: PoolLimits | None = None) -> AsyncIterator[W
             finally:
                 pools._close()
                 nursery.cancel_scope.cancel()
+                # Jobs running in their callers' tasks were cancelled by
+                # _close(): wait for them as the nursery waits for its tasks.
+                if pools._here:
+                    pools._here_ended = trio.Event()
+                    with trio.CancelScope(shield=True):
+                        await pools._here_ended.wait()
     except BaseExceptionGroup as group:
         # Job tasks never raise Exceptions (those go to callers or the log),
         # so the group holds only what the body raised: unwrap a lone one.

@@ -13,7 +13,10 @@ rounds):
   (``Client.get_version()``: id routing, error mapping, cattrs).
 
 Every connection has one call in flight at a time (sequential, like a
-libvirt client thread). The client runs in this process; the CPU use of each
+libvirt client thread). Each round also measures a batch path on one
+connection: JSON-RPC batches of ``BATCH`` ``domain.get_info`` calls on one
+running domain, one batch in flight at a time (``batch`` in the results,
+calls per second counting every item). The client runs in this process; the CPU use of each
 server process is reported too, since on 2 cores client and server compete.
 """
 
@@ -31,6 +34,7 @@ import trio_websocket
 
 from .._conn import connect, open_ws
 from .._context import Context, Goal, Scenario
+from .._load import start_domains, wait_monitors
 from .._output import md_table
 from .._plot import grid, save
 from .._procs import proc_cpu_seconds, start_daemon, start_helper, terminate
@@ -40,6 +44,14 @@ __all__ = ["SCENARIO"]
 
 REQUEST = '{"jsonrpc": "2.0", "method": "connect.get_version", "params": {}, "id": 1}'
 SERVERS = ("echo", "daemon_raw", "daemon_client")
+BATCH = 100
+BATCH_DOMAIN = "vm0"
+BATCH_REQUEST = json.dumps(
+    [
+        {"jsonrpc": "2.0", "method": "domain.get_info", "params": {"name": BATCH_DOMAIN}, "id": i}
+        for i in range(BATCH)
+    ]
+)
 LABELS = {
     "echo": "trio-websocket echo",
     "daemon_raw": "daemon (raw WebSocket client)",
@@ -99,6 +111,24 @@ async def _measure(
     return sum(counts), time.perf_counter() - start
 
 
+async def _measure_batch(url: str, token: str, seconds: float) -> tuple[int, float]:
+    """Calls (batch items) completed in ``seconds`` by one connection sending
+    one batch of ``BATCH`` get_info at a time; every item must succeed."""
+    async with open_ws(url, token) as ws:
+        await ws.send_message(BATCH_REQUEST)
+        await ws.get_message()
+        n = 0
+        start = time.perf_counter()
+        stop_at = start + seconds
+        while time.perf_counter() < stop_at:
+            await ws.send_message(BATCH_REQUEST)
+            replies = json.loads(await ws.get_message())
+            if len(replies) != BATCH or any("result" not in r for r in replies):
+                raise RuntimeError(f"a batch item failed: {replies[:2]}")
+            n += BATCH
+        return n, time.perf_counter() - start
+
+
 async def run(ctx: Context) -> dict[str, Any]:
     reg, say = ctx.registry, ctx.progress.say
     rounds = ctx.pick(ctx.options.rounds, 3, 1)
@@ -118,6 +148,10 @@ async def run(ctx: Context) -> dict[str, Any]:
         daemon = await start_daemon(
             reg, work, mode, extra={"server.keepalive_interval": 0, "log.level": "error"}
         )
+        async with connect(daemon.url, daemon.token) as client:
+            await start_domains(client, reg, [BATCH_DOMAIN], ctx.emulator)
+            with trio.fail_after(60):
+                await wait_monitors(client, [BATCH_DOMAIN])
         with trio.fail_after(30):
             while not echo_ready.exists():
                 await trio.sleep(0.01)
@@ -127,7 +161,17 @@ async def run(ctx: Context) -> dict[str, Any]:
         per: dict[str, dict[int, list[dict[str, float]]]] = {
             s: {c: [] for c in conns} for s in SERVERS
         }
+        batch: list[dict[str, float]] = []
         for r in range(rounds):
+            cpu0 = proc_cpu_seconds(daemon.pid)
+            calls, wall = await _measure_batch(daemon.url, daemon.token, seconds)
+            batch.append(
+                {
+                    "calls_per_s": calls / wall,
+                    "server_cpu": (proc_cpu_seconds(daemon.pid) - cpu0) / wall,
+                }
+            )
+            say(f"round {r + 1}, batches of {BATCH} get_info: {calls / wall:,.0f} calls/s")
             for c in conns:
                 for server in SERVERS:
                     cpu0, bench0 = proc_cpu_seconds(pids[server]), time.process_time()
@@ -156,6 +200,12 @@ async def run(ctx: Context) -> dict[str, Any]:
                     "server_cpu": round(statistics.median(i["server_cpu"] for i in items), 3),
                     "client_cpu": round(statistics.median(i["client_cpu"] for i in items), 3),
                 }
+        results["batch"] = {
+            "size": BATCH,
+            "calls_per_s": round(statistics.median(i["calls_per_s"] for i in batch), 1),
+            "rounds": [round(i["calls_per_s"], 1) for i in batch],
+            "server_cpu": round(statistics.median(i["server_cpu"] for i in batch), 3),
+        }
         for server in ("daemon_raw", "daemon_client"):
             for c in conns:
                 entry = results[server][str(c)]
@@ -184,6 +234,19 @@ def goals(results: dict[str, Any]) -> list[Goal]:
                     "" if met else f"{r:.2f}x against 0.8x: {(0.8 - r) / 0.8:.0%} short",
                 )
             )
+    batch = data.get("batch")
+    if batch is not None:
+        rate = batch["calls_per_s"]
+        met = rate >= 20_000
+        found.append(
+            Goal(
+                f"batches of {batch['size']} domain.get_info on one connection >= 20,000 calls/s",
+                ">= 20,000 calls/s",
+                f"{rate:,.0f} calls/s (libvirt 9.0 sequential getLibVersion: {LIBVIRT['noop_1']})",
+                met,
+                "" if met else f"{rate / 20_000:.2f}x of the goal",
+            )
+        )
     return found
 
 
@@ -212,6 +275,20 @@ def markdown(results: dict[str, Any]) -> str:
                         f"{entry['client_cpu']:.0%}",
                     ]
                 )
+    for mode, data in modes.items():
+        batch = data.get("batch")
+        if batch is not None:
+            rows.append(
+                [
+                    mode,
+                    f"daemon, batches of {batch['size']} domain.get_info",
+                    1,
+                    f"{batch['calls_per_s']:,.0f}",
+                    None,
+                    f"{batch['server_cpu']:.0%}",
+                    None,
+                ]
+            )
     rows.append(["libvirt 9.0", "libvirtd, getLibVersion", 1, LIBVIRT["noop_1"], None, None, None])
     rows.append(["libvirt 9.0", "libvirtd, getLibVersion", 8, LIBVIRT["noop_8"], None, None, None])
     rows.append(["reference", "trio-websocket echo", 1, LIBVIRT["echo_1"], None, None, None])
