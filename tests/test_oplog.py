@@ -29,16 +29,12 @@ import trio_websocket
 
 from trioctl import LaunchError, MonitorTimeout, MonitorUnresponsive, TrioctlError
 from trioctl._cli._daemon_cmd import _JsonFormatter
-from trioctl._config import load_config
-from trioctl._dispatch import Dispatcher
 from trioctl._driver import Driver, DriverConfig, open_driver
 from trioctl._jobs import JobKind
 from trioctl._log import RefusalLog, log
 from trioctl._models import DomainDefinition, DomainState, MonitorState
-from trioctl._pools import open_worker_pools
-from trioctl._server import Server
 
-from .test_server_virtual_time import UPGRADE, MemoryListener
+from .test_server_virtual_time import UPGRADE, MemoryListener, memory_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -397,23 +393,6 @@ async def test_call_waiting_for_a_hung_reconnect_says_so(sock_dir: Path) -> None
 
 
 # -- the server's lines ------------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def memory_server(
-    state_dir: Path, **overrides: object
-) -> AsyncIterator[tuple[Server, MemoryListener]]:
-    config = load_config(None, overrides={"driver.state_dir": str(state_dir), **overrides})
-    listener = MemoryListener()
-    async with (
-        open_driver(config.driver_config()) as driver,
-        open_worker_pools(config.pools) as pools,
-        trio.open_nursery() as nursery,
-    ):
-        server = Server(config.server, driver, Dispatcher(pools, driver.jobs), tokens=None)
-        await nursery.start(server.run, [listener])
-        yield server, listener
-        nursery.cancel_scope.cancel()
 
 
 @asynccontextmanager

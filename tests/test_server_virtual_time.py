@@ -46,7 +46,8 @@ async def memory_server(
         None,
         overrides={
             "driver.state_dir": str(state_dir),
-            **{f"server.{k}": v for k, v in settings.items()},
+            # ``max_clients=1`` means server.max_clients; a dotted key is as given.
+            **{k if "." in k else f"server.{k}": v for k, v in settings.items()},
         },
     )
     listener = MemoryListener()
