@@ -28,7 +28,7 @@ import attrs
 import pytest
 import trio
 
-from trioctl import ConnectionRejected
+from trioctl import ConnectionRejected, procfs
 from trioctl._client import Client, connect
 
 pytestmark = pytest.mark.timeout(90)
@@ -467,8 +467,7 @@ def test_hung_domain(daemon: Daemon) -> None:
         # Through the daemon: it finds the process; the simulator gets SIGSTOP.
         result = run(daemon, "sim", "stop", "cli-hung", "--json")
         assert result.json() == {"domain": "cli-hung", "pid": pid, "signal": "SIGSTOP"}
-        state = Path(f"/proc/{pid}/stat").read_text()
-        assert state[state.rindex(")") + 2] in "Tt"
+        assert procfs.read_stat(pid).stopped
 
         result = run(daemon, "domstats", "cli-hung", code=1)
         failed(result, "MONITOR_TIMEOUT")
