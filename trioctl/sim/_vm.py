@@ -26,6 +26,7 @@ from typing import Any, Final, Literal
 import attrs
 import trio
 
+from .._util import raise_unwrapped
 from ._json import InputTooLarge, JsonStreamParser, ParsedValue, ParseFailure
 from ._options import VMConfig
 from ._qmp import (
@@ -713,9 +714,7 @@ async def open_simulated_vm(
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             # Only the body can fail here: hand its exception back unwrapped.
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
-            raise
+            raise_unwrapped(group)
     finally:
         vm.close()
         if control is not None:
