@@ -30,7 +30,7 @@ from ._options import (
     parse_many_args as parse_many_args,
     parse_qemu_args as parse_qemu_args,
 )
-from ._process import main as main
+from ._process import main as main, open_simulated_vm as open_simulated_vm
 from ._vm import (
     FAULT_MODES as FAULT_MODES,
     GARBAGE as GARBAGE,
@@ -38,7 +38,6 @@ from ._vm import (
     FaultMode as FaultMode,
     SimulatedVM as SimulatedVM,
     VMState as VMState,
-    open_simulated_vm as open_simulated_vm,
 )
 
 __all__ = [
