@@ -64,7 +64,7 @@ from ._jobs import (
     DEFAULT_MAX_QUEUED,
     DEFAULT_MAX_QUEUED_QUERIES,
     DomainJobs,
-    JobInfo as _HeldJob,
+    HeldJobInfo,
     JobKind,
 )
 from ._launcher import (
@@ -1619,7 +1619,7 @@ def _taints(record: RuntimeRecord) -> list[str]:
     return [t for t in taints if isinstance(t, str)]
 
 
-def _job_record(job: _HeldJob) -> JobInfo:
+def _job_record(job: HeldJobInfo) -> JobInfo:
     return JobInfo(
         domain=job.domain,
         kind=job.kind.value,
