@@ -33,7 +33,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
@@ -127,16 +126,13 @@ def resolve_qemu_user(configured: str) -> QemuUser | None:
 
 
 def emulator_argv(emulator: str) -> list[str]:
-    """The argv prefix for an emulator name: ``sim``, ``qemu`` or a path.
-
-    The simulator runs in Python's isolated mode (``-I``): ``-m`` alone would
-    put the current directory first on ``sys.path``, so a ``trioctl``
-    package there would run as the daemon's user (root), and ``PYTHON*``
-    variables would be obeyed too. It must be importable from the
-    interpreter's own ``sys.path`` (an installed package, as usual).
-    """
+    """The argv prefix for an emulator name: ``sim`` (the simulator in
+    isolated mode: :func:`trioctl.sim.sim_command`), ``qemu`` or a path."""
     if emulator == "sim":
-        return [sys.executable, "-I", "-m", "trioctl.sim"]
+        # Imported here: a daemon that runs only QEMU never loads the simulator.
+        from .sim import sim_command
+
+        return sim_command()
     if emulator == "qemu":
         return [shutil.which(DEFAULT_QEMU) or DEFAULT_QEMU]
     return [emulator]
