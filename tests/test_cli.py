@@ -233,7 +233,9 @@ def names(domains: Sequence[dict[str, Any]]) -> set[str]:
 
 
 def test_lifecycle_commands(daemon: Daemon) -> None:
-    (daemon.work_dir / "a.toml").write_text('name = "cli-a"\nmemory_mib = 256\nvcpus = 2\n')
+    # -machine none has no vCPUs (QEMU refuses -smp 2 there): a pc has two.
+    a_toml = 'name = "cli-a"\nmemory_mib = 256\nvcpus = 2\nmachine = "pc"\n'
+    (daemon.work_dir / "a.toml").write_text(a_toml)
     out = run(daemon, "define", "a.toml").stdout
     assert out.startswith("Domain cli-a defined.\n")
     assert "Memory:     256 MiB" in out and "State:      shutoff (defined)" in out
