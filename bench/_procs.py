@@ -29,6 +29,7 @@ from typing import Any, Final
 import attrs
 import trio
 
+from trioctl import procfs
 from trioctl._config import dump_toml
 from trioctl._models import DomainDefinition, unstructure
 from trioctl._store import RuntimeRecord
@@ -54,7 +55,6 @@ __all__ = [
     "write_toml",
 ]
 
-_TICKS: Final = os.sysconf("SC_CLK_TCK")
 #: How long a daemon or a simulator may take to start.
 READY_TIMEOUT: Final = 120.0
 
@@ -105,10 +105,9 @@ def free_port() -> int:
 
 def _start_ticks(pid: int) -> int | None:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return procfs.read_stat(pid).start_ticks
     except OSError:
         return None
-    return int(stat[stat.rindex(")") + 2 :].split()[19])
 
 
 def proc_memory_kib(pid: int) -> dict[str, int]:
@@ -127,10 +126,8 @@ def proc_memory_kib(pid: int) -> dict[str, int]:
 def proc_cpu_seconds(pid: int) -> float:
     """User plus system CPU seconds of ``pid`` (0 if it is gone)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / _TICKS
-    except (OSError, ValueError, IndexError):
+        return procfs.read_stat(pid).cpu_seconds
+    except (OSError, ValueError):
         return 0.0
 
 

@@ -24,6 +24,7 @@ from trioctl import (
     NoDomain,
     OperationInvalid,
     QmpCommandError,
+    procfs,
 )
 from trioctl._driver import Driver, DriverConfig, EventSubscription, open_driver
 from trioctl._models import DomainDefinition, DomainEvent, DomainState, MonitorState, structure
@@ -52,10 +53,9 @@ async def driver_at(sock_dir: Path, **kw: object) -> AsyncIterator[Driver]:
 def gone(pid: int) -> bool:
     """The process has exited (reaped, or a zombie waiting for init)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+        return procfs.read_stat(pid).ended
+    except procfs.ProcessGone:
         return True
-    return stat[stat.rindex(")") + 2] in "ZX"
 
 
 def kill_all(driver: Driver) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import trio
 from hypothesis import given, settings, strategies as st
 
-from trioctl import OperationInvalid
+from trioctl import OperationInvalid, procfs
 from trioctl._driver import Driver, DriverConfig, open_driver
 from trioctl._models import DomainDefinition, DomainState
 
@@ -29,10 +29,9 @@ steps = st.lists(st.tuples(st.sampled_from(OPS), st.sampled_from(NAMES)), max_si
 
 def alive(pid: int) -> bool:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+        return not procfs.read_stat(pid).ended
+    except procfs.ProcessGone:
         return False
-    return stat[stat.rindex(")") + 2] not in "ZX"
 
 
 def check(driver: Driver, model: dict[str, DomainState]) -> None:

@@ -27,7 +27,7 @@ import trio
 import trio.testing
 import trio_websocket
 
-from trioctl import LaunchError, MonitorTimeout, MonitorUnresponsive, TrioctlError
+from trioctl import LaunchError, MonitorTimeout, MonitorUnresponsive, TrioctlError, procfs
 from trioctl._cli._daemon_cmd import _JsonFormatter
 from trioctl._driver import Driver, DriverConfig, open_driver
 from trioctl._jobs import JobKind
@@ -356,10 +356,9 @@ async def test_emulator_that_died_while_the_daemon_was_down(sock_dir: Path, line
 
 def _zombie(pid: int) -> bool:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return procfs.read_stat(pid).ended
     except OSError:
         return True
-    return stat[stat.rindex(")") + 2] in "ZX"
 
 
 async def test_call_waiting_for_a_hung_reconnect_says_so(sock_dir: Path) -> None:

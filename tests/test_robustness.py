@@ -13,6 +13,7 @@ import trio
 import trio_websocket
 
 import trioctl
+from trioctl import procfs
 from trioctl._driver import DriverConfig, open_driver
 from trioctl._launcher import LaunchSpec, QemuProcess, launch
 from trioctl._models import DomainDefinition, DomainState, MonitorState
@@ -28,10 +29,9 @@ GREETING = (
 
 def proc_state(pid: int) -> str:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+        return procfs.read_stat(pid).state
+    except procfs.ProcessGone:
         return "gone"
-    return stat[stat.rindex(")") + 2]
 
 
 async def resetting_qmp_peer(path: str) -> None:

@@ -25,6 +25,7 @@ import wsproto
 import wsproto.events as wse
 
 import trioctl
+from trioctl import procfs
 from trioctl._client import connect
 from trioctl._procedures import Role
 from trioctl._server import Server, Tokens
@@ -37,8 +38,7 @@ def fd_count() -> int:
 
 
 def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return procfs.read_stat(os.getpid()).rss_kib * 1024
 
 
 class RawClient:

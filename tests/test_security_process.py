@@ -27,7 +27,7 @@ import attrs
 import pytest
 import trio
 
-from trioctl import InvalidParams, LaunchError, OperationInvalid
+from trioctl import InvalidParams, LaunchError, OperationInvalid, procfs
 from trioctl._cli._daemon_cmd import EXIT_CONFIG
 from trioctl._client import connect
 from trioctl._driver import DriverConfig, open_driver
@@ -46,10 +46,9 @@ def proc_status(pid: int) -> dict[str, str]:
 
 def alive(pid: int) -> bool:
     try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+        return not procfs.read_stat(pid).ended
+    except procfs.ProcessGone:
         return False
-    return stat_line[stat_line.rindex(")") + 2] not in "ZX"
 
 
 def emulators_under(directory: Path) -> set[int]:

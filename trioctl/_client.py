@@ -70,7 +70,7 @@ from ._procedures import (
     VersionInfo,
 )
 from ._sansio import rpc
-from ._util import open_service_nursery
+from ._util import ReplyWaiters, open_service_nursery, raise_unwrapped
 
 __all__ = [
     "DEFAULT_URL",
@@ -117,13 +117,6 @@ def find_token(tokens_file: Path | None = None, *, admin: bool = False) -> str |
     if admin and role.name != "ADMIN":
         return None
     return best
-
-
-@attrs.define(eq=False)
-class _Waiter:
-    done: trio.Event = attrs.Factory(trio.Event)
-    response: rpc.Response | None = None
-    error: TrioctlError | None = None
 
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -208,7 +201,7 @@ class Client:
     def __init__(self, ws: trio_websocket.WebSocketConnection, event_buffer: int) -> None:
         self._ws = ws
         self._ids = itertools.count(1)
-        self._pending: dict[int, _Waiter] = {}
+        self._pending = ReplyWaiters[rpc.Response]()
         self._events_send, self._events_receive = trio.open_memory_channel[DomainEvent](
             event_buffer
         )
@@ -227,19 +220,15 @@ class Client:
         if self._closed is not None:
             raise DaemonConnectionLost(self._closed.message)
         call_id = next(self._ids)
-        waiter = _Waiter()
-        self._pending[call_id] = waiter
-        try:
-            await self._ws.send_message(rpc.encode_request(method, dict(params or {}), call_id))
-            await waiter.done.wait()
-        except trio_websocket.ConnectionClosed as exc:
-            raise DaemonConnectionLost(f"the daemon closed the connection: {exc.reason}") from None
-        finally:
-            self._pending.pop(call_id, None)
-        if waiter.error is not None:
-            raise DaemonConnectionLost(waiter.error.message)
-        assert waiter.response is not None
-        return waiter.response.unwrap()
+        with self._pending.expect(call_id) as waiter:
+            try:
+                await self._ws.send_message(rpc.encode_request(method, dict(params or {}), call_id))
+                response = await waiter.wait()
+            except trio_websocket.ConnectionClosed as exc:
+                raise DaemonConnectionLost(
+                    f"the daemon closed the connection: {exc.reason}"
+                ) from None
+        return response.unwrap()
 
     def events(self) -> trio.MemoryReceiveChannel[DomainEvent]:
         """Events after :meth:`subscribe` (``async for event in client.events()``);
@@ -355,12 +344,8 @@ class Client:
                     if isinstance(msg, rpc.ServerNotification):
                         self._on_notification(msg)
                         continue
-                    waiter = self._pending.get(msg.id) if isinstance(msg.id, int) else None
-                    if waiter is None:
+                    if not self._pending.deliver(msg.id, msg):
                         logger.debug("dropping reply with unknown id %r", msg.id)
-                        continue
-                    waiter.response = msg
-                    waiter.done.set()
         except trio_websocket.ConnectionClosed as exc:
             self._close(DaemonConnectionLost(f"the daemon closed the connection ({exc.reason})"))
         except RemoteProtocolError as exc:
@@ -382,9 +367,7 @@ class Client:
     def _close(self, why: TrioctlError) -> None:
         if self._closed is None:
             self._closed = why
-        for waiter in self._pending.values():
-            waiter.error = why
-            waiter.done.set()
+        self._pending.fail(lambda: DaemonConnectionLost(why.message))
         self._events_send.close()
 
 
@@ -513,17 +496,16 @@ async def open_websocket(
         )
         if rest is not None:
             only = rest.exceptions[0] if len(rest.exceptions) == 1 else None
-            if isinstance(only, Exception) and not isinstance(only, BaseExceptionGroup):
-                if not connected:
-                    # trio-websocket raises a refusal from its reader task.
-                    error = _connect_error(url, only)
-                    if error is only:
-                        raise only from only.__cause__
+            if (
+                not connected
+                and isinstance(only, Exception)
+                and not isinstance(only, BaseExceptionGroup)
+            ):
+                # trio-websocket raises a refusal from its reader task.
+                error = _connect_error(url, only)
+                if error is not only:
                     raise error from only
-                raise only from None
-            if isinstance(only, BaseException) and not isinstance(only, BaseExceptionGroup):
-                raise only from None
-            raise rest from None
+            raise_unwrapped(rest)
     finally:
         if stream is not None:
             with trio.CancelScope(shield=True):

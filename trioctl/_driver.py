@@ -46,7 +46,7 @@ from typing import Any, Literal, TypeVar
 import attrs
 import trio
 
-from . import _settings as checks
+from . import _settings as checks, procfs
 from ._errors import (
     ConnectionLost,
     DomainDestroyed,
@@ -64,7 +64,7 @@ from ._jobs import (
     DEFAULT_MAX_QUEUED,
     DEFAULT_MAX_QUEUED_QUERIES,
     DomainJobs,
-    JobInfo as _HeldJob,
+    HeldJobInfo,
     JobKind,
 )
 from ._launcher import (
@@ -1619,7 +1619,7 @@ def _taints(record: RuntimeRecord) -> list[str]:
     return [t for t in taints if isinstance(t, str)]
 
 
-def _job_record(job: _HeldJob) -> JobInfo:
+def _job_record(job: HeldJobInfo) -> JobInfo:
     return JobInfo(
         domain=job.domain,
         kind=job.kind.value,
@@ -1634,13 +1634,10 @@ def _job_record(job: _HeldJob) -> JobInfo:
 def _proc_usage(pid: int) -> tuple[float, int]:
     """CPU seconds and resident KiB of ``pid`` from /proc (0 if unreadable)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        cpu = (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-        rss = int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE_KIB
-    except (OSError, ValueError, IndexError):
+        stat = procfs.read_stat(pid)
+    except (OSError, ValueError):
         return 0.0, 0
-    return cpu, rss
+    return stat.cpu_seconds, stat.rss_kib
 
 
 @asynccontextmanager

@@ -42,8 +42,8 @@ __all__ = [
     "DEFAULT_MAX_QUEUED_QUERIES",
     "DEFAULT_WAIT_TIMEOUT",
     "DomainJobs",
+    "HeldJobInfo",
     "JobHandle",
-    "JobInfo",
     "JobKind",
     "JobOwner",
     "JobStatistics",
@@ -86,7 +86,7 @@ class QueuedJob:
 
 
 @attrs.frozen
-class JobInfo:
+class HeldJobInfo:
     """One domain's held job and its queue (``admin.list_jobs``).
 
     Attributes:
@@ -305,12 +305,12 @@ class DomainJobs:
         entry = self._entries.get(domain)
         return entry is not None and self._interrupt_holder(entry, by=None)
 
-    def job_info(self, domain: str) -> JobInfo | None:
+    def job_info(self, domain: str) -> HeldJobInfo | None:
         """The held job of ``domain`` and its queue, or None if nobody holds it."""
         entry = self._entries.get(domain)
         return None if entry is None else self._info(domain, entry, trio.current_time())
 
-    def list_jobs(self) -> list[JobInfo]:
+    def list_jobs(self) -> list[HeldJobInfo]:
         """Every held job with its queue, ordered by domain name."""
         now = trio.current_time()
         return [self._info(domain, entry, now) for domain, entry in sorted(self._entries.items())]
@@ -335,7 +335,7 @@ class DomainJobs:
         )
 
     @staticmethod
-    def _info(domain: str, entry: _Entry, now: float) -> JobInfo:
+    def _info(domain: str, entry: _Entry, now: float) -> HeldJobInfo:
         # The waiters in the order _release will grant the job, were nobody
         # else to come or go.
         ahead = _Entry(entry.holder)
@@ -348,7 +348,7 @@ class DomainJobs:
             after_query = nxt.query
         holder = entry.holder
         assert holder.owner is not None
-        return JobInfo(
+        return HeldJobInfo(
             domain=domain,
             kind=holder.kind,
             owner=holder.owner,

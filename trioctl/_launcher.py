@@ -33,7 +33,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
@@ -41,6 +40,7 @@ from typing import Final
 import attrs
 import trio
 
+from . import procfs
 from ._errors import LaunchError
 from ._models import Disk, Nic
 
@@ -126,16 +126,13 @@ def resolve_qemu_user(configured: str) -> QemuUser | None:
 
 
 def emulator_argv(emulator: str) -> list[str]:
-    """The argv prefix for an emulator name: ``sim``, ``qemu`` or a path.
-
-    The simulator runs in Python's isolated mode (``-I``): ``-m`` alone would
-    put the current directory first on ``sys.path``, so a ``trioctl``
-    package there would run as the daemon's user (root), and ``PYTHON*``
-    variables would be obeyed too. It must be importable from the
-    interpreter's own ``sys.path`` (an installed package, as usual).
-    """
+    """The argv prefix for an emulator name: ``sim`` (the simulator in
+    isolated mode: :func:`trioctl.sim.sim_command`), ``qemu`` or a path."""
     if emulator == "sim":
-        return [sys.executable, "-I", "-m", "trioctl.sim"]
+        # Imported here: a daemon that runs only QEMU never loads the simulator.
+        from .sim import sim_command
+
+        return sim_command()
     if emulator == "qemu":
         return [shutil.which(DEFAULT_QEMU) or DEFAULT_QEMU]
     return [emulator]
@@ -291,7 +288,7 @@ class QemuProcess:
         """
         pidfd = os.pidfd_open(pid)
         try:
-            ticks = _start_ticks(pid)
+            ticks = procfs.read_stat(pid).start_ticks
             if start_ticks is not None and ticks != start_ticks:
                 raise ProcessLookupError(f"pid {pid} now belongs to another process")
         except BaseException:
@@ -337,10 +334,10 @@ class QemuProcess:
     def stopped(self) -> bool:
         """True if the process is stopped (SIGSTOP: state ``T`` in /proc)."""
         try:
-            stat = Path(f"/proc/{self.pid}/stat").read_text()
+            stopped = procfs.read_stat(self.pid).stopped
         except OSError:
             return False
-        return stat[stat.rindex(")") + 2] in "Tt" and not self.exited()
+        return stopped and not self.exited()
 
     def send_signal(self, sig: int) -> bool:
         """Send ``sig``; False if the process has already exited."""
@@ -406,12 +403,6 @@ class QemuProcess:
             os.close(fd)
 
 
-def _start_ticks(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    # Field 22 (starttime); fields after the ")" that closes the command name.
-    return int(stat[stat.rindex(")") + 2 :].split()[19])
-
-
 def names_monitor(argv: list[str], qmp_path: str) -> bool:
     """True if the command line ``argv`` serves its QMP monitor at ``qmp_path``
     (QEMU and the simulator), or is the simulator's ``many`` mode serving
@@ -435,21 +426,21 @@ def names_monitor(argv: list[str], qmp_path: str) -> bool:
 
 
 def cmdline(pid: int) -> list[str] | None:
+    """The command line of ``pid``; None if it cannot be read (gone)."""
     try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        return procfs.read_cmdline(pid)
     except OSError:
         return None
-    return [os.fsdecode(a) for a in raw.split(b"\0")[:-1]]
 
 
 def find_processes(qmp_path: str) -> list[int]:
     """Every process whose command line serves a monitor at ``qmp_path``."""
     found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and entry != str(os.getpid()):
-            argv = cmdline(int(entry))
+    for pid in procfs.pids():
+        if pid != os.getpid():
+            argv = cmdline(pid)
             if argv and names_monitor(argv, qmp_path):
-                found.append(int(entry))
+                found.append(pid)
     return found
 
 
@@ -597,7 +588,9 @@ async def launch(
             raise LaunchError(f"cannot run {argv[0]}: {exc}", argv=argv) from None
         _children[child.pid] = child
         try:
-            proc = QemuProcess(child.pid, os.pidfd_open(child.pid), _start_ticks(child.pid))
+            proc = QemuProcess(
+                child.pid, os.pidfd_open(child.pid), procfs.read_stat(child.pid).start_ticks
+            )
         except BaseException:
             child.kill()
             child.wait()

@@ -58,7 +58,7 @@ from ._sansio.qmp import (
     QmpState,
     Return,
 )
-from ._util import open_service_nursery
+from ._util import ReplyWaiters, open_service_nursery
 
 __all__ = [
     "EventRateLimit",
@@ -140,21 +140,13 @@ class Subscription:
         return self.receive_channel.__aiter__()
 
 
-@attrs.define(eq=False)
-class _Waiter:
-    command: str
-    done: trio.Event = attrs.Factory(trio.Event)
-    result: Return | ErrorReply | None = None
-    error: BaseException | None = None
-
-
 class Monitor:
     """One negotiated QMP connection. Create it with :func:`open_monitor`."""
 
     def __init__(self, stream: trio.abc.Stream, conn: QmpConnection) -> None:
         self._stream = stream
         self._conn = conn
-        self._pending: dict[int, _Waiter] = {}
+        self._pending = ReplyWaiters[Return | ErrorReply]()
         self._send_out, self._send_in = trio.open_memory_channel[bytes](math.inf)
         self._subscribers: list[Subscription] = []
         self._handlers: list[Callable[[Event], None]] = []
@@ -191,19 +183,12 @@ class Monitor:
         if self._closed is not None:
             raise ConnectionLost(self._closed.message)
         cmd_id, wire = self._conn.send_command(command, arguments)
-        waiter = _Waiter(command)
-        self._pending[cmd_id] = waiter
-        try:
+        # Cancelled or done, the id is no longer ours when the block ends: a
+        # reply that arrives after a cancellation finds no waiter and is dropped.
+        with self._pending.expect(cmd_id) as waiter:
             self._send_out.send_nowait(wire)
             self._commands_sent += 1
-            await waiter.done.wait()
-        finally:
-            # Cancelled or done: either way the id is no longer ours. A reply
-            # that arrives after a cancellation finds no waiter and is dropped.
-            self._pending.pop(cmd_id, None)
-        if waiter.error is not None:
-            raise ConnectionLost(str(waiter.error))
-        reply = waiter.result
+            reply = await waiter.wait()
         if isinstance(reply, ErrorReply):
             raise QmpCommandError(command, reply.error_class, reply.desc)
         assert isinstance(reply, Return)
@@ -311,13 +296,9 @@ class Monitor:
             self._close(ConnectionLost(f"writing to the monitor failed: {exc!r}"))
 
     def _route_reply(self, reply: Return | ErrorReply) -> None:
-        waiter = self._pending.pop(reply.id, None) if isinstance(reply.id, int) else None
-        if waiter is None:
+        if not self._pending.deliver(reply.id, reply):
             self._replies_dropped += 1
             logger.debug("dropping QMP reply with unknown id %r (caller cancelled?)", reply.id)
-            return
-        waiter.result = reply
-        waiter.done.set()
 
     def _dispatch_event(self, event: Event) -> None:
         self._events_received += 1
@@ -341,10 +322,7 @@ class Monitor:
             self._closed = why
             self._closed_event.set()
             logger.debug("monitor closed: %s", why.message)
-        for waiter in self._pending.values():
-            waiter.error = why
-            waiter.done.set()
-        self._pending.clear()
+        self._pending.fail(lambda: ConnectionLost(str(why)))
         for sub in self._subscribers:
             sub._send_channel.close()
         self._send_out.close()

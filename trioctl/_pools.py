@@ -39,6 +39,7 @@ from . import _settings as checks
 from ._errors import InvalidParams, ServerBusy
 from ._models import Priority
 from ._settings import setting
+from ._util import raise_unwrapped
 
 __all__ = [
     "PoolLimits",
@@ -486,9 +487,7 @@ async def open_worker_pools(limits: PoolLimits | None = None) -> AsyncIterator[W
     except BaseExceptionGroup as group:
         # Job tasks never raise Exceptions (those go to callers or the log),
         # so the group holds only what the body raised: unwrap a lone one.
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from group.exceptions[0].__cause__
-        raise
+        raise_unwrapped(group)
 
 
 async def serve_worker_pools(

@@ -1086,12 +1086,6 @@ def _peer_hung_up(stream: trio.abc.Stream | None) -> bool:
     return bool(poller.poll(0))
 
 
-def _ssl_context(cert: str, key: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
-    return ctx
-
-
 @asynccontextmanager
 async def serve(
     config: ServerConfig,

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Generic, NoReturn, TypeVar, cast
 
 import trio
 
-__all__ = ["GC_THRESHOLDS", "open_service_nursery", "tune_gc"]
+__all__ = [
+    "GC_THRESHOLDS",
+    "Reply",
+    "ReplyWaiters",
+    "exception_leaves",
+    "open_service_nursery",
+    "raise_unwrapped",
+    "tune_gc",
+]
+
+R = TypeVar("R")
 
 GC_THRESHOLDS = (100_000, 50, 100)
 """Cyclic-GC thresholds of the daemon and the many-VMs simulator.
@@ -45,6 +56,102 @@ async def open_service_nursery() -> AsyncIterator[trio.Nursery]:
         async with trio.open_nursery() as nursery:
             yield nursery
     except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
+        raise_unwrapped(group)
+
+
+def raise_unwrapped(group: BaseExceptionGroup[BaseException]) -> NoReturn:
+    """Raise the lone exception of ``group`` bare, or else ``group`` itself.
+
+    Call it in ``except BaseExceptionGroup as group:`` around a nursery whose
+    tasks handle their own errors, so that what the body of ``async with``
+    raised comes out as it was raised (whatever it is, a group too). The
+    exception keeps its own ``__cause__``; the group it came in is not shown
+    as its context.
+    """
+    if len(group.exceptions) == 1:
+        exc = group.exceptions[0]
+        raise exc from exc.__cause__
+    raise group from None
+
+
+def exception_leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside ``exc`` and its nested groups, depth first
+    (``[exc]`` if it is not a group)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in exception_leaves(sub)]
+    return [exc]
+
+
+class Reply(Generic[R]):
+    """One awaited reply: see :meth:`ReplyWaiters.expect`."""
+
+    __slots__ = ("_done", "_error", "_value")
+
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self._value: R | None = None
+        self._error: Callable[[], BaseException] | None = None
+
+    async def wait(self) -> R:
+        """Wait for the reply and return it.
+
+        Raises:
+            BaseException: a fresh ``error()`` of :meth:`ReplyWaiters.fail`.
+        """
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error()
+        return cast(R, self._value)
+
+
+class ReplyWaiters(Generic[R]):
+    """Callers waiting for replies by request id, on one connection.
+
+    A caller registers its id *before* it sends (the reply may come while it
+    sends), then waits::
+
+        with waiters.expect(request_id) as reply:
+            await send(request)
+            value = await reply.wait()
+
+    The connection's reader hands each reply to its caller with
+    :meth:`deliver`, and fails every caller at once with :meth:`fail` when the
+    connection is lost. A caller that leaves the block (cancelled) is
+    forgotten: its reply, if it comes, finds nobody.
+    """
+
+    __slots__ = ("_waiting",)
+
+    def __init__(self) -> None:
+        self._waiting: dict[int, Reply[R]] = {}
+
+    def __len__(self) -> int:
+        """How many callers wait now."""
+        return len(self._waiting)
+
+    @contextmanager
+    def expect(self, request_id: int) -> Iterator[Reply[R]]:
+        """Wait for the reply to ``request_id`` while the block lasts."""
+        reply = Reply[R]()
+        self._waiting[request_id] = reply
+        try:
+            yield reply
+        finally:
+            self._waiting.pop(request_id, None)
+
+    def deliver(self, request_id: object, value: R) -> bool:
+        """Hand ``value`` to the caller waiting for ``request_id``; False if
+        nobody waits for it (not an int id, already answered, or gone)."""
+        reply = self._waiting.pop(request_id, None) if isinstance(request_id, int) else None
+        if reply is None:
+            return False
+        reply._value = value
+        reply._done.set()
+        return True
+
+    def fail(self, error: Callable[[], BaseException]) -> None:
+        """End every wait now: each raises its own ``error()``."""
+        for reply in self._waiting.values():
+            reply._error = error
+            reply._done.set()
+        self._waiting.clear()

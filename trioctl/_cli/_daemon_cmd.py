@@ -38,7 +38,7 @@ from .._startup import (
 )
 from .._store import check_private_dir, write_atomic
 from .._tokens import TokensFileError
-from .._util import tune_gc
+from .._util import exception_leaves, tune_gc
 
 logger = logging.getLogger("trioctl.daemon")
 
@@ -245,12 +245,6 @@ def daemon_main(
     return 0
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
-    return [exc]
-
-
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     if isinstance(exc, OSError) and exc.strerror:
@@ -266,7 +260,7 @@ def _report_failure(exc: BaseException) -> int | None:
     Nurseries wrap what their tasks raise in exception groups: the leaves
     are what happened.
     """
-    leaves = _leaves(exc)
+    leaves = exception_leaves(exc)
     for leaf in leaves:
         if isinstance(leaf, StartupError):
             print(f"trioctl daemon: {leaf}", file=sys.stderr)

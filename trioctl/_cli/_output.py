@@ -23,7 +23,7 @@ import os
 import sys
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -42,6 +42,7 @@ from .._errors import (
 )
 from .._models import DomainInfo, JobInfo, converter
 from .._tokens import ROLE_NAMES, TokensFileError, read_tokens_file
+from .._util import exception_leaves
 
 __all__ = [
     "EXIT_CONNECTION",
@@ -208,14 +209,6 @@ def _silence_stdout() -> None:
     os.close(devnull)
 
 
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        for sub in exc.exceptions:
-            yield from _leaves(sub)
-    else:
-        yield exc
-
-
 def _rejected_message(exc: ConnectionRejected, url: str, token_source: str | None) -> str:
     body, status = exc.body, exc.status
     kind = str(exc.data.get("content_type", ""))
@@ -334,7 +327,7 @@ def run_trio(
     except BaseException as exc:
         if isinstance(exc, SystemExit | click.exceptions.Exit | click.ClickException):
             raise
-        leaves = list(_leaves(exc))
+        leaves = exception_leaves(exc)
         if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
             _echo_safely("", err=True)
             sys.exit(EXIT_INTERRUPTED)

@@ -26,6 +26,7 @@ import attrs
 import click
 import trio
 
+from .. import procfs
 from .._config import ConfigError, load_config
 from .._errors import ConnectionLost, InvalidParams, QmpCommandError
 from .._launcher import CONTROL_SOCKET, QemuProcess
@@ -164,12 +165,11 @@ def _control_path_of(pid: int) -> str | None:
     Raises:
         ProcessLookupError: no such process.
     """
+    args = procfs.read_cmdline(pid)
     try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         cwd = os.readlink(f"/proc/{pid}/cwd")
     except FileNotFoundError:
-        raise ProcessLookupError(pid) from None
-    args = [os.fsdecode(a) for a in argv]
+        raise procfs.ProcessGone(pid) from None
     for option, value in itertools.pairwise(args):
         if option in ("-sim-control", "--sim-control") and value.startswith("unix:"):
             # QEMU's option syntax: ``,`` starts a sub-option, ``,,`` is a comma.

@@ -30,7 +30,7 @@ from ._options import (
     parse_many_args as parse_many_args,
     parse_qemu_args as parse_qemu_args,
 )
-from ._process import main as main
+from ._process import main as main, open_simulated_vm as open_simulated_vm
 from ._vm import (
     FAULT_MODES as FAULT_MODES,
     GARBAGE as GARBAGE,
@@ -38,7 +38,6 @@ from ._vm import (
     FaultMode as FaultMode,
     SimulatedVM as SimulatedVM,
     VMState as VMState,
-    open_simulated_vm as open_simulated_vm,
 )
 
 __all__ = [
@@ -68,7 +67,13 @@ __all__ = [
 
 
 def sim_command() -> list[str]:
-    """The argv prefix that starts the simulator with this interpreter, in
-    isolated mode (``-I``: nothing from the current directory or ``PYTHON*``
-    variables), as the daemon starts it."""
+    """The argv prefix that starts the simulator with this interpreter, as the
+    daemon starts it (``emulator = "sim"``).
+
+    It runs in Python's isolated mode (``-I``): ``-m`` alone would put the
+    current directory first on ``sys.path``, so a ``trioctl`` package there
+    would run as the daemon's user (root), and ``PYTHON*`` variables would be
+    obeyed too. It must be importable from the interpreter's own ``sys.path``
+    (an installed package, as usual).
+    """
     return [sys.executable, "-I", "-m", "trioctl.sim"]

@@ -39,7 +39,8 @@ from ._qmp import (
     request_id,
     return_message as _return_message,
 )
-from ._vm import SimulatedVM, check_fault_arguments, listen_unix
+from ._unix import listen_unix, unlink_if_ours
+from ._vm import SimulatedVM, check_fault_arguments
 
 __all__ = ["ControlServer", "control_request"]
 
@@ -85,11 +86,7 @@ class ControlServer:
         if listener is None:
             return
         listener.close()
-        try:
-            if os.stat(self._abs_path).st_ino == self._inode:
-                os.unlink(self._abs_path)
-        except OSError:
-            pass
+        unlink_if_ours(self._abs_path, self._inode)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept clients until cancelled.

@@ -19,12 +19,13 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from typing import Final, NoReturn
 
 import trio
 
-from .._util import tune_gc
+from .._util import raise_unwrapped, tune_gc
 from ._control import ControlServer
 from ._options import (
     PROG,
@@ -32,12 +33,14 @@ from ._options import (
     ManyOptions,
     SimOptions,
     UsageError,
+    VMConfig,
     parse_many_args,
     parse_qemu_args,
 )
+from ._unix import unlink_if_ours
 from ._vm import SimulatedVM
 
-__all__ = ["VERSION_TEXT", "main"]
+__all__ = ["VERSION_TEXT", "main", "open_simulated_vm"]
 
 VERSION_TEXT: Final = (
     "QEMU emulator version 7.2.0 (trioctl-sim)\n"
@@ -110,9 +113,7 @@ class _Pidfile:
         self._fd = fd
 
     def remove(self) -> None:
-        with contextlib.suppress(OSError):
-            if os.stat(self._path).st_ino == self._inode:
-                os.unlink(self._path)
+        unlink_if_ours(self._path, self._inode)
         with contextlib.suppress(OSError):
             os.close(self._fd)
 
@@ -142,23 +143,74 @@ async def _watch_signals(
             return
 
 
-def _bind_vm(vm: SimulatedVM, option: str) -> None:
-    path = vm.config.qmp_path
+def _bind(server: SimulatedVM | ControlServer, path: str, option: str | None) -> None:
+    """``server.bind()``; with an ``option``, an error is a StartupError naming it."""
+    if option is None:
+        server.bind()
+        return
     try:
-        vm.bind()
+        server.bind()
     except OSError as exc:
         raise StartupError(
             f"{option}: Failed to bind socket to {path}: {exc.strerror or exc}"
         ) from None
 
 
-def _bind_control(control: ControlServer, path: str, option: str) -> None:
+@asynccontextmanager
+async def _serving_one(
+    vm: SimulatedVM, control_path: str | None, *, startup: bool
+) -> AsyncIterator[trio.Nursery]:
+    """Bind ``vm`` (not run it) and a control socket for it at ``control_path``
+    (if given), serve the control socket while the block lasts, in the nursery
+    yielded; then cancel the nursery and close both. An exception of the body
+    comes out bare.
+
+    Raises:
+        StartupError: (``startup``) a socket could not be bound.
+        OSError: (not ``startup``) the same.
+    """
+    qmp_path = vm.config.qmp_path
+    control: ControlServer | None = None
     try:
-        control.bind()
-    except OSError as exc:
-        raise StartupError(
-            f"{option}: Failed to bind socket to {path}: {exc.strerror or exc}"
-        ) from None
+        _bind(vm, qmp_path, f"-qmp unix:{qmp_path},server=on,wait=off" if startup else None)
+        if control_path is not None:
+            control = ControlServer(control_path, {}, single=vm)
+            _bind(control, control_path, "-sim-control" if startup else None)
+        async with trio.open_nursery() as nursery:
+            if control is not None:
+                await nursery.start(control.serve)
+            try:
+                yield nursery
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise_unwrapped(group)
+    finally:
+        vm.close()
+        if control is not None:
+            control.close()
+
+
+@asynccontextmanager
+async def open_simulated_vm(
+    config: VMConfig, *, control_path: str | None = None
+) -> AsyncIterator[SimulatedVM]:
+    """Run one simulated VM inside this Trio run (no process of its own).
+
+    A ``crash`` fault ends only the VM. Signals are not handled (that is the
+    process's job). On exit the VM is stopped and its socket file removed.
+
+    Args:
+        config: the VM.
+        control_path: if given, also serve a control socket there.
+
+    Raises:
+        OSError: a socket could not be bound.
+    """
+    vm = SimulatedVM(config)
+    async with _serving_one(vm, control_path, startup=False) as nursery:
+        await nursery.start(vm.run)
+        yield vm
 
 
 async def serve_single(options: SimOptions, ready: Callable[[], None]) -> int:
@@ -169,24 +221,12 @@ async def serve_single(options: SimOptions, ready: Callable[[], None]) -> int:
     """
     vm = SimulatedVM(options.vm, on_crash=_crash_process)
     pidfile = None if options.pidfile is None else _Pidfile(options.pidfile)
-    control: ControlServer | None = None
     try:
-        _bind_vm(vm, f"-qmp unix:{options.vm.qmp_path},server=on,wait=off")
-        if options.control_path is not None:
-            control = ControlServer(options.control_path, {}, single=vm)
-            _bind_control(control, options.control_path, "-sim-control")
-        async with trio.open_nursery() as nursery:
+        async with _serving_one(vm, options.control_path, startup=True) as nursery:
             await nursery.start(_watch_signals, [vm], trio.Event())
-            if control is not None:
-                await nursery.start(control.serve)
             ready()
-            code = await vm.run()
-            nursery.cancel_scope.cancel()
-        return code
+            return await vm.run()
     finally:
-        vm.close()
-        if control is not None:
-            control.close()
         if pidfile is not None:
             pidfile.remove()
 
@@ -212,8 +252,8 @@ async def serve_many(options: ManyOptions, ready: Callable[[], None]) -> int:
     pidfile = None if options.pidfile is None else _Pidfile(options.pidfile)
     try:
         for vm in vms.values():
-            _bind_vm(vm, f"many: {vm.name}")
-        _bind_control(control, options.control_path, "many: control")
+            _bind(vm, vm.config.qmp_path, f"many: {vm.name}")
+        _bind(control, options.control_path, "many: control")
         async with trio.open_nursery() as nursery:
             done = trio.Event()
             await nursery.start(_watch_signals, list(vms.values()), done)

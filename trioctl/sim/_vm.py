@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-import socket
-import stat
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, Literal
 
 import attrs
@@ -41,6 +38,7 @@ from ._qmp import (
     request_id,
     return_message,
 )
+from ._unix import listen_unix, unlink_if_ours
 
 __all__ = [
     "FAULT_MODES",
@@ -50,8 +48,6 @@ __all__ = [
     "FaultMode",
     "SimulatedVM",
     "VMState",
-    "listen_unix",
-    "open_simulated_vm",
 ]
 
 FaultMode = Literal["none", "hang", "slow", "drop", "garbage", "crash"]
@@ -344,13 +340,7 @@ class SimulatedVM:
 
     def _unlink(self) -> None:
         inode, self._inode = self._inode, None
-        if inode is None:
-            return
-        try:
-            if os.stat(self._path).st_ino == inode:
-                os.unlink(self._path)
-        except OSError:
-            pass
+        unlink_if_ours(self._path, inode)
 
     async def terminate(self) -> None:
         """End the VM as QEMU does on SIGTERM: a negotiated client gets
@@ -620,6 +610,9 @@ class SimulatedVM:
     async def _cmd_query_cpus_fast(
         self, client: _Client, args: dict[str, Any]
     ) -> tuple[Any, _After]:
+        # QEMU 7.2's -machine none has no CPUs (and refuses -smp above 1).
+        if self._config.machine == "none":
+            return [], None
         smp = self._config.smp
         pid = os.getpid()
         cpus = [
@@ -651,72 +644,3 @@ class SimulatedVM:
                 self.inject_fault(mode, delay=delay, exit_code=exit_code)
 
         return {}, after
-
-
-def listen_unix(path: str, backlog: int) -> tuple[trio.socket.SocketType, int]:
-    """A listening UNIX socket at ``path`` and the inode of its file.
-
-    A stale socket file at ``path`` is replaced (as QEMU does); any other file
-    is left alone, and bind then fails.
-
-    Raises:
-        OSError: cannot bind.
-    """
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        try:
-            if stat.S_ISSOCK(os.lstat(path).st_mode):
-                os.unlink(path)
-        except FileNotFoundError:
-            pass
-        sock.bind(path)
-        sock.listen(backlog)
-        inode = os.stat(path).st_ino
-    except BaseException:
-        sock.close()
-        raise
-    return trio.socket.from_stdlib_socket(sock), inode
-
-
-@asynccontextmanager
-async def open_simulated_vm(
-    config: VMConfig, *, control_path: str | None = None
-) -> AsyncIterator[SimulatedVM]:
-    """Run one simulated VM inside this Trio run (no process of its own).
-
-    A ``crash`` fault ends only the VM. Signals are not handled (that is the
-    process's job). On exit the VM is stopped and its socket file removed.
-
-    Args:
-        config: the VM.
-        control_path: if given, also serve a control socket there.
-
-    Raises:
-        OSError: a socket could not be bound.
-    """
-    from ._control import ControlServer  # here: _control imports this module
-
-    vm = SimulatedVM(config)
-    control = None if control_path is None else ControlServer(control_path, {}, single=vm)
-    try:
-        vm.bind()
-        if control is not None:
-            control.bind()
-        try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(vm.run)
-                if control is not None:
-                    await nursery.start(control.serve)
-                try:
-                    yield vm
-                finally:
-                    nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            # Only the body can fail here: hand its exception back unwrapped.
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
-            raise
-    finally:
-        vm.close()
-        if control is not None:
-            control.close()

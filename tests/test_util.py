@@ -1,0 +1,97 @@
+"""``trioctl._util``: group unwrapping and reply waiters by id."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from trioctl._util import ReplyWaiters, exception_leaves, open_service_nursery, raise_unwrapped
+
+
+def _raised(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    try:
+        raise_unwrapped(group)
+    except BaseException as exc:
+        return exc
+    raise AssertionError("raise_unwrapped returned")
+
+
+def test_a_lone_exception_comes_out_bare_with_its_own_cause() -> None:
+    cause = KeyError("k")
+    try:
+        raise ValueError("v") from cause
+    except ValueError as exc:
+        lone = exc
+    raised = _raised(BaseExceptionGroup("g", [lone]))
+    assert raised is lone
+    assert raised.__cause__ is cause and raised.__suppress_context__
+
+
+def test_a_lone_group_comes_out_as_it_was_raised() -> None:
+    inner = ExceptionGroup("inner", [ValueError(1), KeyError(2)])
+    assert _raised(BaseExceptionGroup("outer", [inner])) is inner
+
+
+def test_several_exceptions_stay_in_their_group() -> None:
+    group = BaseExceptionGroup("g", [ValueError(1), KeyboardInterrupt()])
+    raised = _raised(group)
+    assert raised is group and raised.__cause__ is None
+
+
+def test_leaves_depth_first() -> None:
+    a, b, c = ValueError("a"), KeyError("b"), OSError("c")
+    group = BaseExceptionGroup("g", [a, ExceptionGroup("h", [b, ExceptionGroup("i", [c])])])
+    assert exception_leaves(group) == [a, b, c]
+    assert exception_leaves(a) == [a]
+
+
+async def test_service_nursery_hands_back_what_the_body_raised() -> None:
+    cause = OSError("under")
+    with pytest.raises(RuntimeError) as info:
+        async with open_service_nursery():
+            raise RuntimeError("body") from cause
+    assert info.value.__cause__ is cause
+
+
+async def test_replies_reach_their_callers_by_id(autojump_clock: trio.testing.MockClock) -> None:
+    waiters = ReplyWaiters[str]()
+    got: dict[int, str] = {}
+
+    async def caller(request_id: int) -> None:
+        with waiters.expect(request_id) as reply:
+            got[request_id] = await reply.wait()
+
+    async with trio.open_nursery() as nursery:
+        for request_id in (1, 2, 3):
+            nursery.start_soon(caller, request_id)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(waiters) == 3
+        assert waiters.deliver(2, "two") and waiters.deliver(1, "one")
+        assert not waiters.deliver(2, "again")  # already answered
+        assert not waiters.deliver("3", "a string id")
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == {1: "one", 2: "two"} and len(waiters) == 1
+        nursery.cancel_scope.cancel()
+    assert len(waiters) == 0  # the cancelled caller is forgotten
+    assert not waiters.deliver(3, "late")
+
+
+async def test_fail_ends_every_wait_with_its_own_error() -> None:
+    waiters = ReplyWaiters[str]()
+    errors: list[BaseException] = []
+
+    async def caller(request_id: int) -> None:
+        with waiters.expect(request_id) as reply:
+            try:
+                await reply.wait()
+            except ConnectionError as exc:
+                errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(caller, 1)
+        nursery.start_soon(caller, 2)
+        await trio.testing.wait_all_tasks_blocked()
+        waiters.fail(lambda: ConnectionError("lost"))
+    assert [str(e) for e in errors] == ["lost", "lost"] and errors[0] is not errors[1]
+    assert len(waiters) == 0
