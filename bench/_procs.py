@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import Any, Final
 
 import attrs
+import cattrs
 import trio
 
-from trioctl._config import dump_toml
-from trioctl._models import DomainDefinition, unstructure
-from trioctl._store import RuntimeRecord
+import trioctl
 
 __all__ = [
     "MODES",
@@ -91,8 +90,13 @@ MODES: Final[dict[str, Mode]] = {
 
 
 def write_toml(path: Path, settings: Mapping[str, object]) -> None:
-    """Write dotted keys (``"driver.max_queued": 0``) as a TOML file."""
-    path.write_text(dump_toml(settings))
+    """Write dotted keys (``"driver.max_queued": 0``) as a complete daemon
+    configuration file (checked here: a bad key fails before any daemon starts).
+
+    Raises:
+        trioctl.ConfigError: a key or value is refused.
+    """
+    path.write_text(trioctl.load_config(None, overrides=settings).to_toml())
 
 
 def free_port() -> int:
@@ -484,14 +488,16 @@ def write_many_domains(state_dir: Path, sims: list[ManySim]) -> None:
     now = time.time()
     for sim in sims:
         for name in sim.names:
-            definition = DomainDefinition(name=name, emulator="sim")
-            (domains / f"{name}.json").write_text(json.dumps(unstructure(definition)))
-            record = RuntimeRecord(
-                name=name,
-                pid=sim.pid,
-                start_ticks=sim.start_ticks,
-                emulator="sim",
-                started_at=now,
-                shared=True,
-            )
-            (run_dir / f"{name}.json").write_text(json.dumps(attrs.asdict(record)))
+            definition = trioctl.DomainDefinition(name=name, emulator="sim")
+            (domains / f"{name}.json").write_text(json.dumps(cattrs.unstructure(definition)))
+            # The daemon's runtime record (trioctl/_store.py's RuntimeRecord,
+            # not public): the fields without a default, and ``shared``.
+            record = {
+                "name": name,
+                "pid": sim.pid,
+                "start_ticks": sim.start_ticks,
+                "emulator": "sim",
+                "started_at": now,
+                "shared": True,
+            }
+            (run_dir / f"{name}.json").write_text(json.dumps(record))
