@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -333,10 +333,13 @@ async def start_daemon(
     port: int = 0,
     extra: Mapping[str, object] | None = None,
     wait_ready: bool = True,
+    command: Sequence[str] = ("-m", "trioctl", "daemon"),
 ) -> Daemon:
     """Start ``python -m trioctl daemon`` on ``state_dir``.
 
     With ``wait_ready``, return once its ready file is written (URL, token).
+    ``command`` replaces ``-m trioctl daemon`` (it gets ``--config`` and
+    ``--ready-file`` too).
 
     Raises:
         RuntimeError: it exited, or was not ready within READY_TIMEOUT (with
@@ -350,9 +353,7 @@ async def start_daemon(
     log_path = state_dir / "daemon.log"
     argv = [
         sys.executable,
-        "-m",
-        "trioctl",
-        "daemon",
+        *command,
         "--config",
         str(config),
         "--ready-file",

@@ -179,10 +179,14 @@ async def run(ctx: Context) -> dict[str, Any]:
             order = CLIENTS[r % len(CLIENTS) :] + CLIENTS[: r % len(CLIENTS)]
             for inflight in (1, INFLIGHT):
                 for client in order:
-                    cpu0 = proc_cpu_seconds(pid)
+                    cpu0, own0 = proc_cpu_seconds(pid), time.process_time()
                     done, wall = await _measure(client, path, inflight, seconds)
                     per[client][inflight].append(
-                        {"per_s": done / wall, "qemu_cpu": (proc_cpu_seconds(pid) - cpu0) / wall}
+                        {
+                            "per_s": done / wall,
+                            "qemu_cpu": (proc_cpu_seconds(pid) - cpu0) / wall,
+                            "client_us": (time.process_time() - own0) / done * 1e6,
+                        }
                     )
                 ctx.progress.say(
                     f"round {r + 1}, {inflight} in flight: "
@@ -197,6 +201,7 @@ async def run(ctx: Context) -> dict[str, Any]:
                 "per_s": round(statistics.median(i["per_s"] for i in items), 1),
                 "rounds": [round(i["per_s"], 1) for i in items],
                 "qemu_cpu": round(statistics.median(i["qemu_cpu"] for i in items), 3),
+                "client_us": round(statistics.median(i["client_us"] for i in items), 1),
             }
             for n, items in per[client].items()
         }
@@ -222,6 +227,7 @@ def report(results: dict[str, Any]) -> Report:
                     f"{e['per_s']:,.0f}",
                     f"{e['per_s'] / raw:.2f}x",
                     f"{e['qemu_cpu']:.0%}",
+                    f"{e['client_us']:.0f} us",
                     ", ".join(f"{x:,.0f}" for x in e["rounds"]),
                     anchor,
                 ]
@@ -245,15 +251,17 @@ def report(results: dict[str, Any]) -> Report:
     return Report(
         f"Median of {sizes['rounds']} rounds of {sizes['seconds']:g} s per client and "
         f"concurrency, clients alternating. QEMU CPU: share of one core QEMU used during "
-        "the measurement (at 100 %, QEMU's main loop is the limit).",
+        "the measurement (at 100 %, QEMU's main loop is the limit). Client CPU: this "
+        "process's CPU time (every thread) per command.",
         [
             Table(
                 [
                     "client",
-                    "commands",
+                    "in flight",
                     "commands/s",
                     "vs raw socket",
                     "QEMU CPU",
+                    "client CPU per command",
                     "rounds",
                     "anchors (commands/s)",
                 ],
