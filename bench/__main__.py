@@ -4,7 +4,7 @@
     python -m bench all --short                           every scenario, smoke-sized
     python -m bench --render bench/results/storm.json     tables and plot again
 
-Scenarios: storm, destroy, restart, stop, throughput, scale (see
+Scenarios: storm, destroy, restart, stop, throughput, scale, qmp (see
 docs/benchmarks.md). Each starts its own daemon processes (the simulator by
 default, ``--backend qemu`` for real QEMU), talks to them only through the
 public client API, runs the default and the legacy mode where the difference
