@@ -124,7 +124,8 @@ def run_one(
     started = time.time()
     t0 = time.monotonic()
     progress.prefix = scenario.name
-    progress.say(f"modes {', '.join(m.name for m in modes)}; work dir {registry.root}")
+    names = f"modes {', '.join(m.name for m in modes)}; " if modes else ""
+    progress.say(f"{names}work dir {registry.root}")
     try:
         results = trio.run(_guarded, scenario, ctx)
     except KeyboardInterrupt:
