@@ -126,9 +126,8 @@ def _panel(ax: Axes, panel: Panel) -> None:
         elif s.kind in ("line", "dotted"):
             style = ":" if s.kind == "dotted" else "-"
             ax.plot(s.x, s.y, linestyle=style, color=s.color, label=s.label, linewidth=1)
-    line = ax.axhline if horizontal else ax.axvline
     for x in panel.vlines:
-        line(x, color="black", linestyle="--", linewidth=0.8)
+        ax.axvline(x, color="black", linestyle="--", linewidth=0.8)
     for y in panel.hlines:
         ax.axhline(y, color="grey", linestyle="--", linewidth=0.6)
     for start, end in panel.spans:

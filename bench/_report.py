@@ -102,7 +102,7 @@ class Panel:
     xlim: tuple[float, float] | None = None
     ylim: tuple[float, float] | None = None
     vlines: Sequence[float] = ()
-    """Dashed markers across the panel (on the value axis for hbars)."""
+    """Dashed vertical markers at these x (the values of hbars)."""
     hlines: Sequence[float] = ()
     spans: Sequence[tuple[float, float]] = ()
     """Grey x ranges."""
