@@ -117,7 +117,8 @@ def plot(report: Report, path: Path) -> None:
 
 def _panel(ax: Axes, panel: Panel) -> None:
     horizontal = any(s.kind == "hbars" for s in panel.series)
-    _bars(ax, [s for s in panel.series if s.kind in ("bars", "hbars")], horizontal)
+    bars = [s for s in panel.series if s.kind in ("bars", "hbars")]
+    _bars(ax, bars, horizontal)
     for s in panel.series:
         if s.kind == "samples":
             _samples(ax, s)
@@ -145,9 +146,7 @@ def _panel(ax: Axes, panel: Panel) -> None:
         True,
         which="major",
         alpha=0.3,
-        axis=("x" if horizontal else "y")
-        if any(s.kind in ("bars", "hbars") for s in panel.series)
-        else "both",
+        axis=("x" if horizontal else "y") if bars else "both",
     )
     if panel.legend:
         ax.legend(fontsize=7)
