@@ -4,7 +4,7 @@
     python -m bench all --short                           every scenario, smoke-sized
     python -m bench --render bench/results/storm.json     tables and plot again
 
-Scenarios: storm, destroy, restart, stop, throughput, scale (see
+Scenarios: storm, destroy, restart, stop, throughput, scale, qmp (see
 docs/benchmarks.md). Each starts its own daemon processes (the simulator by
 default, ``--backend qemu`` for real QEMU), talks to them only through the
 public client API, runs the default and the legacy mode where the difference
@@ -29,10 +29,9 @@ from typing import Any
 
 import trio
 
-from trioctl._util import open_service_nursery
-
+from . import _render
 from ._context import Context, Options, Scenario
-from ._output import Progress, machine_info, machine_line, md_table, write_json
+from ._output import Progress, machine_info, write_json
 from ._procs import MODES, Registry
 from .scenarios import SCENARIOS
 
@@ -100,10 +99,16 @@ async def _guarded(scenario: Scenario, ctx: Context) -> dict[str, Any]:
                 return
 
     result: dict[str, Any] = {}
-    async with open_service_nursery() as nursery:
-        nursery.start_soon(watch, nursery)
-        result = await scenario.run(ctx)
-        nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch, nursery)
+            result = await scenario.run(ctx)
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The watcher never fails: the scenario's own exception, bare.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
     if signalled:
         raise KeyboardInterrupt
     return result
@@ -119,7 +124,8 @@ def run_one(
     started = time.time()
     t0 = time.monotonic()
     progress.prefix = scenario.name
-    progress.say(f"modes {', '.join(m.name for m in modes)}; work dir {registry.root}")
+    names = f"modes {', '.join(m.name for m in modes)}; " if modes else ""
+    progress.say(f"{names}work dir {registry.root}")
     try:
         results = trio.run(_guarded, scenario, ctx)
     except KeyboardInterrupt:
@@ -132,7 +138,7 @@ def run_one(
         return 1
     finally:
         registry.cleanup()
-    results["goals"] = [g.to_json() for g in scenario.goals(results)]
+    results["goals"] = [g.to_json() for g in scenario.report(results).goals]
     data = {
         "scenario": scenario.name,
         "command": "python -m bench " + shlex.join(argv),
@@ -160,44 +166,11 @@ def render(json_path: Path) -> None:
     """Write ``NAME.md`` and ``NAME.png`` beside a result file."""
     data = json.loads(json_path.read_text())
     scenario = SCENARIOS[data["scenario"]]
-    results = data["results"]
+    report = scenario.report(data["results"])
     png = json_path.with_suffix(".png")
-    scenario.plot(results, png)
-    lines = [
-        f"## {scenario.name}: {scenario.summary}",
-        "",
-        f"Command: `{data['command']}`" + (" (smoke-sized)" if data.get("short") else ""),
-        f"Run {data['started_at']}, {data['elapsed_s']} s, backend {data['backend']}, "
-        f"machine: {machine_line(data['machine'])}.{_source(data['machine'])}",
-        "",
-        "Modes: " + "; ".join(f"**{k}**: {v['about']}" for k, v in data["modes"].items()) + ".",
-        "",
-        scenario.markdown(results),
-        "",
-    ]
-    goals = scenario.goals(results)
-    if goals:
-        rows = [
-            [g.goal, g.target, g.measured, {True: "met", False: "missed", None: "-"}[g.met], g.note]
-            for g in goals
-        ]
-        lines += [
-            "Goals (default mode):",
-            "",
-            md_table(["goal", "target", "measured", "", "note"], rows),
-            "",
-        ]
-    lines += [f"![{scenario.name}]({png.name})", ""]
-    json_path.with_suffix(".md").write_text("\n".join(lines))
-
-
-def _source(machine: dict[str, Any]) -> str:
-    if "commit" not in machine:
-        return ""
-    changed = machine.get("modified_files", 0)
-    return f" Source: commit {machine['commit']}" + (
-        f" with {changed} modified files." if changed else "."
-    )
+    _render.plot(report, png)
+    text = _render.markdown(scenario.name, scenario.summary, data, report, png.name)
+    json_path.with_suffix(".md").write_text(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

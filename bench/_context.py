@@ -11,8 +11,9 @@ import attrs
 
 from ._output import Progress
 from ._procs import Mode, Registry
+from ._report import Report
 
-__all__ = ["Context", "Goal", "Options", "Scenario"]
+__all__ = ["Context", "Options", "Scenario"]
 
 T = TypeVar("T")
 
@@ -57,30 +58,11 @@ class Context:
 
 
 @attrs.frozen
-class Goal:
-    """One of the issue's goals, measured."""
-
-    goal: str
-    target: str
-    measured: str
-    met: bool | None
-    """None when the run could not measure it."""
-    note: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return attrs.asdict(self)
-
-
-@attrs.frozen
 class Scenario:
     name: str
     summary: str
     default_modes: tuple[str, ...]
     run: Callable[[Context], Awaitable[dict[str, Any]]]
     """Measure; return JSON-compatible results."""
-    goals: Callable[[dict[str, Any]], list[Goal]]
-    """The issue's goals, judged from the results (default mode)."""
-    markdown: Callable[[dict[str, Any]], str]
-    """The scenario's tables from a result file's ``results``."""
-    plot: Callable[[dict[str, Any], Path], None]
-    """Write the PNG from a result file's ``results``."""
+    report: Callable[[dict[str, Any]], Report]
+    """Tables, goals and figure panels from a result file's ``results``."""

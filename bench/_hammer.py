@@ -28,8 +28,7 @@ from typing import Any
 import trio
 import trio_websocket
 
-from trioctl._client import Client
-from trioctl._errors import TrioctlError
+from trioctl import Client, TrioctlError
 
 from ._conn import connect
 from ._load import CONNECT_TIMEOUT, outcome_of

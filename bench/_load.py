@@ -27,14 +27,15 @@ import attrs
 import trio
 import trio_websocket
 
-from trioctl._client import Client
-from trioctl._errors import (
+from trioctl import (
+    Client,
     ConnectError,
     ConnectionRejected,
     DaemonConnectionLost,
+    DomainInfo,
+    MonitorState,
     TrioctlError,
 )
-from trioctl._models import DomainInfo, MonitorState
 
 from ._conn import connect
 from ._procs import Registry, start_helper, terminate

@@ -1,5 +1,5 @@
 """Progress lines while a scenario runs, the machine it ran on, and the
-results folder: ``SCENARIO.json``, ``SCENARIO.md`` and ``SCENARIO.png``."""
+result file ``SCENARIO.json`` (:mod:`bench._render` writes the rest)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-__all__ = ["Progress", "fmt_ms", "fmt_ratio", "fmt_s", "machine_info", "md_table"]
+__all__ = ["Progress", "machine_info", "write_json"]
 
 
 class Progress:
@@ -91,46 +90,5 @@ def _git_state() -> dict[str, Any]:
     return {"commit": head, "modified_files": len(changed)}
 
 
-def machine_line(machine: dict[str, Any]) -> str:
-    return (
-        f"{machine.get('cpus')} vCPU ({machine.get('cpu_model', '?')}), "
-        f"{machine.get('memory_gib', '?')} GiB, Linux {machine.get('kernel', '?')}, "
-        f"Python {machine.get('python')}, trio {machine.get('trio', '?')}, "
-        f"trio-websocket {machine.get('trio-websocket', '?')}"
-    )
-
-
 def write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
-
-
-def md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """A markdown table; ``None`` cells show as a dash."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = ["-" if c is None else str(c) for c in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def fmt_ms(value: float | None) -> str | None:
-    """Milliseconds, readable: ``0.42 ms``, ``12.3 ms``, ``29.8 s``."""
-    if value is None:
-        return None
-    if value >= 1000:
-        return f"{value / 1000:.2f} s"
-    if value >= 10:
-        return f"{value:.1f} ms"
-    return f"{value:.2f} ms"
-
-
-def fmt_s(value: float | None) -> str | None:
-    if value is None:
-        return None
-    if value < 1:
-        return f"{value * 1000:.0f} ms"
-    return f"{value:.2f} s"
-
-
-def fmt_ratio(value: float | None) -> str | None:
-    return None if value is None else f"{value:.2f}x"

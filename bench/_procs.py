@@ -22,17 +22,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import attrs
+import cattrs
 import trio
 
+import trioctl
 from trioctl import procfs
-from trioctl._config import dump_toml
-from trioctl._models import DomainDefinition, unstructure
-from trioctl._store import RuntimeRecord
 
 __all__ = [
     "MODES",
@@ -91,8 +90,13 @@ MODES: Final[dict[str, Mode]] = {
 
 
 def write_toml(path: Path, settings: Mapping[str, object]) -> None:
-    """Write dotted keys (``"driver.max_queued": 0``) as a TOML file."""
-    path.write_text(dump_toml(settings))
+    """Write dotted keys (``"driver.max_queued": 0``) as a complete daemon
+    configuration file (checked here: a bad key fails before any daemon starts).
+
+    Raises:
+        trioctl.ConfigError: a key or value is refused.
+    """
+    path.write_text(trioctl.load_config(None, overrides=settings).to_toml())
 
 
 def free_port() -> int:
@@ -326,10 +330,13 @@ async def start_daemon(
     port: int = 0,
     extra: Mapping[str, object] | None = None,
     wait_ready: bool = True,
+    command: Sequence[str] = ("-m", "trioctl", "daemon"),
 ) -> Daemon:
     """Start ``python -m trioctl daemon`` on ``state_dir``.
 
     With ``wait_ready``, return once its ready file is written (URL, token).
+    ``command`` replaces ``-m trioctl daemon`` (it gets ``--config`` and
+    ``--ready-file`` too).
 
     Raises:
         RuntimeError: it exited, or was not ready within READY_TIMEOUT (with
@@ -343,9 +350,7 @@ async def start_daemon(
     log_path = state_dir / "daemon.log"
     argv = [
         sys.executable,
-        "-m",
-        "trioctl",
-        "daemon",
+        *command,
         "--config",
         str(config),
         "--ready-file",
@@ -481,14 +486,16 @@ def write_many_domains(state_dir: Path, sims: list[ManySim]) -> None:
     now = time.time()
     for sim in sims:
         for name in sim.names:
-            definition = DomainDefinition(name=name, emulator="sim")
-            (domains / f"{name}.json").write_text(json.dumps(unstructure(definition)))
-            record = RuntimeRecord(
-                name=name,
-                pid=sim.pid,
-                start_ticks=sim.start_ticks,
-                emulator="sim",
-                started_at=now,
-                shared=True,
-            )
-            (run_dir / f"{name}.json").write_text(json.dumps(attrs.asdict(record)))
+            definition = trioctl.DomainDefinition(name=name, emulator="sim")
+            (domains / f"{name}.json").write_text(json.dumps(cattrs.unstructure(definition)))
+            # The daemon's runtime record (trioctl/_store.py's RuntimeRecord,
+            # not public): the fields without a default, and ``shared``.
+            record = {
+                "name": name,
+                "pid": sim.pid,
+                "start_ticks": sim.start_ticks,
+                "emulator": "sim",
+                "started_at": now,
+                "shared": True,
+            }
+            (run_dir / f"{name}.json").write_text(json.dumps(record))

@@ -36,9 +36,15 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from trioctl._dispatch import Dispatcher
-from trioctl._jobs import DomainJobs, JobKind
-from trioctl._pools import PoolLimits, Priority, WorkerPools, open_worker_pools
+from trioctl import (
+    Dispatcher,
+    DomainJobs,
+    JobKind,
+    PoolLimits,
+    Priority,
+    WorkerPools,
+    open_worker_pools,
+)
 
 BATCH = 500  # jobs per burst; below max_pending, so no burst is refused
 DOMAINS = [f"vm{i}" for i in range(8)]

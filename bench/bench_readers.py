@@ -40,7 +40,7 @@ from typing import Any
 import trio
 
 from trioctl import TrioctlError
-from trioctl.sim._control import control_request
+from trioctl.sim import control_request
 
 from ._conn import connect
 from ._procs import Mode, Registry, start_daemon

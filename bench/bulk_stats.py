@@ -28,8 +28,7 @@ from typing import Any
 
 import trio
 
-from trioctl._client import Client, connect
-from trioctl._errors import TrioctlError
+from trioctl import Client, TrioctlError, connect
 from trioctl.sim import control_request
 
 from ._procs import MODES, Registry, start_daemon, start_many_sim, write_many_domains

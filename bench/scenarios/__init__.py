@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 from .._context import Scenario
-from . import destroy, restart, scale, stop, storm, throughput
+from . import destroy, qmp, restart, scale, stop, storm, throughput
 
 __all__ = ["SCENARIOS"]
 
@@ -18,5 +18,6 @@ SCENARIOS: Final[dict[str, Scenario]] = {
         stop.SCENARIO,
         throughput.SCENARIO,
         scale.SCENARIO,
+        qmp.SCENARIO,
     )
 }

@@ -20,10 +20,10 @@ from typing import Any
 
 import trio
 
-from trioctl._errors import TrioctlError
+from trioctl import TrioctlError
 
 from .._conn import connect
-from .._context import Context, Goal, Scenario
+from .._context import Context, Scenario
 from .._load import (
     HammerProcess,
     InFlight,
@@ -35,10 +35,9 @@ from .._load import (
     stop_hammer,
     wait_monitors,
 )
-from .._output import fmt_ms, fmt_s, md_table
-from .._plot import MODE_COLORS, grid, plain_log_axis, save
 from .._procs import Daemon, Mode, start_daemon
 from .._reference import LIBVIRT
+from .._report import Goal, Panel, Report, Table, fmt_ms, fmt_s, mode_color, sample_series
 from .._stats import OK, Sample, summarize, summarize_values
 
 __all__ = ["SCENARIO"]
@@ -212,28 +211,68 @@ async def run(ctx: Context) -> dict[str, Any]:
     return {"sizes": sizes, "modes": modes}
 
 
-def goals(results: dict[str, Any]) -> list[Goal]:
-    data = results["modes"].get("default")
-    if data is None:
-        return []
-    found = []
-    for variant, v in data.items():
+def report(results: dict[str, Any]) -> Report:
+    sizes, modes = results["sizes"], results["modes"]
+    rows: list[list[object]] = []
+    for mode, variants in modes.items():
+        for variant, v in variants.items():
+            d, during = v["destroy"], v["list_during"]
+            got = {r["in_flight_call"]["outcome"] for r in v["rounds"] if "in_flight_call" in r}
+            rows.append(
+                [
+                    mode,
+                    variant,
+                    f"{fmt_ms(d['p50_ms'])} / {fmt_ms(d['max_ms'])}",
+                    ", ".join(sorted(set(v["destroy_outcomes"]))),
+                    f"{during['count']} calls: {fmt_ms(during['p50_ms'])} / "
+                    f"{fmt_ms(during['max_ms'])}",
+                    ", ".join(f"{k} {n}" for k, n in during["errors"].items()) or "none",
+                    ", ".join(sorted(got)) or "-",
+                ]
+            )
+    rows.append(["libvirt 9.0", "reference", LIBVIRT["destroy"], None, LIBVIRT["destroy_list_max"]])
+    header = [
+        "mode",
+        "variant",
+        "destroy p50 / max",
+        "destroy outcome",
+        "list during destroy p50 / max",
+        "list errors",
+        "call in flight got",
+    ]
+    panels = [
+        [_panel(mode, variant, data[variant]["rounds"]) for mode, data in modes.items()]
+        for variant in sizes["variants"]
+    ]
+    return Report(
+        f"{sizes['n']} other domains; each round destroys a fresh SIGSTOPped domain. "
+        f"quiet: one monitor call in flight on it ({sizes['rounds']['quiet']} rounds); "
+        f"storm: it and {sizes['k'] - 1} other hung domains hammered by {sizes['clients']} "
+        f"clients ({sizes['rounds']['storm']} rounds). A second connection lists the "
+        "domains back to back throughout (one call at a time, no pause).",
+        [Table(header, rows)],
+        _goals(modes.get("default")),
+        panels,
+        share_y=True,
+    )
+
+
+def _goals(data: dict[str, Any] | None) -> list[Goal]:
+    """Destroy < 0.5 s and no list call stalled during it (default mode)."""
+    found: list[Goal] = []
+    for variant, v in (data or {}).items():
         worst = v["destroy"]["max_ms"]
         failed = [o for o in v["destroy_outcomes"] if o != OK]
-        met = worst is not None and worst < 500 and not failed
-        note = ""
-        if worst is not None and worst >= 500:
-            note = f"missed by {worst - 500:.0f} ms"
-        if failed:
-            note = (note + "; " if note else "") + f"failed: {', '.join(failed)}"
+        notes = [f"missed by {worst - 500:.0f} ms"] if worst is not None and worst >= 500 else []
+        notes += [f"failed: {', '.join(failed)}"] if failed else []
         found.append(
             Goal(
                 f"destroy of a hung domain < 0.5 s ({variant})",
                 "< 0.5 s (libvirt 11-12 s)",
                 f"max {fmt_ms(worst)} over {len(v['rounds'])} rounds, "
                 f"median {fmt_ms(v['destroy']['p50_ms'])}",
-                met,
-                note,
+                worst is not None and worst < 500 and not failed,
+                "; ".join(notes),
             )
         )
         during = v["list_during"]
@@ -251,91 +290,22 @@ def goals(results: dict[str, Any]) -> list[Goal]:
     return found
 
 
-def markdown(results: dict[str, Any]) -> str:
-    sizes, modes = results["sizes"], results["modes"]
-    out = [
-        f"{sizes['n']} other domains; each round destroys a fresh SIGSTOPped domain. "
-        f"quiet: one monitor call in flight on it ({sizes['rounds']['quiet']} rounds); "
-        f"storm: it and {sizes['k'] - 1} other hung domains hammered by {sizes['clients']} "
-        f"clients ({sizes['rounds']['storm']} rounds). A second connection lists the "
-        "domains back to back throughout (one call at a time, no pause).",
-        "",
-    ]
-    rows: list[list[object]] = []
-    for mode, variants in modes.items():
-        for variant, v in variants.items():
-            d = v["destroy"]
-            outcomes = sorted(set(v["destroy_outcomes"]))
-            during = v["list_during"]
-            inflight = sorted(
-                {r["in_flight_call"]["outcome"] for r in v["rounds"] if "in_flight_call" in r}
-            )
-            rows.append(
-                [
-                    mode,
-                    variant,
-                    f"{fmt_ms(d['p50_ms'])} / {fmt_ms(d['max_ms'])}",
-                    ", ".join(outcomes),
-                    f"{during['count']} calls: {fmt_ms(during['p50_ms'])} / "
-                    f"{fmt_ms(during['max_ms'])}",
-                    ", ".join(f"{k} {n}" for k, n in during["errors"].items()) or "none",
-                    ", ".join(inflight) or "-",
-                ]
-            )
-    rows.append(
-        [
-            "libvirt 9.0",
-            "reference",
-            LIBVIRT["destroy"],
-            None,
-            LIBVIRT["destroy_list_max"],
-            None,
-            None,
-        ]
+def _panel(mode: str, variant: str, rounds: list[dict[str, Any]]) -> Panel:
+    """List latency around each round's destroy, aligned on its start."""
+    series, spans = [], []
+    for r in rounds:
+        start, end = r["destroy_window"]
+        samples = [Sample.from_json(x) for x in r["samples"]]
+        series.append(sample_series(samples, mode_color(mode), offset=-start))
+        spans.append((0.0, end - start))
+    times = ", ".join(fmt_s(r["destroy_s"]) or "" for r in rounds)
+    return Panel(
+        f"{mode}, {variant}: destroy took {times}",
+        series,
+        xlabel="s since destroy was sent (grey: until it returned)",
+        ylabel="list latency, ms",
+        spans=spans,
     )
-    out.append(
-        md_table(
-            [
-                "mode",
-                "variant",
-                "destroy p50 / max",
-                "destroy outcome",
-                "list during destroy p50 / max",
-                "list errors",
-                "call in flight got",
-            ],
-            rows,
-        )
-    )
-    return "\n".join(out)
-
-
-def plot(results: dict[str, Any], path: Path) -> None:
-    modes = results["modes"]
-    variants = results["sizes"]["variants"]
-    fig, axes = grid(len(variants), len(modes), sharey="row")
-    for col, (mode, data) in enumerate(modes.items()):
-        for row, variant in enumerate(variants):
-            ax = axes[row][col]
-            rounds = data[variant]["rounds"]
-            for r in rounds:
-                start, end = r["destroy_window"]
-                ok = [Sample.from_json(x) for x in r["samples"]]
-                xs = [s.t - start for s in ok]
-                ys = [max(s.latency * 1000, 1e-3) for s in ok]
-                colors = [
-                    MODE_COLORS.get(mode, "tab:green") if s.outcome == OK else "red" for s in ok
-                ]
-                ax.scatter(xs, ys, s=4, c=colors, linewidths=0)
-                ax.axvspan(0, end - start, color="grey", alpha=0.15)
-            plain_log_axis(ax)
-            ax.grid(True, alpha=0.3)
-            times = ", ".join(fmt_s(r["destroy_s"]) or "" for r in rounds)
-            ax.set_title(f"{mode}, {variant}: destroy took {times}", fontsize=8)
-            ax.set_ylabel("list latency, ms")
-            if row == len(variants) - 1:
-                ax.set_xlabel("s since destroy was sent (grey: until it returned)")
-    save(fig, path)
 
 
 SCENARIO = Scenario(
@@ -343,7 +313,5 @@ SCENARIO = Scenario(
     summary="destroy of a hung domain, and list latency while it runs",
     default_modes=("default", "legacy"),
     run=run,
-    goals=goals,
-    markdown=markdown,
-    plot=plot,
+    report=report,
 )

@@ -31,14 +31,11 @@ from typing import Any
 import trio
 import trio_websocket
 
-from trioctl._client import Client
-from trioctl._errors import TrioctlError
+from trioctl import Client, TrioctlError
 
 from .._conn import connect
-from .._context import Context, Goal, Scenario
+from .._context import Context, Scenario
 from .._load import hang, outcome_of, start_domains, wait_monitors
-from .._output import fmt_s, md_table
-from .._plot import MODE_COLORS, grid, save
 from .._procs import (
     MODES,
     Mode,
@@ -49,6 +46,7 @@ from .._procs import (
     write_many_domains,
 )
 from .._reference import LIBVIRT
+from .._report import Goal, Panel, Report, Series, Table, at_most, fmt_s, mode_color
 from .._stats import OK
 
 __all__ = ["SCENARIO"]
@@ -293,47 +291,14 @@ async def run(ctx: Context) -> dict[str, Any]:
     }
 
 
-def goals(results: dict[str, Any]) -> list[Goal]:
-    data = results["modes"].get("default")
-    if data is None:
-        return []
-    found = []
-    for variant, v in data.items():
-        first = v.get("first_call_s")
-        met = first is not None and first <= 0.5
-        note = ""
-        if first is None:
-            note = f"no call served within {v['limit_s']:g} s"
-        elif first > 0.5:
-            note = f"missed by {first - 0.5:.3f} s"
-        found.append(
-            Goal(
-                f"restart, {v['n']} domains of which {v['k']} hung: first call <= 0.5 s "
-                f"({variant})",
-                "<= 0.5 s",
-                fmt_s(first) or "not served",
-                met,
-                note,
-            )
-        )
-    return found
-
-
-def markdown(results: dict[str, Any]) -> str:
+def report(results: dict[str, Any]) -> Report:
     modes = results["modes"]
-    base = [fmt_s(t) for t in results["baseline"]["first_call_s"]]
-    out = [
-        "Time from spawning the second daemon. Baseline (no domains, default mode: "
-        f"interpreter and daemon start-up alone), first call: {', '.join(str(b) for b in base)}.",
-        "",
-    ]
+    base = ", ".join(str(fmt_s(t)) for t in results["baseline"]["first_call_s"])
     rows: list[list[object]] = []
     for mode, variants in modes.items():
         for variant, v in variants.items():
-            hung = v.get("monitor_hung")
-            hung_text = f"{hung['outcome']} after {fmt_s(hung['after_s'])}" if hung else "-"
-            healthy = v["n"] - v["k"]
-            all_text: str | None = fmt_s(v.get("all_healthy_s"))
+            hung, healthy = v.get("monitor_hung"), v["n"] - v["k"]
+            all_text = fmt_s(v.get("all_healthy_s"))
             if v["healthy_answered"] < healthy:
                 all_text = f"{v['healthy_answered']}/{healthy} within {v['limit_s']:g} s"
             rows.append(
@@ -344,7 +309,7 @@ def markdown(results: dict[str, Any]) -> str:
                     fmt_s(v.get("ready_file_s")) or "-",
                     all_text,
                     f"{v['info_hung_ms']:.2f} ms" if "info_hung_ms" in v else "-",
-                    hung_text,
+                    f"{hung['outcome']} after {fmt_s(hung['after_s'])}" if hung else "-",
                     f"{fmt_s(v['stop_s'])}" + (" (SIGKILL)" if v["stop_needed_sigkill"] else ""),
                 ]
             )
@@ -357,82 +322,75 @@ def markdown(results: dict[str, Any]) -> str:
             LIBVIRT["restart_healthy"].split(" (")[0],
             None,
             LIBVIRT["restart_hung_calls"],
-            None,
         ]
     )
-    out.append(
-        md_table(
-            [
-                "mode",
-                "set-up",
-                "first call served",
-                "ready file",
-                "every healthy domain answered a monitor call",
-                "get_info of a hung domain",
-                "monitor call on a hung domain",
-                "second daemon's stop",
-            ],
-            rows,
-        )
+    header = [
+        "mode",
+        "set-up",
+        "first call served",
+        "ready file",
+        "every healthy domain answered a monitor call",
+        "get_info of a hung domain",
+        "monitor call on a hung domain",
+        "second daemon's stop",
+    ]
+    panels = [
+        [_panel(mode, variant, data[variant]) for mode, data in modes.items()]
+        for variant in results["sizes"]["variants"]
+    ]
+    return Report(
+        "Time from spawning the second daemon. Baseline (no domains, default mode: "
+        f"interpreter and daemon start-up alone), first call: {base}.",
+        [Table(header, rows)],
+        _goals(modes.get("default")),
+        panels,
+        panel_size=(5.0, 2.6),
     )
-    return "\n".join(out)
 
 
-def plot(results: dict[str, Any], path: Path) -> None:
-    modes = results["modes"]
-    variants = results["sizes"]["variants"]
-    fig, axes = grid(len(variants), len(modes), height=2.6)
-    for col, (mode, data) in enumerate(modes.items()):
-        for row, variant in enumerate(variants):
-            ax = axes[row][col]
-            v = data[variant]
-            healthy = v["n"] - v["k"]
-            answered = v["answered_s"]
-            color = MODE_COLORS.get(mode, "tab:green")
-            if answered:
-                ax.step(
-                    [0.0, *answered],
-                    list(range(len(answered) + 1)),
-                    where="post",
-                    color=color,
-                    label="healthy domains that answered a monitor call",
-                )
-            curve = v["ok_curve"]
-            if curve:
-                ax.plot(
-                    [c[0] for c in curve],
-                    [c[1] for c in curve],
-                    color="grey",
-                    linewidth=0.8,
-                    label="healthy monitors ok (from list)",
-                )
-            first = v.get("first_call_s")
-            if first is not None:
-                ax.axvline(first, color="black", linestyle="--", linewidth=0.8)
-                title = f"first call {fmt_s(first)}"
-            else:
-                title = f"no call served within {v['limit_s']:g} s"
-                ax.text(
-                    0.5,
-                    0.5,
-                    f"no call served within {v['limit_s']:g} s",
-                    transform=ax.transAxes,
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                )
-            ax.set_ylim(0, max(healthy, 1) * 1.05)
-            ax.set_xlim(0, max([*answered, first or 0, 0.5]) * 1.15 if first else v["limit_s"])
-            ax.set_title(
-                f"{mode}, {variant} ({v['n']} domains, {v['k']} hung): {title}", fontsize=8
-            )
-            ax.set_ylabel("healthy domains")
-            ax.grid(True, alpha=0.3)
-            if row == 0 and col == 0:
-                ax.legend(fontsize=7, loc="lower right")
-            if row == len(variants) - 1:
-                ax.set_xlabel("s since the second daemon was spawned (dashed: first call)")
-    save(fig, path)
+def _goals(data: dict[str, Any] | None) -> list[Goal]:
+    """The first call served <= 0.5 s after the second daemon's spawn."""
+    return [
+        at_most(
+            f"restart, {v['n']} domains of which {v['k']} hung: first call <= 0.5 s ({variant})",
+            "<= 0.5 s",
+            fmt_s(v.get("first_call_s")) or f"no call served within {v['limit_s']:g} s",
+            v.get("first_call_s"),
+            0.5,
+            " s",
+        )
+        for variant, v in (data or {}).items()
+    ]
+
+
+def _panel(mode: str, variant: str, v: dict[str, Any]) -> Panel:
+    answered, curve, first = v["answered_s"], v["ok_curve"], v.get("first_call_s")
+    title = f"first call {fmt_s(first)}" if first else f"no call served in {v['limit_s']:g} s"
+    return Panel(
+        f"{mode}, {variant} ({v['n']} domains, {v['k']} hung): {title}",
+        [
+            Series(
+                "step",
+                [0.0, *answered],
+                list(range(len(answered) + 1)),
+                "healthy domains that answered a monitor call",
+                mode_color(mode),
+            ),
+            Series(
+                "line",
+                [c[0] for c in curve],
+                [c[1] for c in curve],
+                "healthy monitors ok (from list)",
+                "grey",
+            ),
+        ],
+        xlabel="s since the second daemon was spawned (dashed: first call)",
+        ylabel="healthy domains",
+        xlim=(0, max([*answered, first, 0.5]) * 1.15) if first else (0, v["limit_s"]),
+        ylim=(0, max(v["n"] - v["k"], 1) * 1.05),
+        vlines=[first] if first else [],
+        legend=True,
+    )
 
 
 SCENARIO = Scenario(
@@ -440,7 +398,5 @@ SCENARIO = Scenario(
     summary="daemon restarted with K of N domains hung: first call, healthy domains answering",
     default_modes=("default", "legacy"),
     run=run,
-    goals=goals,
-    markdown=markdown,
-    plot=plot,
+    report=report,
 )

@@ -27,16 +27,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
 import trio
 import trio_websocket
 
-from trioctl._errors import TrioctlError
+from trioctl import TrioctlError
 from trioctl.sim import control_request
 
 from .._conn import connect
-from .._context import Context, Goal, Scenario
-from .._output import fmt_ms, fmt_s, md_table
-from .._plot import MODE_COLORS, grid, plain_log_axis, save
+from .._context import Context, Scenario
 from .._procs import (
     MODES,
     Daemon,
@@ -49,6 +48,7 @@ from .._procs import (
     start_many_sim,
     write_many_domains,
 )
+from .._report import Goal, Panel, Report, Series, Table, at_most, fmt_ms, fmt_s, mode_color
 from .._stats import summarize_values
 
 __all__ = ["SCENARIO"]
@@ -236,68 +236,14 @@ async def run(ctx: Context) -> dict[str, Any]:
     }
 
 
-def goals(results: dict[str, Any]) -> list[Goal]:
-    n = results["sizes"]["n"]
-    data = results["modes"].get("default")
-    if data is None:
-        return []
-    found = []
-    restart = data["restart"]
-    rss = restart.get("rss_mib")
-    found.append(
-        Goal(
-            f"{n:,} domains in <= {RSS_GOAL_MIB} MB daemon RSS",
-            f"<= {RSS_GOAL_MIB} MB",
-            f"{rss} MiB after the restart (peak {restart.get('peak_rss_mib')} MiB)"
-            if rss is not None
-            else "not measured",
-            None if rss is None else rss * 1.048576 <= RSS_GOAL_MIB,
-            ""
-            if rss is None or rss * 1.048576 <= RSS_GOAL_MIB
-            else f"missed by {rss * 1.048576 - RSS_GOAL_MIB:.0f} MB",
-        )
-    )
-    all_ok = restart.get("all_ok_s")
-    met = all_ok is not None and all_ok <= RECONNECT_GOAL_S
-    note = ""
-    if all_ok is None:
-        note = f"not every domain was ok within {restart['limit_s']:g} s"
-    elif not met:
-        note = f"missed by {all_ok - RECONNECT_GOAL_S:.2f} s"
-    found.append(
-        Goal(
-            f"reconnect all {n:,} after a restart <= {RECONNECT_GOAL_S:g} s",
-            f"<= {RECONNECT_GOAL_S:g} s",
-            f"{fmt_s(all_ok)} from spawn until every monitor is ok "
-            f"(all connected at {fmt_s(restart.get('all_connected_s'))})",
-            met,
-            note,
-        )
-    )
-    if n < 10_000:
-        found = [
-            Goal(g.goal, g.target, g.measured, None, f"only {n:,} domains (goal: 10,000)")
-            for g in found
-        ]
-    return found
-
-
-def markdown(results: dict[str, Any]) -> str:
-    sizes, modes = results["sizes"], results["modes"]
-    out = [
-        f"{sizes['n']:,} simulated domains, at most {sizes['per_process']:,} per simulator "
-        f"process. Baseline: a daemon with no domain has {results['baseline']['rss_mib']} MiB "
-        "RSS. Times are from spawning the daemon.",
-        "",
-    ]
+def report(results: dict[str, Any]) -> Report:
+    sizes, modes, base = results["sizes"], results["modes"], results["baseline"]["rss_mib"]
+    n = sizes["n"]
     rows: list[list[object]] = []
     for mode, data in modes.items():
         for phase in ("first", "restart"):
             r = data[phase]
-            per_domain = None
-            if r.get("rss_mib") is not None:
-                extra_kib = (r["rss_mib"] - results["baseline"]["rss_mib"]) * 1024
-                per_domain = f"{extra_kib / data['n']:.1f} KiB"
+            rss = r.get("rss_mib")
             rows.append(
                 [
                     mode,
@@ -306,39 +252,110 @@ def markdown(results: dict[str, Any]) -> str:
                     fmt_s(r.get("all_connected_s")),
                     fmt_s(r.get("all_ok_s")) or f"> {r['limit_s']:g} s",
                     fmt_s(r.get("cpu_s_until_ok")),
-                    f"{r.get('rss_mib')} / {r.get('peak_rss_mib')} MiB" if "rss_mib" in r else None,
-                    per_domain,
+                    f"{rss} / {r.get('peak_rss_mib')} MiB" if rss is not None else None,
+                    f"{(rss - base) * 1024 / data['n']:.1f} KiB" if rss is not None else None,
                     r.get("open_files"),
                     _lat(r.get("list")),
                     _lat(r.get("get_info")),
                 ]
             )
-    out.append(
-        md_table(
-            [
-                "mode",
-                "daemon",
-                "first call",
-                "all VMs connected",
-                "all monitors ok",
-                "daemon CPU until then",
-                "RSS / peak",
-                "RSS per domain",
-                "open files",
-                "list all p50 / p99 / max",
-                "get_info p50 / p99",
-            ],
-            rows,
-        )
+    header = [
+        "mode",
+        "daemon",
+        "first call",
+        "all VMs connected",
+        "all monitors ok",
+        "daemon CPU until then",
+        "RSS / peak",
+        "RSS per domain",
+        "open files",
+        "list all p50 / p99 / max",
+        "get_info p50 / p99",
+    ]
+    sims = " ".join(
+        f"{mode}: {d['sim_processes']} simulator process(es) started in {d['sim_start_s']} s, "
+        f"RSS {', '.join(str(r) for r in d['sim_rss_mib'])} MiB; first daemon stopped in "
+        f"{fmt_s(d.get('first_stop_s'))}."
+        for mode, d in modes.items()
     )
-    for mode, data in modes.items():
-        out += [
-            "",
-            f"{mode}: {data['sim_processes']} simulator process(es) started in "
-            f"{data['sim_start_s']} s, RSS {', '.join(str(r) for r in data['sim_rss_mib'])} MiB; "
-            f"first daemon stopped in {fmt_s(data.get('first_stop_s'))}.",
-        ]
-    return "\n".join(out)
+    curves = [
+        Series(
+            "dotted" if phase == "first" else "line",
+            [c[0] for c in data[phase]["connected_curve"]],
+            [c[1] for c in data[phase]["connected_curve"]],
+            f"{mode}, {'first start' if phase == 'first' else 'restart'}",
+            mode_color(mode),
+        )
+        for mode, data in modes.items()
+        for phase in ("first", "restart")
+    ]
+    latencies = [
+        Series(
+            "bars",
+            [f"{mode}\n{key}" for key in ("list", "get_info") if data["restart"].get(key)],
+            [data["restart"][k]["p50_ms"] for k in ("list", "get_info") if data["restart"].get(k)],
+            None,
+            mode_color(mode),
+            values="{:.3g} ms",
+        )
+        for mode, data in modes.items()
+    ]
+    panels = [
+        Panel(
+            f"reconnecting {n:,} simulated domains",
+            curves,
+            xlabel="s since the daemon was spawned",
+            ylabel="VMs with the daemon connected",
+            ylim=(0, n * 1.05),
+            legend=True,
+        ),
+        Panel(
+            f"after the restart: list of {n:,} vs one get_info",
+            latencies,
+            ylabel="p50 latency, ms (log)",
+            log=True,
+        ),
+    ]
+    return Report(
+        f"{n:,} simulated domains, at most {sizes['per_process']:,} per simulator "
+        f"process. Baseline: a daemon with no domain has {base} MiB RSS. Times are from "
+        f"spawning the daemon. {sims}",
+        [Table(header, rows)],
+        _goals(n, modes.get("default")),
+        [panels],
+        panel_size=(5.0, 3.0),
+    )
+
+
+def _goals(n: int, data: dict[str, Any] | None) -> list[Goal]:
+    """RSS and reconnect time after the restart (default mode; 10,000 domains)."""
+    if data is None:
+        return []
+    restart = data["restart"]
+    rss = restart.get("rss_mib")
+    found = [
+        at_most(
+            f"{n:,} domains in <= {RSS_GOAL_MIB} MB daemon RSS",
+            f"<= {RSS_GOAL_MIB} MB",
+            f"{rss} MiB after the restart (peak {restart.get('peak_rss_mib')} MiB)",
+            None if rss is None else rss * 1.048576,
+            RSS_GOAL_MIB,
+            " MB",
+        ),
+        at_most(
+            f"reconnect all {n:,} after a restart <= {RECONNECT_GOAL_S:g} s",
+            f"<= {RECONNECT_GOAL_S:g} s",
+            f"{fmt_s(restart.get('all_ok_s'))} from spawn until every monitor is ok "
+            f"(all connected at {fmt_s(restart.get('all_connected_s'))})",
+            restart.get("all_ok_s"),
+            RECONNECT_GOAL_S,
+            " s",
+        ),
+    ]
+    if n < 10_000:
+        note = f"only {n:,} domains (goal: 10,000)"
+        found = [attrs.evolve(g, met=None, note=note) for g in found]
+    return found
 
 
 def _lat(summary: dict[str, Any] | None) -> str | None:
@@ -349,51 +366,10 @@ def _lat(summary: dict[str, Any] | None) -> str | None:
     )
 
 
-def plot(results: dict[str, Any], path: Path) -> None:
-    modes = results["modes"]
-    n = results["sizes"]["n"]
-    fig, axes = grid(1, 2, width=5.0, height=3.0)
-    ax = axes[0][0]
-    for mode, data in modes.items():
-        for phase, style in (("first", ":"), ("restart", "-")):
-            curve = data[phase]["connected_curve"]
-            if curve:
-                ax.plot(
-                    [c[0] for c in curve],
-                    [c[1] for c in curve],
-                    linestyle=style,
-                    color=MODE_COLORS.get(mode, "tab:green"),
-                    label=f"{mode}, {'first start' if phase == 'first' else 'restart'}",
-                )
-    ax.set_xlabel("s since the daemon was spawned")
-    ax.set_ylabel("VMs with the daemon connected")
-    ax.set_ylim(0, n * 1.05)
-    ax.set_title(f"reconnecting {n:,} simulated domains", fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(True, alpha=0.3)
-    ax = axes[0][1]
-    labels, values = [], []
-    for mode, data in modes.items():
-        r = data["restart"]
-        for key in ("list", "get_info"):
-            if r.get(key):
-                labels.append(f"{mode}\n{key}")
-                values.append(r[key]["p50_ms"])
-    bars = ax.bar(labels, values, color=[MODE_COLORS.get(lb.split()[0], "grey") for lb in labels])
-    ax.bar_label(bars, labels=[fmt_ms(v) or "" for v in values], fontsize=7)
-    if values:
-        plain_log_axis(ax)
-    ax.set_ylabel("p50 latency, ms (log)")
-    ax.set_title(f"after the restart: list of {n:,} vs one get_info", fontsize=9)
-    save(fig, path)
-
-
 SCENARIO = Scenario(
     name="scale",
     summary="10,000 simulated domains: daemon RSS, reconnect after a restart, list latency",
     default_modes=("default", "legacy"),
     run=run,
-    goals=goals,
-    markdown=markdown,
-    plot=plot,
+    report=report,
 )

@@ -26,19 +26,17 @@ import json
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import trio
 import trio_websocket
 
 from .._conn import connect, open_ws
-from .._context import Context, Goal, Scenario
+from .._context import Context, Scenario
 from .._load import start_domains, wait_monitors
-from .._output import md_table
-from .._plot import grid, save
 from .._procs import proc_cpu_seconds, start_daemon, start_helper, terminate
 from .._reference import LIBVIRT
+from .._report import Goal, Panel, Report, Series, Table, fmt_ratio
 
 __all__ = ["SCENARIO"]
 
@@ -215,113 +213,98 @@ async def run(ctx: Context) -> dict[str, Any]:
     return {"sizes": sizes, "modes": modes}
 
 
-def goals(results: dict[str, Any]) -> list[Goal]:
-    data = results["modes"].get("default")
+def report(results: dict[str, Any]) -> Report:
+    sizes, modes = results["sizes"], results["modes"]
+    conns = sizes["connections"]
+    rows: list[list[object]] = []
+    for mode, data in modes.items():
+        for server in SERVERS:
+            for c in conns:
+                e = data[server][str(c)]
+                ratio = fmt_ratio(e.get("ratio_to_echo", 1.0))
+                cpu = [f"{e['server_cpu']:.0%}", f"{e['client_cpu']:.0%}"]
+                rows.append([mode, LABELS[server], c, f"{e['calls_per_s']:,.0f}", ratio, *cpu])
+        if "batch" in data:
+            b = data["batch"]
+            what = f"daemon, batches of {b['size']} domain.get_info"
+            rows.append([mode, what, 1, f"{b['calls_per_s']:,.0f}", None, f"{b['server_cpu']:.0%}"])
+    for who, what, c, key in REFERENCES:
+        rows.append([who, what, c, LIBVIRT[key]])
+    colors = {"echo": "grey", "daemon_raw": "tab:blue", "daemon_client": "tab:cyan"}
+    panels = [
+        Panel(
+            f"{mode}: connect.get_version vs echo",
+            [
+                Series(
+                    "bars",
+                    [f"{c} connection{'s' if c > 1 else ''}" for c in conns],
+                    [data[server][str(c)]["calls_per_s"] for c in conns],
+                    LABELS[server],
+                    colors[server],
+                    values="{:,.0f}",
+                )
+                for server in SERVERS
+            ],
+            ylabel="calls/s",
+            legend=True,
+        )
+        for mode, data in modes.items()
+    ]
+    return Report(
+        f"Median of {sizes['rounds']} rounds of {sizes['seconds']:g} s; every connection has "
+        "one call in flight at a time. CPU: share of one core used by the server process and "
+        "by the client (this process) during the round.",
+        [
+            Table(
+                ["mode", "server", "connections", "calls/s", "vs echo", "server CPU", "client CPU"],
+                rows,
+            )
+        ],
+        _goals(modes.get("default")),
+        [panels],
+        panel_size=(5.5, 3.0),
+    )
+
+
+REFERENCES = [
+    ("libvirt 9.0", "libvirtd, getLibVersion", 1, "noop_1"),
+    ("libvirt 9.0", "libvirtd, getLibVersion", 8, "noop_8"),
+    ("reference", "trio-websocket echo", 1, "echo_1"),
+    ("reference", "trio-websocket echo", 16, "echo_16"),
+]
+
+
+def _goals(data: dict[str, Any] | None) -> list[Goal]:
+    """No-op calls >= 0.8x the echo; batches >= 20,000 calls/s (default mode)."""
     if data is None:
         return []
     found = []
     for server in ("daemon_raw", "daemon_client"):
         for c, entry in data[server].items():
             r = entry["ratio_to_echo"]
-            met = r >= 0.8
             found.append(
                 Goal(
                     f"no-op throughput >= 0.8x the echo, {c} connection(s), {LABELS[server]}",
                     ">= 0.8x",
                     f"{entry['calls_per_s']:,.0f} vs {data['echo'][c]['calls_per_s']:,.0f} "
                     f"calls/s: {r:.2f}x",
-                    met,
-                    "" if met else f"{r:.2f}x against 0.8x: {(0.8 - r) / 0.8:.0%} short",
+                    r >= 0.8,
+                    "" if r >= 0.8 else f"{r:.2f}x against 0.8x: {(0.8 - r) / 0.8:.0%} short",
                 )
             )
-    batch = data.get("batch")
-    if batch is not None:
-        rate = batch["calls_per_s"]
-        met = rate >= 20_000
+    if "batch" in data:
+        rate = data["batch"]["calls_per_s"]
         found.append(
             Goal(
-                f"batches of {batch['size']} domain.get_info on one connection >= 20,000 calls/s",
+                f"batches of {data['batch']['size']} domain.get_info on one connection "
+                ">= 20,000 calls/s",
                 ">= 20,000 calls/s",
                 f"{rate:,.0f} calls/s (libvirt 9.0 sequential getLibVersion: {LIBVIRT['noop_1']})",
-                met,
-                "" if met else f"{rate / 20_000:.2f}x of the goal",
+                rate >= 20_000,
+                "" if rate >= 20_000 else f"{rate / 20_000:.2f}x of the goal",
             )
         )
     return found
-
-
-def markdown(results: dict[str, Any]) -> str:
-    sizes, modes = results["sizes"], results["modes"]
-    out = [
-        f"Median of {sizes['rounds']} rounds of {sizes['seconds']:g} s; every connection has "
-        "one call in flight at a time. CPU: share of one core used by the server process and "
-        "by the client (this process) during the round.",
-        "",
-    ]
-    rows: list[list[object]] = []
-    for mode, data in modes.items():
-        for server in SERVERS:
-            for c in sizes["connections"]:
-                entry = data[server][str(c)]
-                ratio = entry.get("ratio_to_echo")
-                rows.append(
-                    [
-                        mode,
-                        LABELS[server],
-                        c,
-                        f"{entry['calls_per_s']:,.0f}",
-                        "1.00x" if ratio is None else f"{ratio:.2f}x",
-                        f"{entry['server_cpu']:.0%}",
-                        f"{entry['client_cpu']:.0%}",
-                    ]
-                )
-    for mode, data in modes.items():
-        batch = data.get("batch")
-        if batch is not None:
-            rows.append(
-                [
-                    mode,
-                    f"daemon, batches of {batch['size']} domain.get_info",
-                    1,
-                    f"{batch['calls_per_s']:,.0f}",
-                    None,
-                    f"{batch['server_cpu']:.0%}",
-                    None,
-                ]
-            )
-    rows.append(["libvirt 9.0", "libvirtd, getLibVersion", 1, LIBVIRT["noop_1"], None, None, None])
-    rows.append(["libvirt 9.0", "libvirtd, getLibVersion", 8, LIBVIRT["noop_8"], None, None, None])
-    rows.append(["reference", "trio-websocket echo", 1, LIBVIRT["echo_1"], None, None, None])
-    rows.append(["reference", "trio-websocket echo", 16, LIBVIRT["echo_16"], None, None, None])
-    out.append(
-        md_table(
-            ["mode", "server", "connections", "calls/s", "vs echo", "server CPU", "client CPU"],
-            rows,
-        )
-    )
-    return "\n".join(out)
-
-
-def plot(results: dict[str, Any], path: Path) -> None:
-    modes = results["modes"]
-    conns = results["sizes"]["connections"]
-    fig, axes = grid(1, len(modes), width=5.5, height=3.0)
-    colors = {"echo": "grey", "daemon_raw": "tab:blue", "daemon_client": "tab:cyan"}
-    for col, (mode, data) in enumerate(modes.items()):
-        ax = axes[0][col]
-        width = 0.8 / len(SERVERS)
-        for i, server in enumerate(SERVERS):
-            xs = [j + i * width for j in range(len(conns))]
-            ys = [data[server][str(c)]["calls_per_s"] for c in conns]
-            bars = ax.bar(xs, ys, width=width, color=colors[server], label=LABELS[server])
-            ax.bar_label(bars, labels=[f"{y:,.0f}" for y in ys], fontsize=7)
-        ax.set_xticks([j + width for j in range(len(conns))])
-        ax.set_xticklabels([f"{c} connection{'s' if c > 1 else ''}" for c in conns])
-        ax.set_ylabel("calls/s")
-        ax.set_title(f"{mode}: connect.get_version vs echo", fontsize=9)
-        ax.legend(fontsize=7, loc="upper left")
-        ax.grid(True, axis="y", alpha=0.3)
-    save(fig, path)
 
 
 SCENARIO = Scenario(
@@ -329,7 +312,5 @@ SCENARIO = Scenario(
     summary="no-op calls per second over 1 and 16 connections, beside a trio-websocket echo",
     default_modes=("default",),
     run=run,
-    goals=goals,
-    markdown=markdown,
-    plot=plot,
+    report=report,
 )

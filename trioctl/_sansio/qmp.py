@@ -204,7 +204,9 @@ class QmpConnection:
 
     def _interpret(self, line: bytes) -> QmpMessage:
         try:
-            msg = json.loads(line, parse_constant=_no_constant, parse_float=_finite_float)
+            # json.loads(line, parse_constant=..., parse_float=...) exactly,
+            # without building a new decoder for every message.
+            msg = _DECODER.decode(line.decode(json.detect_encoding(line), "surrogatepass"))
         except (ValueError, RecursionError, OverflowError):
             # UnicodeDecodeError is a ValueError; RecursionError from deep
             # nesting; Infinity, NaN and 1e400 are refused (ValueError).
@@ -342,5 +344,10 @@ def _small_int(value: object) -> int:
     return value
 
 
+_DECODER: Final = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)
+#: json.dumps(obj, separators=..., allow_nan=False) builds one per call.
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def _encode(obj: Mapping[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+    return _ENCODER.encode(obj).encode() + b"\n"
