@@ -151,17 +151,26 @@ async def test_start_paused_then_resume(sock_dir: Path, emulator: str) -> None:
 
 
 async def test_shutdown_of_a_guest_that_ignores_the_power_button(sock_dir: Path) -> None:
-    # Real QEMU with -machine none has no guest to act on system_powerdown.
+    """The simulator's guest ignores ``system_powerdown`` (``-sim-powerdown
+    ignore``): shutdown gives up after ``shutdown_timeout`` with a clear error,
+    the domain runs on, and destroy still stops it. (Real QEMU with ``-machine
+    none`` has no guest at all: test_shutdown_deadline_with_real_qemu.)"""
     with trio.fail_after(30):
         async with driver_at(sock_dir) as driver:
             try:
-                await driver.define(DomainDefinition(name="vm1", emulator="sim"))
+                await driver.define(
+                    DomainDefinition(
+                        name="vm1", emulator="sim", extra_args=("-sim-powerdown", "ignore")
+                    )
+                )
                 await driver.start("vm1")
-                await driver.monitor_command(
-                    "vm1", "x-trioctl-sim-fault", {"mode": "none"}
-                )  # the simulator's hook exists
-                info = await driver.shutdown("vm1")
-                assert (info.state, info.reason) == (DomainState.SHUTOFF, "shutdown")
+                with pytest.raises(OperationInvalid, match=r"did not power off within 0\.5 s"):
+                    await driver.shutdown("vm1")
+                info = driver.get_info("vm1")
+                assert (info.state, info.monitor) == (DomainState.RUNNING, MonitorState.OK)
+                assert (await driver.get_stats("vm1")).status == "running"
+                info = await driver.destroy("vm1")
+                assert (info.state, info.reason) == (DomainState.SHUTOFF, "destroyed")
             finally:
                 kill_all(driver)
 

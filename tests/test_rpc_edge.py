@@ -29,7 +29,7 @@ from trioctl._client import connect
 from trioctl._procedures import Role
 from trioctl._server import Server, Tokens
 
-from .helpers import exchange, raw_ws, running_daemon
+from .helpers import exchange, raw_ws, running_daemon, wait_until
 
 
 def fd_count() -> int:
@@ -116,12 +116,6 @@ def call(method: str, params: Any = None, id: Any = 1) -> dict[str, Any]:
     if params is not None:
         message["params"] = params
     return message
-
-
-async def wait_until(predicate: Any, seconds: float) -> None:
-    with trio.fail_after(seconds):
-        while not predicate():
-            await trio.sleep(0.01)
 
 
 # -- batches ----------------------------------------------------------------------------

@@ -282,35 +282,6 @@ async def test_sixth_request_waits(sock_dir: Path) -> None:
                 assert ids == {0, 1, 2, 3, 4, 99}
 
 
-async def test_keepalive_closes_a_silent_peer(sock_dir: Path) -> None:
-    with trio.fail_after(30):
-        async with running_daemon(
-            sock_dir, server__keepalive_interval=0.1, server__keepalive_count=2
-        ) as daemon:
-            stream = await trio.open_tcp_stream("127.0.0.1", daemon.port)
-            try:
-                await stream.send_all(
-                    b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                    b"Sec-WebSocket-Version: 13\r\n"
-                    b"Authorization: Bearer " + daemon.token.encode() + b"\r\n\r\n"  # type: ignore[union-attr]
-                )
-                assert b"101" in await stream.receive_some()
-                # Never answer the pings: the server must close us (EOF).
-                with trio.fail_after(10):
-                    while await stream.receive_some():
-                        pass
-            finally:
-                await stream.aclose()
-            with trio.fail_after(5):
-                while daemon.server.list_clients().clients:
-                    await trio.sleep(0.01)
-            # A well-behaved client stays connected across many intervals.
-            async with connect(daemon.url, daemon.token) as client:
-                await trio.sleep(0.6)
-                assert (await client.get_version()).protocol == 1
-
-
 def _websockets_client(url: str, token: str, requests: list[dict[str, Any]]) -> list[Any]:
     from websockets.sync.client import connect as ws_connect
 
