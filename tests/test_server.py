@@ -30,7 +30,7 @@ from trioctl._models import DomainState, MonitorState
 from trioctl._procedures import Role
 from trioctl._server import Tokens
 
-from .helpers import exchange, no_reply_within, raw_ws, running_daemon
+from .helpers import exchange, no_reply_within, raw_ws, running_daemon, wait_until
 
 BACKENDS = [pytest.param("qemu", marks=pytest.mark.qemu), "sim"]
 
@@ -271,9 +271,15 @@ async def test_sixth_request_waits(sock_dir: Path) -> None:
                 await ws.send_message(
                     '{"jsonrpc": "2.0", "id": 99, "method": "connect.get_version"}'
                 )
-                assert await no_reply_within(ws, 0.5)
-                session = next(s for s in daemon.server.list_clients().clients if s.in_flight)
-                assert session.in_flight == 5
+
+                def in_flight() -> int:
+                    return max(
+                        (s.in_flight for s in daemon.server.list_clients().clients), default=0
+                    )
+
+                await wait_until(lambda: in_flight() == 5)
+                assert await no_reply_within(ws, 0.5)  # the sixth is not served meanwhile
+                assert in_flight() == 5
                 for pid in pids:
                     os.kill(pid, signal.SIGCONT)  # type: ignore[arg-type]
                 ids = set()
