@@ -21,6 +21,8 @@ from trioctl._client import connect
 
 from .helpers import wait_until
 
+pytestmark = pytest.mark.slow
+
 CONFIG = """
 [server]
 listen = "127.0.0.1:0"

@@ -84,6 +84,7 @@ def emulator(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.mark.slow
 async def test_lifecycle(sock_dir: Path, emulator: str) -> None:
     with trio.fail_after(30):
         async with driver_at(sock_dir) as driver:
@@ -144,6 +145,7 @@ async def test_lifecycle(sock_dir: Path, emulator: str) -> None:
                 kill_all(driver)
 
 
+@pytest.mark.slow
 async def test_start_paused_then_resume(sock_dir: Path, emulator: str) -> None:
     with trio.fail_after(30):
         async with driver_at(sock_dir) as driver:
@@ -158,6 +160,7 @@ async def test_start_paused_then_resume(sock_dir: Path, emulator: str) -> None:
                 kill_all(driver)
 
 
+@pytest.mark.slow
 async def test_shutdown_of_a_guest_that_ignores_the_power_button(sock_dir: Path) -> None:
     """The simulator's guest ignores ``system_powerdown`` (``-sim-powerdown
     ignore``): shutdown gives up after ``shutdown_timeout`` with a clear error,
@@ -183,6 +186,7 @@ async def test_shutdown_of_a_guest_that_ignores_the_power_button(sock_dir: Path)
                 kill_all(driver)
 
 
+@pytest.mark.slow
 @pytest.mark.qemu
 async def test_shutdown_deadline_with_real_qemu(sock_dir: Path) -> None:
     with trio.fail_after(30):
@@ -197,6 +201,7 @@ async def test_shutdown_deadline_with_real_qemu(sock_dir: Path) -> None:
                 kill_all(driver)
 
 
+@pytest.mark.slow
 async def test_hung_monitor_timeout_probe_and_fast_destroy(sock_dir: Path, emulator: str) -> None:
     # A long destroy grace: a stopped process gets SIGKILL at once, not after it.
     with trio.fail_after(30):
@@ -250,6 +255,7 @@ async def test_hung_monitor_timeout_probe_and_fast_destroy(sock_dir: Path, emula
                 kill_all(driver)
 
 
+@pytest.mark.slow
 async def test_restart_reconnects_in_parallel(sock_dir: Path, emulator: str) -> None:
     names = ["a", "b", "hung", "dead"]
     with trio.fail_after(40):
@@ -300,6 +306,7 @@ async def test_restart_reconnects_in_parallel(sock_dir: Path, emulator: str) -> 
                     pass
 
 
+@pytest.mark.slow
 async def test_restart_after_sigcont_reconnects_hung_domain(sock_dir: Path) -> None:
     with trio.fail_after(30):
         async with driver_at(sock_dir) as driver:
@@ -319,6 +326,7 @@ async def test_restart_after_sigcont_reconnects_hung_domain(sock_dir: Path) -> N
             os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
 async def test_crash_is_seen_at_once(sock_dir: Path, emulator: str) -> None:
     with trio.fail_after(30):
         async with driver_at(sock_dir) as driver:
@@ -373,6 +381,7 @@ async def test_corrupt_files_are_set_aside(sock_dir: Path) -> None:
     assert (domains / "good.json").exists()
 
 
+@pytest.mark.slow
 async def test_destroy_removes_runtime_files(sock_dir: Path) -> None:
     with trio.fail_after(20):
         async with driver_at(sock_dir) as driver:

@@ -47,6 +47,7 @@ async def vm(request: pytest.FixtureRequest, sock_dir: Path) -> AsyncIterator[Vm
         proc.close()
 
 
+@pytest.mark.slow
 async def test_negotiate_status_stop_cont(vm: Vm) -> None:
     with trio.fail_after(10):
         async with open_monitor(vm.spec.qmp_path) as monitor:
@@ -66,6 +67,7 @@ async def test_negotiate_status_stop_cont(vm: Vm) -> None:
             assert (await monitor.execute("query-name")) == {"name": "vm1"}
 
 
+@pytest.mark.slow
 async def test_unknown_command(vm: Vm) -> None:
     with trio.fail_after(10):
         async with open_monitor(vm.spec.qmp_path) as monitor:
@@ -74,6 +76,7 @@ async def test_unknown_command(vm: Vm) -> None:
             assert info.value.error_class == "CommandNotFound"
 
 
+@pytest.mark.slow
 async def test_sigstop_deadline_then_sigcont_recovers(vm: Vm) -> None:
     with trio.fail_after(15):
         async with open_monitor(vm.spec.qmp_path) as monitor:
@@ -90,6 +93,7 @@ async def test_sigstop_deadline_then_sigcont_recovers(vm: Vm) -> None:
             assert monitor.statistics().replies_dropped == 1
 
 
+@pytest.mark.slow
 async def test_sigkill_fails_every_waiter(vm: Vm) -> None:
     failures: list[Exception] = []
     with trio.fail_after(10):
@@ -110,6 +114,7 @@ async def test_sigkill_fails_every_waiter(vm: Vm) -> None:
     assert len(failures) == 3
 
 
+@pytest.mark.slow
 async def test_kill_of_stopped_process_is_fast(vm: Vm) -> None:
     vm.proc.send_signal(signal.SIGSTOP)
     with trio.fail_after(20):
@@ -120,12 +125,14 @@ async def test_kill_of_stopped_process_is_fast(vm: Vm) -> None:
     assert vm.proc.exited()
 
 
+@pytest.mark.slow
 async def test_kill_running_process_uses_sigterm(vm: Vm) -> None:
     with trio.fail_after(5):
         await vm.proc.kill(grace=3)
     assert vm.proc.exited()
 
 
+@pytest.mark.slow
 async def test_quit_exits_and_pidfd_reports_it(vm: Vm) -> None:
     with trio.fail_after(10):
         async with open_monitor(vm.spec.qmp_path) as monitor:
@@ -135,6 +142,7 @@ async def test_quit_exits_and_pidfd_reports_it(vm: Vm) -> None:
     assert not vm.proc.send_signal(0)
 
 
+@pytest.mark.slow
 async def test_reattach(vm: Vm) -> None:
     pid = vm.proc.pid
     again = QemuProcess.attach(pid, vm.proc.start_ticks)
@@ -146,6 +154,7 @@ async def test_reattach(vm: Vm) -> None:
         QemuProcess.attach(pid, vm.proc.start_ticks + 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("emulator", BACKENDS)
 async def test_launch_failure_reports_stderr(emulator: str, sock_dir: Path) -> None:
     spec = LaunchSpec(
@@ -158,6 +167,7 @@ async def test_launch_failure_reports_stderr(emulator: str, sock_dir: Path) -> N
         await launch(spec, run_dir=sock_dir)
 
 
+@pytest.mark.slow
 async def test_missing_emulator(sock_dir: Path) -> None:
     spec = LaunchSpec(
         name="x",
@@ -187,6 +197,7 @@ def test_argv_is_a_list_without_shell() -> None:
     )
 
 
+@pytest.mark.slow
 async def test_kill_of_process_stopped_during_the_grace_is_fast(vm: Vm) -> None:
     # The process ignores SIGTERM while stopped: kill() must notice the stop
     # and send SIGKILL instead of waiting out the whole grace.

@@ -9,6 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 import trio
 import trio_websocket
 
@@ -50,6 +51,7 @@ async def resetting_qmp_peer(
                 await trio.sleep(0.05)
 
 
+@pytest.mark.slow
 async def test_reset_during_handshake_does_not_wedge_the_domain(sock_dir: Path) -> None:
     store = Store(sock_dir, sock_dir / "run")
     (sock_dir / "run" / "vm1").mkdir()
@@ -84,6 +86,7 @@ async def test_reset_during_handshake_does_not_wedge_the_domain(sock_dir: Path) 
             await sleeper.wait()
 
 
+@pytest.mark.slow
 async def test_cancelled_launch_leaves_no_emulator_behind() -> None:
     for delay in (0.02, 0.08, 0.15):
         state_dir = Path(tempfile.mkdtemp(prefix="tc-"))
@@ -106,6 +109,7 @@ async def test_cancelled_launch_leaves_no_emulator_behind() -> None:
                 assert proc_state(pid) in ("Z", "X", "gone")
 
 
+@pytest.mark.slow
 async def test_unread_replies_stop_the_reader(sock_dir: Path) -> None:
     """Slots are held until replies are written: a client that never reads
     cannot make the session buffer replies without bound."""
@@ -121,6 +125,7 @@ async def test_unread_replies_stop_the_reader(sock_dir: Path) -> None:
             assert len(session.nursery.child_tasks) <= 2 * daemon.server.max_client_requests + 2
 
 
+@pytest.mark.slow
 async def test_subscribe_twice_in_one_batch(sock_dir: Path) -> None:
     def req(i: int, method: str, params: dict[str, object] | None = None) -> dict[str, object]:
         return {"jsonrpc": "2.0", "id": i, "method": method, "params": params or {}}

@@ -195,6 +195,7 @@ async def test_oversized_batch_costs_one_error_and_others_are_unaffected(sock_di
             assert (await other.get_version()).protocol == 1
 
 
+@pytest.mark.slow
 async def test_client_that_never_reads_holds_bounded_memory(sock_dir: Path) -> None:
     limit = 64 * 1024
     with trio.fail_after(60):
@@ -225,6 +226,7 @@ async def test_client_that_never_reads_holds_bounded_memory(sock_dir: Path) -> N
 # -- sessions end with their peer ----------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_batch_and_leave_cycles_leave_no_session(sock_dir: Path) -> None:
     with trio.fail_after(120):
         async with running_daemon(sock_dir) as daemon:
@@ -272,6 +274,7 @@ async def test_a_peer_that_leaves_while_its_calls_are_stuck_is_reaped(sock_dir: 
 # -- before the handshake ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_connect_and_close_flood_returns_to_baseline(sock_dir: Path) -> None:
     with trio.fail_after(120):
         async with running_daemon(sock_dir) as daemon:
@@ -465,6 +468,7 @@ async def test_origin_and_subprotocol_matrix(sock_dir: Path, auth: bool) -> None
 # -- positional params and discovery ----------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_positional_params(sock_dir: Path) -> None:
     with trio.fail_after(30):
         async with running_daemon(sock_dir) as daemon, raw_ws(daemon.url, daemon.token) as ws:
@@ -544,6 +548,7 @@ async def test_connect_raises_only_trioctl_errors(sock_dir: Path) -> None:
                 await listener.aclose()
 
 
+@pytest.mark.slow
 async def test_close_never_raises_the_pong_error(sock_dir: Path) -> None:
     # A server that pings all the time: pings reach the client while it closes.
     import trio_websocket

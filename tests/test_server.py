@@ -35,6 +35,7 @@ from .helpers import exchange, no_reply_within, raw_ws, running_daemon, wait_unt
 BACKENDS = [pytest.param("qemu", marks=pytest.mark.qemu), "sim"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_every_procedure(sock_dir: Path, backend: str) -> None:
     with trio.fail_after(60):
@@ -244,6 +245,7 @@ async def test_max_clients_and_oversize_message(sock_dir: Path) -> None:
             assert reason.code == 1009
 
 
+@pytest.mark.slow
 async def test_sixth_request_waits(sock_dir: Path) -> None:
     # max_client_requests = 5 (libvirt's default): five calls stuck on a hung
     # domain fill the client's slots; the sixth is not even read until one ends.
