@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,17 @@ async def exchange(ws: trio_websocket.WebSocketConnection, text: str) -> Any:
     """Send one frame and return the parsed reply frame."""
     await ws.send_message(text)
     return json.loads(await ws.get_message())
+
+
+async def wait_until(condition: Callable[[], object], seconds: float = 10) -> None:
+    """Poll ``condition`` until it is true; fail after ``seconds``.
+
+    For state with no event to wait on (another process, a statistics
+    counter): waits on what the test needs instead of sleeping a guessed time.
+    """
+    with trio.fail_after(seconds):
+        while not condition():
+            await trio.sleep(0.01)
 
 
 async def no_reply_within(ws: trio_websocket.WebSocketConnection, seconds: float) -> bool:

@@ -27,6 +27,8 @@ from typing import Any
 import pytest
 import trio
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -31,6 +31,7 @@ async def _hold(driver: Driver, name: str, release: trio.Event, held: trio.Event
         await release.wait()
 
 
+@pytest.mark.slow
 async def test_hung_and_busy_domains_reported_at_once(sock_dir: Path, emulator: str) -> None:
     with trio.fail_after(60):
         # A monitor deadline far beyond this test: asking a hung monitor would
@@ -114,6 +115,7 @@ async def test_bad_params(sock_dir: Path) -> None:
                 await get_all_domain_stats(driver, names=["nope"])
 
 
+@pytest.mark.slow
 async def test_over_rpc_with_a_stopped_domain(sock_dir: Path) -> None:
     with trio.fail_after(60):
         async with running_daemon(sock_dir, driver__monitor_timeout=30) as daemon:

@@ -31,7 +31,7 @@ import trio
 from trioctl import ConnectionRejected, procfs
 from trioctl._client import Client, connect
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 T = TypeVar("T")
 

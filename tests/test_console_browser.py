@@ -48,10 +48,13 @@ CALL_TIMEOUT = 15.0
 # The page's size, hence the screenshot's (docs/img/console.png).
 VIEWPORT = (1400, 700)
 
-pytestmark = pytest.mark.skipif(
-    (CHROMIUM is None or CHROMEDRIVER is None) and not os.environ.get("CI"),
-    reason="chromium or chromedriver is not installed (CI installs both)",
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        (CHROMIUM is None or CHROMEDRIVER is None) and not os.environ.get("CI"),
+        reason="chromium or chromedriver is not installed (CI installs both)",
+    ),
+]
 
 T = TypeVar("T")
 

@@ -130,6 +130,7 @@ def test_failures_inside_nurseries_are_unwrapped(capsys: pytest.CaptureFixture[s
     assert _report_failure(ExceptionGroup("a", [ZeroDivisionError()])) is None
 
 
+@pytest.mark.slow
 def test_port_in_use(tmp_path: Path) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
@@ -144,6 +145,7 @@ def test_port_in_use(tmp_path: Path) -> None:
     assert not (tmp_path / "s" / "tokens.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("listen", "expected"),
     [
@@ -158,6 +160,7 @@ def test_listen_address_unusable(tmp_path: Path, listen: str, expected: str) -> 
     assert expected in line
 
 
+@pytest.mark.slow
 def test_second_daemon_on_the_same_state_directory(tmp_path: Path) -> None:
     state = tmp_path / "state"
     with running_daemon(tmp_path, state):
@@ -166,6 +169,7 @@ def test_second_daemon_on_the_same_state_directory(tmp_path: Path) -> None:
     assert f"state directory {state}: another trioctl daemon uses it" in line
 
 
+@pytest.mark.slow
 def test_state_directory_unusable(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -175,6 +179,7 @@ def test_state_directory_unusable(tmp_path: Path) -> None:
     assert f"state directory {state}: Not a directory" in line
 
 
+@pytest.mark.slow
 def test_bad_configuration(tmp_path: Path) -> None:
     status, line = start_fails(
         tmp_path, "--state-dir", str(tmp_path), config="[server]\nlisten = 5\n"
@@ -192,6 +197,7 @@ def _tokens(path: Path, *tokens: tuple[str, str], mode: int = 0o600) -> None:
 GOOD = ("g" * 32, "admin")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("case", "expected"),
     [
@@ -241,6 +247,7 @@ def test_unusable_tokens_file(tmp_path: Path, case: str, expected: str) -> None:
     assert f"tokens file {tokens}: {expected}" in line
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the file to another user")
 def test_tokens_file_of_another_user(tmp_path: Path) -> None:
     state = tmp_path / "state"
@@ -274,6 +281,7 @@ def _wait_for_line(log: Path, text: str) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_sighup_reloads_the_tokens_file(tmp_path: Path) -> None:
     state = tmp_path / "state"
     tokens = state / "tokens.json"

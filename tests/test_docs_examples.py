@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 from trioctl._config import default_state_dir
@@ -41,6 +42,7 @@ def _processes_naming(mark: str) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 async def test_readme_embedding_example(sock_dir: Path) -> None:
     """The README's block runs as it is, as a script, and leaves nothing
     behind: no file in the temporary or home directories, nothing in the

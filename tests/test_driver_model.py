@@ -14,12 +14,15 @@ import signal
 import tempfile
 from pathlib import Path
 
+import pytest
 import trio
 from hypothesis import given, settings, strategies as st
 
 from trioctl import OperationInvalid, procfs
 from trioctl._driver import Driver, DriverConfig, open_driver
 from trioctl._models import DomainDefinition, DomainState
+
+pytestmark = pytest.mark.slow
 
 NAMES = ("a", "b")
 OPS = ("start", "start_paused", "suspend", "resume", "reset", "destroy", "shutdown", "kill")

@@ -108,6 +108,7 @@ async def hammer_and_write(
             return outcomes, reads
 
 
+@pytest.mark.slow
 async def test_readers_cannot_stop_writers(sock_dir: Path) -> None:
     with trio.fail_after(90):
         outcomes, reads = await hammer_and_write(sock_dir)
@@ -118,6 +119,7 @@ async def test_readers_cannot_stop_writers(sock_dir: Path) -> None:
     assert reads["shared"] > 0
 
 
+@pytest.mark.slow
 async def test_the_query_lane_alone_keeps_writers_served(sock_dir: Path) -> None:
     """Without sharing (a reader's calls are never answered together), the
     readers crowd each other out of their lane, but never the writer."""
@@ -128,6 +130,7 @@ async def test_the_query_lane_alone_keeps_writers_served(sock_dir: Path) -> None
     assert reads["shared"] == 0
 
 
+@pytest.mark.slow
 async def test_without_the_query_lane_readers_stop_writers(sock_dir: Path) -> None:
     """The finding, reproduced with libvirt's one queue (``query_lane =
     false``): most writes are refused, so the test above can fail."""
@@ -146,6 +149,7 @@ def test_only_a_query_procedure_can_be_shared() -> None:
         ProcedureTable([attrs.evolve(stats, job=JobKind.MODIFY)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lane", [True, False])
 async def test_list_jobs_shows_the_lanes(sock_dir: Path, lane: bool) -> None:
     with trio.fail_after(30):

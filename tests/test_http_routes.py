@@ -45,6 +45,7 @@ async def http(
     return int(status_line.split()[1]), fields, body
 
 
+@pytest.mark.slow
 async def test_metrics_parse_back_and_are_documented(sock_dir: Path) -> None:
     with trio.fail_after(30):
         async with running_daemon(sock_dir) as daemon:

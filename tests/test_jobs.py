@@ -493,6 +493,7 @@ async def test_domains_are_independent(autojump_clock: MOCK) -> None:
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.slow
 async def test_no_leak_with_ten_thousand_domains(autojump_clock: MOCK) -> None:
     jobs = DomainJobs(max_queued=1, max_queued_queries=1)
 
@@ -607,6 +608,7 @@ async def test_without_the_lane_a_query_is_a_job_like_any_other(autojump_clock: 
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("query_lane", [True, False])
 async def test_hammering_readers_and_forty_writes(autojump_clock: MOCK, query_lane: bool) -> None:
     """Issue 10's finding at the job layer: 8 readers with 5 calls each in
@@ -969,4 +971,4 @@ JobsMachine.TestCase.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-TestJobsMachine = JobsMachine.TestCase
+TestJobsMachine = pytest.mark.slow(JobsMachine.TestCase)

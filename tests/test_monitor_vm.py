@@ -18,6 +18,8 @@ from trioctl import ConnectionLost, LaunchError, QmpCommandError
 from trioctl._launcher import LaunchSpec, QemuProcess, build_argv, launch
 from trioctl._monitor import open_monitor
 
+from .helpers import wait_until
+
 BACKENDS = [pytest.param("qemu", marks=pytest.mark.qemu), "sim"]
 
 
@@ -45,6 +47,7 @@ async def vm(request: pytest.FixtureRequest, sock_dir: Path) -> AsyncIterator[Vm
         proc.close()
 
 
+@pytest.mark.slow
 async def test_negotiate_status_stop_cont(vm: Vm) -> None:
     with trio.fail_after(10):
         async with open_monitor(vm.spec.qmp_path) as monitor:
@@ -64,6 +67,7 @@ async def test_negotiate_status_stop_cont(vm: Vm) -> None:
             assert (await monitor.execute("query-name")) == {"name": "vm1"}
 
 
+@pytest.mark.slow
 async def test_unknown_command(vm: Vm) -> None:
     with trio.fail_after(10):
         async with open_monitor(vm.spec.qmp_path) as monitor:
@@ -72,26 +76,24 @@ async def test_unknown_command(vm: Vm) -> None:
             assert info.value.error_class == "CommandNotFound"
 
 
+@pytest.mark.slow
 async def test_sigstop_deadline_then_sigcont_recovers(vm: Vm) -> None:
     with trio.fail_after(15):
         async with open_monitor(vm.spec.qmp_path) as monitor:
             assert vm.proc.send_signal(signal.SIGSTOP)
-            start = trio.current_time()
+            # The deadline itself is exact in virtual time (test_monitor.py).
             with trio.move_on_after(1) as scope:
                 await monitor.execute("query-status")
-            elapsed = trio.current_time() - start
             assert scope.cancelled_caught
-            assert 1.0 <= elapsed < 2.5
             assert vm.proc.stopped()
             vm.proc.send_signal(signal.SIGCONT)
             assert (await monitor.execute("query-status"))["status"] == "running"
             # The reply to the cancelled command came late and was dropped.
-            with trio.move_on_after(2):
-                while monitor.statistics().replies_dropped < 1:
-                    await trio.sleep(0.01)
+            await wait_until(lambda: monitor.statistics().replies_dropped >= 1)
             assert monitor.statistics().replies_dropped == 1
 
 
+@pytest.mark.slow
 async def test_sigkill_fails_every_waiter(vm: Vm) -> None:
     failures: list[Exception] = []
     with trio.fail_after(10):
@@ -107,28 +109,30 @@ async def test_sigkill_fails_every_waiter(vm: Vm) -> None:
             async with trio.open_nursery() as nursery:
                 for _ in range(3):
                     nursery.start_soon(call)
-                await trio.sleep(0.1)
+                await wait_until(lambda: monitor.statistics().pending == 3)
                 vm.proc.send_signal(signal.SIGKILL)
     assert len(failures) == 3
 
 
+@pytest.mark.slow
 async def test_kill_of_stopped_process_is_fast(vm: Vm) -> None:
     vm.proc.send_signal(signal.SIGSTOP)
-    with trio.fail_after(2):
-        while not vm.proc.stopped():
-            await trio.sleep(0.005)
+    with trio.fail_after(20):
+        await wait_until(vm.proc.stopped)
         start = trio.current_time()
-        await vm.proc.kill(grace=5)
-    assert trio.current_time() - start < 1.0  # SIGKILL at once, no SIGTERM grace
+        await vm.proc.kill(grace=30)
+    assert trio.current_time() - start < 10  # SIGKILL at once, not after the 30 s grace
     assert vm.proc.exited()
 
 
+@pytest.mark.slow
 async def test_kill_running_process_uses_sigterm(vm: Vm) -> None:
     with trio.fail_after(5):
         await vm.proc.kill(grace=3)
     assert vm.proc.exited()
 
 
+@pytest.mark.slow
 async def test_quit_exits_and_pidfd_reports_it(vm: Vm) -> None:
     with trio.fail_after(10):
         async with open_monitor(vm.spec.qmp_path) as monitor:
@@ -138,6 +142,7 @@ async def test_quit_exits_and_pidfd_reports_it(vm: Vm) -> None:
     assert not vm.proc.send_signal(0)
 
 
+@pytest.mark.slow
 async def test_reattach(vm: Vm) -> None:
     pid = vm.proc.pid
     again = QemuProcess.attach(pid, vm.proc.start_ticks)
@@ -149,6 +154,7 @@ async def test_reattach(vm: Vm) -> None:
         QemuProcess.attach(pid, vm.proc.start_ticks + 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("emulator", BACKENDS)
 async def test_launch_failure_reports_stderr(emulator: str, sock_dir: Path) -> None:
     spec = LaunchSpec(
@@ -161,6 +167,7 @@ async def test_launch_failure_reports_stderr(emulator: str, sock_dir: Path) -> N
         await launch(spec, run_dir=sock_dir)
 
 
+@pytest.mark.slow
 async def test_missing_emulator(sock_dir: Path) -> None:
     spec = LaunchSpec(
         name="x",
@@ -190,13 +197,14 @@ def test_argv_is_a_list_without_shell() -> None:
     )
 
 
+@pytest.mark.slow
 async def test_kill_of_process_stopped_during_the_grace_is_fast(vm: Vm) -> None:
     # The process ignores SIGTERM while stopped: kill() must notice the stop
     # and send SIGKILL instead of waiting out the whole grace.
-    with trio.fail_after(5):
+    with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(vm.proc.kill, 4.0)
+            nursery.start_soon(vm.proc.kill, 30.0)
             vm.proc.send_signal(signal.SIGSTOP)
             start = trio.current_time()
             await vm.proc.wait()
-        assert trio.current_time() - start < 1.0
+        assert trio.current_time() - start < 10  # not the 30 s grace

@@ -25,6 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_DIRS = ("tests", "schemas", "docs", "bench")
 
 
+pytestmark = pytest.mark.slow  # one build of the sdist and the wheel
+
+
 def _tree(top: str) -> Iterator[str]:
     """Files under ROOT/top, repository-relative, without caches or results."""
     for dirpath, dirnames, filenames in os.walk(ROOT / top):

@@ -135,6 +135,7 @@ def test_handlers_that_take_a_job_use_locked_operations() -> None:
         assert not (calls & {"start", "suspend", "resume", "reset", "shutdown", "get_stats"})
 
 
+@pytest.mark.slow
 def test_the_client_library_loads_no_daemon_module() -> None:
     code = (
         "import sys, trioctl._client\n"
@@ -176,6 +177,7 @@ def test_domain_schema_agrees_with_the_converter() -> None:
             jsonschema.validate(bad, schema)
 
 
+@pytest.mark.slow
 async def test_live_results_match_their_schemas(sock_dir: Path) -> None:
     """Run every procedure and validate params and results against schemas/."""
     calls: list[tuple[str, dict[str, Any], str]] = [

@@ -47,6 +47,7 @@ def test_every_public_name_resolves_to_its_module_object() -> None:
         assert name in dir(trioctl)
 
 
+@pytest.mark.slow
 def test_import_trioctl_loads_no_submodule() -> None:
     code = "import sys, trioctl; print(sorted(m for m in sys.modules if m.startswith('trioctl')))"
     out = subprocess.run(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from typing import Any
 
@@ -304,22 +303,46 @@ def test_garbage_raises_only_remote_protocol_error(data: bytes) -> None:
         assert conn.state is QmpState.CLOSED
 
 
-@given(st.binary(max_size=512))
+@given(st.binary(min_size=1, max_size=512))
 def test_garbage_before_greeting(data: bytes) -> None:
+    """Any bytes before the greeting: a protocol error that closes the
+    connection for good, or (whole lines of) a greeting and what follows it,
+    or a wait for more."""
     conn = QmpConnection()
+    conn.receive_data(data)
     try:
-        conn.receive_data(data)
-        drain(conn)
+        got = drain(conn)
     except RemoteProtocolError:
-        pass
+        assert conn.state is QmpState.CLOSED
+        with pytest.raises(RemoteProtocolError, match="after a protocol violation"):
+            conn.next_event()
+        return
+    if got:
+        assert isinstance(got[0], Greeting) and got[0] == conn.greeting
+        assert conn.state is QmpState.CAPABILITIES
+    else:
+        assert conn.state is QmpState.GREETING and conn.greeting is None
+        complete_lines = data.split(b"\n")[:-1]
+        assert not any(line.strip() for line in complete_lines)
 
 
 @given(line=st.text(max_size=300))
 def test_arbitrary_text_lines(line: str) -> None:
+    """One line of any text on a running connection: one message (an event or
+    a reply), nothing for a blank line, or a protocol error that closes it."""
     conn = running_connection()
     conn.receive_data(line.encode() + b"\n")
-    with contextlib.suppress(RemoteProtocolError):
-        drain(conn)
+    try:
+        got = drain(conn)
+    except RemoteProtocolError:
+        assert conn.state is QmpState.CLOSED
+        return
+    assert conn.state is QmpState.RUNNING
+    if line.strip():
+        [message] = got
+        assert isinstance(message, Event | Return | ErrorReply)
+    else:
+        assert got == []
 
 
 # -- numbers JSON accepts but Python cannot hold (issue 10, item 9) ------------------

@@ -9,6 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 import trio
 import trio_websocket
 
@@ -19,7 +20,7 @@ from trioctl._launcher import LaunchSpec, QemuProcess, launch
 from trioctl._models import DomainDefinition, DomainState, MonitorState
 from trioctl._store import RuntimeRecord, Store
 
-from .helpers import raw_ws, running_daemon
+from .helpers import raw_ws, running_daemon, wait_until
 
 GREETING = (
     b'{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""},'
@@ -34,11 +35,14 @@ def proc_state(pid: int) -> str:
         return "gone"
 
 
-async def resetting_qmp_peer(path: str) -> None:
+async def resetting_qmp_peer(
+    path: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     """Greets, then closes with the client's negotiation unread (a reset)."""
     sock = trio.socket.socket(trio.socket.AF_UNIX)
     await sock.bind(path)
     sock.listen(16)
+    task_status.started()
     with sock:
         while True:
             conn, _ = await sock.accept()
@@ -47,6 +51,7 @@ async def resetting_qmp_peer(path: str) -> None:
                 await trio.sleep(0.05)
 
 
+@pytest.mark.slow
 async def test_reset_during_handshake_does_not_wedge_the_domain(sock_dir: Path) -> None:
     store = Store(sock_dir, sock_dir / "run")
     (sock_dir / "run" / "vm1").mkdir()
@@ -65,8 +70,7 @@ async def test_reset_during_handshake_does_not_wedge_the_domain(sock_dir: Path) 
         config = DriverConfig(sock_dir, monitor_timeout=0.5, reconnect_timeout=0.5)
         with trio.fail_after(15):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(resetting_qmp_peer, qmp)
-                await trio.sleep(0.05)
+                await nursery.start(resetting_qmp_peer, qmp)
                 async with open_driver(config) as driver:
                     with driver.subscribe() as sub:
                         async for event in sub:
@@ -82,6 +86,7 @@ async def test_reset_during_handshake_does_not_wedge_the_domain(sock_dir: Path) 
             await sleeper.wait()
 
 
+@pytest.mark.slow
 async def test_cancelled_launch_leaves_no_emulator_behind() -> None:
     for delay in (0.02, 0.08, 0.15):
         state_dir = Path(tempfile.mkdtemp(prefix="tc-"))
@@ -104,6 +109,7 @@ async def test_cancelled_launch_leaves_no_emulator_behind() -> None:
                 assert proc_state(pid) in ("Z", "X", "gone")
 
 
+@pytest.mark.slow
 async def test_unread_replies_stop_the_reader(sock_dir: Path) -> None:
     """Slots are held until replies are written: a client that never reads
     cannot make the session buffer replies without bound."""
@@ -119,12 +125,17 @@ async def test_unread_replies_stop_the_reader(sock_dir: Path) -> None:
             assert len(session.nursery.child_tasks) <= 2 * daemon.server.max_client_requests + 2
 
 
+@pytest.mark.slow
 async def test_subscribe_twice_in_one_batch(sock_dir: Path) -> None:
     def req(i: int, method: str, params: dict[str, object] | None = None) -> dict[str, object]:
         return {"jsonrpc": "2.0", "id": i, "method": method, "params": params or {}}
 
-    async def notifications(ws: trio_websocket.WebSocketConnection) -> int:
+    async def notifications(ws: trio_websocket.WebSocketConnection, expected: int) -> int:
+        """Wait for the ``expected`` notifications, then count any more in 0.5 s."""
         count = 0
+        with trio.fail_after(10):
+            while count < expected:
+                count += "method" in json.loads(await ws.get_message())
         with trio.move_on_after(0.5):
             while True:
                 count += "method" in json.loads(await ws.get_message())
@@ -138,17 +149,18 @@ async def test_subscribe_twice_in_one_batch(sock_dir: Path) -> None:
             await ws.send_message(
                 json.dumps(req(2, "domain.define", {"definition": {"name": "a"}}))
             )
-            assert await notifications(ws) == 1
+            assert await notifications(ws, 1) == 1
             await ws.send_message(json.dumps(req(3, "events.unsubscribe")))
             await ws.send_message(
                 json.dumps(req(4, "domain.define", {"definition": {"name": "b"}}))
             )
-            assert await notifications(ws) == 0
+            assert await notifications(ws, 0) == 0
 
 
 async def test_max_clients_holds_under_concurrent_handshakes(sock_dir: Path) -> None:
     accepted: list[int] = []
     refused: list[int] = []
+    release = trio.Event()
     with trio.fail_after(30):
         async with running_daemon(sock_dir, server__max_clients=2) as daemon:
 
@@ -156,14 +168,16 @@ async def test_max_clients_holds_under_concurrent_handshakes(sock_dir: Path) -> 
                 try:
                     async with raw_ws(daemon.url, daemon.token):
                         accepted.append(i)
-                        await trio.sleep(1)
+                        await release.wait()
                 except trioctl.ConnectionRejected as exc:
                     refused.append(exc.status)
 
             async with trio.open_nursery() as nursery:
                 for i in range(8):
                     nursery.start_soon(one, i)
-                await trio.sleep(0.5)
+                # Every handshake answered while the accepted ones stay connected.
+                await wait_until(lambda: len(accepted) + len(refused) == 8)
                 assert len(daemon.server._sessions) <= 2
+                release.set()
     assert len(accepted) == 2
     assert refused == [503] * 6

@@ -73,6 +73,7 @@ async def test_configured_emulator_names(sock_dir: Path, qemu_binary: str) -> No
 # -- extra_args ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.qemu
 async def test_extra_args_admin_only_and_tainting(
     sock_dir: Path, caplog: pytest.LogCaptureFixture
@@ -144,6 +145,7 @@ def test_monitor_allow_list() -> None:
         assert not monitor_command_allowed(command)
 
 
+@pytest.mark.slow
 @pytest.mark.qemu
 async def test_monitor_commands_by_role(sock_dir: Path) -> None:
     victim = sock_dir / "victim"
@@ -282,6 +284,7 @@ def _qcow2(path: Path, backing: str = "", incompatible: int = 0) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.qemu
 async def test_qcow2_backing_file_is_never_opened(sock_dir: Path, storage: Path) -> None:
     image = _qcow2(storage / "evil.qcow2", backing="/etc/shadow")
@@ -300,6 +303,7 @@ async def test_qcow2_backing_file_is_never_opened(sock_dir: Path, storage: Path)
             await writer.destroy("q")
 
 
+@pytest.mark.slow
 async def test_qcow2_with_an_external_data_file_is_refused(sock_dir: Path, storage: Path) -> None:
     image = _qcow2(storage / "ext.qcow2", incompatible=1 << 2)
     disk = {"path": str(image), "format": "qcow2"}
@@ -329,6 +333,7 @@ def _device_definition(storage: Path, emulator: str) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.qemu
 async def test_qemu_domain_with_a_disk_from_a_storage_dir(sock_dir: Path, storage: Path) -> None:
     with trio.fail_after(60):
@@ -354,6 +359,7 @@ async def test_qemu_domain_with_a_disk_from_a_storage_dir(sock_dir: Path, storag
             await writer.destroy("dev")
 
 
+@pytest.mark.slow
 @pytest.mark.qemu
 async def test_qemu_needs_no_access_to_the_storage_dirs(sock_dir: Path, storage: Path) -> None:
     """Images only root can read (in a directory only root can enter) still
@@ -376,6 +382,7 @@ async def test_qemu_needs_no_access_to_the_storage_dirs(sock_dir: Path, storage:
             await writer.destroy("dev")
 
 
+@pytest.mark.slow
 async def test_kernel_and_initrd_are_private_copies(sock_dir: Path, storage: Path) -> None:
     kernel, initrd = storage / "vmlinuz", storage / "initrd"
     kernel.write_bytes(b"kernel" * 1000)
@@ -412,6 +419,7 @@ async def test_kernel_and_initrd_are_private_copies(sock_dir: Path, storage: Pat
                 await writer.start("boot")
 
 
+@pytest.mark.slow
 async def test_sim_domain_with_devices_starts(sock_dir: Path, storage: Path) -> None:
     with trio.fail_after(30):
         async with (
@@ -490,6 +498,7 @@ def test_definition_field_checks() -> None:
 # -- redefine of a running domain ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_redefine_of_a_running_domain_is_pending(sock_dir: Path) -> None:
     config = DriverConfig(state_dir=sock_dir, run_dir=sock_dir / "run")
     with trio.fail_after(30):
@@ -527,6 +536,7 @@ async def test_redefine_of_a_running_domain_is_pending(sock_dir: Path) -> None:
             await driver.destroy("vm")
 
 
+@pytest.mark.slow
 @pytest.mark.qemu
 async def test_redefine_running_qemu_shows_the_running_memory(sock_dir: Path) -> None:
     with trio.fail_after(60):
@@ -551,6 +561,7 @@ def test_qemu_default_is_the_hosts_binary() -> None:
         assert table["qemu"] == which and os.path.isabs(table["qemu"])
 
 
+@pytest.mark.slow
 async def test_hand_written_definition_without_uuid_or_emulator(sock_dir: Path) -> None:
     config = DriverConfig(state_dir=sock_dir, run_dir=sock_dir / "run")
     (sock_dir / "domains").mkdir()

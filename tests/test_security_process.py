@@ -80,6 +80,7 @@ def config(state: Path, **kw: Any) -> DriverConfig:
 # -- QEMU confined -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.qemu
 async def test_real_qemu_runs_confined_and_outlives_a_restart(sock_dir: Path) -> None:
     try:
@@ -121,6 +122,7 @@ async def test_real_qemu_runs_confined_and_outlives_a_restart(sock_dir: Path) ->
         kill_under(sock_dir)
 
 
+@pytest.mark.slow
 async def test_simulator_accepts_the_sandbox_without_daemonize(sock_dir: Path) -> None:
     spec = LaunchSpec(name="s", qmp_path=str(sock_dir / "qmp.sock"))
     with trio.fail_after(20):
@@ -136,6 +138,7 @@ async def test_simulator_accepts_the_sandbox_without_daemonize(sock_dir: Path) -
 # -- a failed start kills what it launched ---------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_start_that_never_gets_a_monitor_kills_its_emulator(sock_dir: Path) -> None:
     # An "emulator" that runs but never opens its monitor socket.
     fake = sock_dir / "silent-emulator"
@@ -153,6 +156,7 @@ async def test_start_that_never_gets_a_monitor_kills_its_emulator(sock_dir: Path
     assert len(spawned) == 1 and not alive(spawned[0])
 
 
+@pytest.mark.slow
 async def test_failure_to_record_the_pid_kills_the_emulator(sock_dir: Path) -> None:
     spec = LaunchSpec(name="x", qmp_path=str(sock_dir / "qmp.sock"))
     spawned: list[int] = []
@@ -166,6 +170,7 @@ async def test_failure_to_record_the_pid_kills_the_emulator(sock_dir: Path) -> N
     assert len(spawned) == 1 and not alive(spawned[0])
 
 
+@pytest.mark.slow
 async def test_emulator_exiting_at_once_reports_its_stderr(sock_dir: Path) -> None:
     spec = LaunchSpec(name="x", qmp_path=str(sock_dir / "qmp.sock"), extra_args=("-bogus",))
     with trio.fail_after(20), pytest.raises(LaunchError, match="bogus"):
@@ -175,6 +180,7 @@ async def test_emulator_exiting_at_once_reports_its_stderr(sock_dir: Path) -> No
 # -- records are checked before adoption -----------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_record_naming_a_stranger_is_discarded_and_the_stranger_untouched(
     sock_dir: Path,
 ) -> None:
@@ -225,6 +231,7 @@ def test_deeply_nested_definition_is_set_aside(tmp_path: Path) -> None:
     assert (tmp_path / "domains" / "deep.json.corrupt").exists()
 
 
+@pytest.mark.slow
 async def test_hostile_state_files_never_stop_start_up(sock_dir: Path) -> None:
     store = Store(sock_dir, sock_dir / "run")
     domains, run = sock_dir / "domains", sock_dir / "run"
@@ -400,6 +407,7 @@ async def daemon(state: Path, ready: Path) -> AsyncIterator[tuple[trio.Process, 
             await proc.wait()
 
 
+@pytest.mark.slow
 def test_daemon_refuses_an_unsafe_state_directory_with_one_line(tmp_path: Path) -> None:
     state = tmp_path / "state"
     state.mkdir()
@@ -430,6 +438,7 @@ def test_daemon_refuses_an_unsafe_state_directory_with_one_line(tmp_path: Path) 
         assert "owned by uid" in lines[0]
 
 
+@pytest.mark.slow
 async def test_ready_file_in_a_shared_directory(sock_dir: Path) -> None:
     shared = Path(tempfile.mkdtemp(prefix="tc-shared-"))
     try:
@@ -475,6 +484,7 @@ async def _swallow(coro: Any) -> None:
         await coro
 
 
+@pytest.mark.slow
 async def test_sigkill_at_any_instant_of_a_start_never_loses_a_process(sock_dir: Path) -> None:
     """20 instants spread over a start; after each SIGKILL and restart, every
     emulator under the state directory is the domain's tracked process, and
@@ -536,6 +546,7 @@ async def test_sigkill_at_any_instant_of_a_start_never_loses_a_process(sock_dir:
         kill_under(sock_dir)
 
 
+@pytest.mark.slow
 async def test_daemon_serves_despite_hostile_state_files(sock_dir: Path) -> None:
     domains, run = sock_dir / "domains", sock_dir / "run"
     domains.mkdir(mode=0o700)
@@ -561,6 +572,7 @@ async def test_daemon_serves_despite_hostile_state_files(sock_dir: Path) -> None
                 assert (await client.get_info("good")).state.value == "shutoff"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not ROOT, reason="the daemon only resolves driver.qemu_user as root")
 def test_unknown_qemu_user_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "trioctl.toml").write_text(CONFIG + 'qemu_user = "no-such-account-x"\n')
@@ -601,6 +613,7 @@ def test_a_domain_named_like_a_record_keeps_its_run_directory(tmp_path: Path) ->
     assert (tmp_path / "run" / "a.json").is_dir()
 
 
+@pytest.mark.slow
 async def test_emulator_of_an_older_daemon_is_adopted(sock_dir: Path) -> None:
     """Before per-domain run directories the socket was RUN_DIR/NAME.qmp and
     records held paths: such an emulator is adopted, not lost, at upgrade."""

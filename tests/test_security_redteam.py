@@ -189,6 +189,7 @@ def test_sim_runs_in_isolated_mode() -> None:
     assert argv[1:] == ["-I", "-m", "trioctl.sim"]
 
 
+@pytest.mark.slow
 async def test_planted_package_in_the_working_directory_never_runs(
     sock_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

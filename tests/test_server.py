@@ -30,11 +30,12 @@ from trioctl._models import DomainState, MonitorState
 from trioctl._procedures import Role
 from trioctl._server import Tokens
 
-from .helpers import exchange, no_reply_within, raw_ws, running_daemon
+from .helpers import exchange, no_reply_within, raw_ws, running_daemon, wait_until
 
 BACKENDS = [pytest.param("qemu", marks=pytest.mark.qemu), "sim"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_every_procedure(sock_dir: Path, backend: str) -> None:
     with trio.fail_after(60):
@@ -244,6 +245,7 @@ async def test_max_clients_and_oversize_message(sock_dir: Path) -> None:
             assert reason.code == 1009
 
 
+@pytest.mark.slow
 async def test_sixth_request_waits(sock_dir: Path) -> None:
     # max_client_requests = 5 (libvirt's default): five calls stuck on a hung
     # domain fill the client's slots; the sixth is not even read until one ends.
@@ -271,44 +273,21 @@ async def test_sixth_request_waits(sock_dir: Path) -> None:
                 await ws.send_message(
                     '{"jsonrpc": "2.0", "id": 99, "method": "connect.get_version"}'
                 )
-                assert await no_reply_within(ws, 0.5)
-                session = next(s for s in daemon.server.list_clients().clients if s.in_flight)
-                assert session.in_flight == 5
+
+                def in_flight() -> int:
+                    return max(
+                        (s.in_flight for s in daemon.server.list_clients().clients), default=0
+                    )
+
+                await wait_until(lambda: in_flight() == 5)
+                assert await no_reply_within(ws, 0.5)  # the sixth is not served meanwhile
+                assert in_flight() == 5
                 for pid in pids:
                     os.kill(pid, signal.SIGCONT)  # type: ignore[arg-type]
                 ids = set()
                 for _ in range(6):
                     ids.add(json.loads(await ws.get_message())["id"])
                 assert ids == {0, 1, 2, 3, 4, 99}
-
-
-async def test_keepalive_closes_a_silent_peer(sock_dir: Path) -> None:
-    with trio.fail_after(30):
-        async with running_daemon(
-            sock_dir, server__keepalive_interval=0.1, server__keepalive_count=2
-        ) as daemon:
-            stream = await trio.open_tcp_stream("127.0.0.1", daemon.port)
-            try:
-                await stream.send_all(
-                    b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-                    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                    b"Sec-WebSocket-Version: 13\r\n"
-                    b"Authorization: Bearer " + daemon.token.encode() + b"\r\n\r\n"  # type: ignore[union-attr]
-                )
-                assert b"101" in await stream.receive_some()
-                # Never answer the pings: the server must close us (EOF).
-                with trio.fail_after(10):
-                    while await stream.receive_some():
-                        pass
-            finally:
-                await stream.aclose()
-            with trio.fail_after(5):
-                while daemon.server.list_clients().clients:
-                    await trio.sleep(0.01)
-            # A well-behaved client stays connected across many intervals.
-            async with connect(daemon.url, daemon.token) as client:
-                await trio.sleep(0.6)
-                assert (await client.get_version()).protocol == 1
 
 
 def _websockets_client(url: str, token: str, requests: list[dict[str, Any]]) -> list[Any]:

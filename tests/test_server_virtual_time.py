@@ -87,6 +87,12 @@ async def test_silent_peer_is_closed_after_interval_times_count_plus_one(
         while server._sessions:
             await trio.sleep(0.01)
         assert 30.0 <= trio.current_time() - start <= 31.0
+        assert server.list_clients().clients == []
+        # The peer sees the connection closed: the pings it never answered, then EOF.
+        with trio.fail_after(1):
+            while await stream.receive_some():
+                pass
+        await stream.aclose()
 
 
 async def test_answering_peer_stays_connected(

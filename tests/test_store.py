@@ -38,6 +38,7 @@ WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", ["before-fsync", "before-rename"])
 def test_writer_killed_mid_write_loses_nothing(tmp_path: Path, step: str) -> None:
     store = Store(tmp_path, tmp_path / "run")
