@@ -10,11 +10,13 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 async def test_idle_sessions_report_memory_per_session(sock_dir: Path) -> None:
     env = dict(os.environ, TMPDIR=str(sock_dir))
     argv = [sys.executable, "-m", "bench.bench_idle", "--sessions", "50", "--window", "0.2"]

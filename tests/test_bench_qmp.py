@@ -14,7 +14,7 @@ import trio
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.qemu
+pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
 
 async def test_qmp_scenario_measures_three_clients(sock_dir: Path, qemu_binary: str) -> None:

@@ -80,6 +80,7 @@ def test_what_is_wrong_is_said(data: bytes, reason: str) -> None:
         procfs.parse_stat(data)
 
 
+@pytest.mark.slow
 def test_a_real_process_with_a_hostile_name() -> None:
     """A child names itself ``) (x`` plus a newline (``/proc/self/comm``)."""
     name = ") (x\ny"

@@ -50,6 +50,7 @@ async def test_machine_none_has_no_cpus(sock_dir: Path, machine: str, cpus: list
 
 
 @pytest.mark.qemu
+@pytest.mark.slow
 async def test_real_qemu_machine_none_has_no_cpus(sock_dir: Path, qemu_binary: str) -> None:
     qmp_path, pidfile = sock_dir / "qemu.qmp", sock_dir / "qemu.pid"
     argv = [qemu_binary, "-machine", "none", "-nodefaults", "-display", "none"]
