@@ -16,7 +16,9 @@ Shape::
         └── session                         its own nursery, cancelled when the
             │                               peer closes, resets or misses pongs
             ├── reader                      one message at a time; stops reading at
-            │                               max_client_requests messages in flight
+            │                               max_client_requests messages in flight;
+            │                               after a failed call, waits for a turn
+            │                               in the error lane (_Turns)
             ├── one task per message        a single call or a whole batch; each call
             │   └── one task per call       holds one of the session's
             │                               max_client_requests call slots
