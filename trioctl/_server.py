@@ -67,6 +67,7 @@ from typing import Any, Final
 
 import attrs
 import trio
+import trio.testing
 import trio_websocket
 from wsproto import ConnectionType, WSConnection
 
@@ -179,13 +180,13 @@ class _Outbox:
         return text
 
 
-_TURNS_PER_PASS: Final = 1
-"""Messages of failing sessions started per pass of Trio's scheduler (see
-:class:`_Turns`)."""
+_LANE_PATIENCE: Final = 0.05
+"""A failing session's message waits at most this long for an idle loop
+(see :class:`_Turns`)."""
 
 
 class _Turns:
-    """The loop's share of clients whose calls fail: the error lane.
+    """The loop's time left over, for clients whose calls fail: the error lane.
 
     Every message costs the one event loop its parsing, dispatch, reply and
     send. A client whose calls fail at once (a hung domain's monitor
@@ -194,45 +195,42 @@ class _Turns:
     pass of its scheduler: with 30 such clients each pass runs a step of
     each of their calls, and a call from anyone else waits that long for
     each of its own steps. So a session whose last call failed takes a turn
-    before it starts its next message, and at most :data:`_TURNS_PER_PASS`
-    turns are given per pass, in the order they were asked for. The failing
-    clients then share about one call's worth of each pass between them,
-    whatever their number, and every other session's steps come round at
-    the pace of an idle daemon. Nothing is refused: a failing client's next
-    call starts a little later (a pass, or one pass per failing client ahead
-    of it), and its reader reads later (``max_client_requests``
-    backpressure as before). A session leaves the lane with its first call
-    that succeeds.
+    before it starts its next message, and a turn is given, one at a time in
+    the order asked, when every other task of the daemon is blocked (Trio's
+    ``wait_all_tasks_blocked``: the loop has nothing else to run), or after
+    :data:`_LANE_PATIENCE` seconds at the latest. The failing clients then
+    get the loop's idle time, one call at a time, whatever their number, and
+    every other session's steps come round at the pace of an idle daemon.
+    Nothing is refused: a failing client's next call starts once the loop
+    is idle (at once on an idle daemon), and its reader reads later
+    (``max_client_requests`` backpressure as before). A session leaves the
+    lane with its first call that succeeds.
 
-    A pass is counted by a ticker task (a checkpoint in a loop) that runs
-    only while sessions wait; while no more turns than the per-pass number
-    are asked between two ticks, a turn is taken at once.
+    One task hands the turns out while sessions wait, and none otherwise.
+    It never spins: it sleeps until the loop is idle.
     """
 
-    def __init__(self, per_pass: int = _TURNS_PER_PASS) -> None:
-        self.per_pass = per_pass
-        self.used = 0
-        """Turns taken since the last tick."""
+    def __init__(self, patience: float = _LANE_PATIENCE) -> None:
+        self.patience = patience
         self.waited = 0
-        """Turns that had to wait (statistics)."""
+        """Turns given (statistics)."""
         self.nursery: trio.Nursery | None = None
         self._waiting: collections.deque[trio.Event] = collections.deque()
-        self._ticking = False
+        self._keeping = False
 
     def waiting(self) -> int:
         return len(self._waiting)
 
     async def take(self) -> None:
         """Wait for a turn (FIFO)."""
-        if not self._waiting and self.used < self.per_pass:
-            self.used += 1
-            if self.used >= self.per_pass:
-                self._start_ticker()
+        if self.nursery is None:  # not serving: nothing to share
+            await trio.lowlevel.checkpoint()
             return
         event = trio.Event()
         self._waiting.append(event)
-        self.waited += 1
-        self._start_ticker()
+        if not self._keeping:
+            self._keeping = True
+            self.nursery.start_soon(self._keep)
         try:
             await event.wait()
         except BaseException:
@@ -240,29 +238,16 @@ class _Turns:
                 self._waiting.remove(event)
             raise
 
-    def _start_ticker(self) -> None:
-        if self._ticking:
-            return
-        if self.nursery is None:  # not serving: nothing to share
-            self.used = 0
-            while self._waiting:
-                self._waiting.popleft().set()
-            return
-        self._ticking = True
-        self.nursery.start_soon(self._tick)
-
-    async def _tick(self) -> None:
+    async def _keep(self) -> None:
         try:
-            while True:
-                await trio.lowlevel.checkpoint()
-                self.used = 0
-                while self._waiting and self.used < self.per_pass:
+            while self._waiting:
+                with trio.move_on_after(self.patience):
+                    await trio.testing.wait_all_tasks_blocked()
+                if self._waiting:
                     self._waiting.popleft().set()
-                    self.used += 1
-                if not self._waiting and self.used == 0:
-                    return
+                    self.waited += 1
         finally:
-            self._ticking = False
+            self._keeping = False
 
 
 @attrs.define(eq=False)
