@@ -155,8 +155,9 @@ async def test_stop(bench_tmp: Path) -> None:
         for r in m["rounds"]:
             assert r["exited"], mode
             assert r["calls_sent"] == data["results"]["sizes"]["calls"]
-            # Bounded by the grace, not by the hung calls (generous: shared CI).
-            assert grace <= r["stop_s"] < grace + 5, (mode, r["stop_s"])
+            # Bounded by the grace, not by the hung calls (generous: shared CI);
+            # the calls had the grace less the stop's reserve (Server.drain).
+            assert grace - min(0.3, grace / 4) <= r["stop_s"] < grace + 5, (mode, r["stop_s"])
 
 
 async def test_throughput(bench_tmp: Path) -> None:

@@ -268,7 +268,9 @@ class ServerConfig:
         default=2.0,
         metadata=_meta(
             _seconds(zero=True),
-            "Seconds in-flight calls get to finish on SIGTERM/SIGINT before they are cancelled.",
+            "Seconds the daemon takes at most to stop on SIGTERM/SIGINT: calls in flight "
+            "get the grace less a reserve for closing (a quarter, at most 0.3 s), then "
+            "they are cancelled.",
         ),
     )
     event_queue: int = attrs.field(

@@ -16,8 +16,9 @@ tree::
     └── server nursery           listener + one nursery per client session
 
 Leaving the block stops accepting clients, gives calls in flight
-``server.shutdown_grace`` seconds, then cancels everything. QEMU processes keep
-running; the next daemon reconnects to them.
+``server.shutdown_grace`` seconds less a reserve for closing the sessions
+(:meth:`~trioctl._server.Server.drain`), then cancels everything. QEMU
+processes keep running; the next daemon reconnects to them.
 """
 
 from __future__ import annotations

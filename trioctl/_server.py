@@ -16,7 +16,9 @@ Shape::
         └── session                         its own nursery, cancelled when the
             │                               peer closes, resets or misses pongs
             ├── reader                      one message at a time; stops reading at
-            │                               max_client_requests messages in flight
+            │                               max_client_requests messages in flight;
+            │                               after a failed call, waits for a turn
+            │                               in the error lane (_Turns)
             ├── one task per message        a single call or a whole batch; each call
             │   └── one task per call       holds one of the session's
             │                               max_client_requests call slots
@@ -65,6 +67,7 @@ from typing import Any, Final
 
 import attrs
 import trio
+import trio.testing
 import trio_websocket
 from wsproto import ConnectionType, WSConnection
 
@@ -131,6 +134,9 @@ _HANGUP_POLL: Final = 0.25
 _ANSWER_BYTES: Final = 200
 """About the size of one answer to an item of a batch over max_batch."""
 _POLLRDHUP: Final = getattr(select, "POLLRDHUP", 0x2000)
+_STOP_RESERVE: Final = 0.3
+"""Of the shutdown grace, at most this much is kept for closing the sessions
+and the daemon's exit (see :meth:`Server.drain`)."""
 
 
 class _Outbox:
@@ -174,6 +180,76 @@ class _Outbox:
         return text
 
 
+_LANE_PATIENCE: Final = 0.05
+"""A failing session's message waits at most this long for an idle loop
+(see :class:`_Turns`)."""
+
+
+class _Turns:
+    """The loop's time left over, for clients whose calls fail: the error lane.
+
+    Every message costs the one event loop its parsing, dispatch, reply and
+    send. A client whose calls fail at once (a hung domain's monitor
+    refused, a domain that does not exist) and that retries at once sends
+    as many as the loop takes, and Trio runs each runnable task once per
+    pass of its scheduler: with 30 such clients each pass runs a step of
+    each of their calls, and a call from anyone else waits that long for
+    each of its own steps. So a session whose last call failed takes a turn
+    before it starts its next message, and a turn is given, one at a time in
+    the order asked, when every other task of the daemon is blocked (Trio's
+    ``wait_all_tasks_blocked``: the loop has nothing else to run), or after
+    :data:`_LANE_PATIENCE` seconds at the latest. The failing clients then
+    get the loop's idle time, one call at a time, whatever their number, and
+    every other session's steps come round at the pace of an idle daemon.
+    Nothing is refused: a failing client's next call starts once the loop
+    is idle (at once on an idle daemon), and its reader reads later
+    (``max_client_requests`` backpressure as before). A session leaves the
+    lane with its first call that succeeds.
+
+    One task hands the turns out while sessions wait, and none otherwise.
+    It never spins: it sleeps until the loop is idle.
+    """
+
+    def __init__(self, patience: float = _LANE_PATIENCE) -> None:
+        self.patience = patience
+        self.waited = 0
+        """Turns given (statistics)."""
+        self.nursery: trio.Nursery | None = None
+        self._waiting: collections.deque[trio.Event] = collections.deque()
+        self._keeping = False
+
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    async def take(self) -> None:
+        """Wait for a turn (FIFO)."""
+        if self.nursery is None:  # not serving: nothing to share
+            await trio.lowlevel.checkpoint()
+            return
+        event = trio.Event()
+        self._waiting.append(event)
+        if not self._keeping:
+            self._keeping = True
+            self.nursery.start_soon(self._keep)
+        try:
+            await event.wait()
+        except BaseException:
+            if not event.is_set():
+                self._waiting.remove(event)
+            raise
+
+    async def _keep(self) -> None:
+        try:
+            while self._waiting:
+                with trio.move_on_after(self.patience):
+                    await trio.testing.wait_all_tasks_blocked()
+                if self._waiting:
+                    self._waiting.popleft().set()
+                    self.waited += 1
+        finally:
+            self._keeping = False
+
+
 @attrs.define(eq=False)
 class _Session:
     id: str
@@ -201,6 +277,8 @@ class _Session:
     events: EventSubscription | None = None
     events_scope: trio.CancelScope | None = None
     slot_free: trio.Event = attrs.Factory(trio.Event)
+    failing: bool = False
+    """Its last call failed: its next message waits for a turn (:class:`_Turns`)."""
 
     # -- the Session protocol of _procedures ---------------------------------------
 
@@ -282,6 +360,15 @@ class Server:
         self._handshaking: collections.Counter[str] = collections.Counter()
         self._anonymous = 0
         self._reserve: list[int] = []
+        self.turns = _Turns()
+        self._messages = 0
+        """Messages in flight, all sessions together."""
+        self._quiet = trio.Event()
+        """Set when the last message in flight ends or the last session
+        closes (what :meth:`drain` waits for)."""
+        self.close_by = math.inf
+        """When closing handshakes are cut short (set by :meth:`drain`)."""
+        """The loop's share among the sessions' readers."""
         self._fd_lock = trio.Lock()
         self._openrpc: dict[str, Any] | None = None
         self._max_answers = max(config.max_batch + 1, config.max_output_bytes // _ANSWER_BYTES)
@@ -386,11 +473,13 @@ class Server:
         self._take_reserve()
         try:
             async with trio.open_nursery() as nursery:
+                self.turns.nursery = nursery
                 for listener in listeners:
                     nursery.start_soon(self._accept_loop, listener, nursery)
                 nursery.start_soon(self._flush_refusals)
                 task_status.started()
         finally:
+            self.turns.nursery = None
             self._give_back_reserve()
 
     async def _flush_refusals(self) -> None:
@@ -671,11 +760,14 @@ class Server:
                     await self._read_loop(session, nursery)
         finally:
             session.unsubscribe()
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
+            close_by = min(trio.current_time() + 1, self.close_by)
+            with trio.CancelScope(shield=True), trio.move_on_at(close_by):
                 await ws.aclose(_CLOSE_GOING_AWAY if session.scope.cancel_called else 1000)
             # Only now: drain() waits for this, while the WebSocket readers
             # that complete the closing handshake still run.
             del self._sessions[session.id]
+            if not self._sessions:
+                self._quiet.set()
             log(
                 logger, logging.DEBUG, "client %s disconnected after %d calls",
                 session.id, session.calls,
@@ -797,6 +889,10 @@ class Server:
             except trio_websocket.ConnectionClosed:
                 session.scope.cancel()
                 return
+            if session.failing:
+                # The error lane: failing clients share a call's worth of
+                # each scheduler pass (see _Turns).
+                await self.turns.take()
             incoming = rpc.parse_request_text(
                 message,
                 max_size=self.config.max_message_size,
@@ -805,6 +901,7 @@ class Server:
             )
             del message
             session.in_flight += 1
+            self._messages += 1
             nursery.start_soon(self._handle_message, session, incoming)
 
     async def _handle_message(self, session: _Session, incoming: rpc.Incoming) -> None:
@@ -832,6 +929,9 @@ class Server:
         finally:
             session.in_flight -= 1
             session.slot_free.set()
+            self._messages -= 1
+            if not self._messages:
+                self._quiet.set()
 
     async def _call(
         self,
@@ -851,7 +951,9 @@ class Server:
                     proc = self._lookup(session, item.method)
                     result = await self._invoke(session, proc, item.params)
                 response = rpc.Response.result(call_id, result)
+                session.failing = False
             except TrioctlError as exc:
+                session.failing = True
                 self._errors[exc.reason] += 1
                 if exc.reason in _REFUSALS:
                     self.refusals.refused(
@@ -870,6 +972,7 @@ class Server:
                     event="internal_error", client=session.id, procedure=item.method,
                     reason=InternalError.reason,
                 )  # fmt: skip
+                session.failing = True
                 self._errors[InternalError.reason] += 1
                 response = rpc.Response.error(
                     call_id, InternalError(f"internal error: {type(exc).__name__}: {exc}")
@@ -942,19 +1045,31 @@ class Server:
     # -- shutdown -------------------------------------------------------------------------
 
     async def drain(self, grace: float) -> None:
-        """Stop accepting, let calls in flight finish within ``grace``, then
-        close every session."""
+        """Stop accepting, let calls in flight finish, then close every
+        session: all of it within ``grace`` seconds.
+
+        Calls in flight get the grace less a reserve (a quarter of it, at
+        most :data:`_STOP_RESERVE`); then they are cancelled and the sessions
+        close, a closing handshake the peer does not answer cut short half
+        the reserve before the end. Returns by a quarter of the reserve
+        before the end, which is left to the daemon's own exit.
+        """
         self._accepting = False
-        with trio.move_on_after(grace):
-            while any(s.in_flight for s in self._sessions.values()):
-                await trio.sleep(0.01)
+        deadline = trio.current_time() + grace
+        reserve = min(_STOP_RESERVE, grace / 4)
+        self.close_by = deadline - reserve / 2
+        with trio.move_on_at(deadline - reserve):
+            while self._messages:
+                self._quiet = trio.Event()
+                await self._quiet.wait()
         for session in list(self._sessions.values()):
             session.scope.cancel()
         # Let each session finish its closing handshake while the WebSocket
         # reader tasks still run (they live in the server nursery).
-        with trio.move_on_after(1):
+        with trio.move_on_at(deadline - reserve / 4):
             while self._sessions:
-                await trio.sleep(0.005)
+                self._quiet = trio.Event()
+                await self._quiet.wait()
 
 
 def _percentiles(samples: Sequence[float]) -> LatencyPercentiles:

@@ -1,8 +1,9 @@
 """``trioctl daemon``: a thin wrapper over :func:`trioctl.open_daemon`.
 
-SIGTERM and SIGINT stop it: it stops accepting clients, gives calls in flight
-``server.shutdown_grace`` seconds (default 2), then cancels them. Calls stuck
-on hung domains do not hold it up beyond that. QEMU processes keep running.
+SIGTERM and SIGINT stop it within ``server.shutdown_grace`` seconds (default
+2): it stops accepting clients, gives calls in flight the grace less a reserve
+for closing the sessions and exiting, then cancels them. Calls stuck on hung
+domains do not hold it up beyond that. QEMU processes keep running.
 SIGHUP reads the tokens file again (a file that cannot be used keeps the old
 tokens, with one log line saying why).
 

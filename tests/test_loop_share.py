@@ -1,0 +1,158 @@
+"""The loop's share under a flood (issue 14, goal 3), in virtual time.
+
+Clients whose calls fail and that retry at once take as much of the one
+event loop as it gives them. A session whose last call failed takes a turn
+before its next message (``_Turns`` in ``trioctl._server``, the error lane):
+one at a time, when the loop has nothing else to run. A probe's call is then
+served within a bounded number of the flood's calls, however many clients
+flood.
+Counted in calls, not in seconds: the WebSocket endpoint runs over in-memory
+streams under ``autojump_clock``.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+import trio_websocket
+
+from trioctl._server import _Turns
+
+from .test_server_virtual_time import memory_server
+
+FAILING_CALL = json.dumps(
+    {"jsonrpc": "2.0", "id": 1, "method": "domain.get_info", "params": {"name": "none"}}
+)
+PROBE_CALL = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "connect.list_domains"})
+
+
+async def _flood_and_probe(sock_dir: Path, flooders: int, *, lane: bool = True) -> list[int]:
+    """Flood with ``flooders`` clients retrying a failing call at once; probe
+    ten times; return, per probe, the flood's calls answered meanwhile."""
+    counts: list[int] = []
+    async with memory_server(sock_dir, keepalive_interval=0) as (server, listener):
+        if not lane:
+
+            async def no_turn() -> None:
+                await trio.lowlevel.checkpoint()
+
+            server.turns.take = no_turn  # type: ignore[method-assign]
+
+        def answered() -> int:
+            return sum(s.calls for s in server._sessions.values())
+
+        async with trio.open_nursery() as nursery:
+
+            async def flood() -> None:
+                stream = await listener.connect()
+                ws = await trio_websocket.wrap_client_stream(nursery, stream, "x", "/")  # type: ignore[arg-type]
+                while True:
+                    await ws.send_message(FAILING_CALL)
+                    assert "NO_DOMAIN" in str(await ws.get_message())
+
+            for _ in range(flooders):
+                nursery.start_soon(flood)
+            stream = await listener.connect()
+            probe = await trio_websocket.wrap_client_stream(nursery, stream, "x", "/")  # type: ignore[arg-type]
+            # Virtual time stands still while the flood runs (with the lane,
+            # its keeper is woken at each idle moment before the clock could
+            # jump): wait in calls, at idle moments (or at every pass when
+            # nothing ever idles).
+            pause = trio.testing.wait_all_tasks_blocked if lane else trio.lowlevel.checkpoint
+            while answered() < 5 * flooders:  # the flood is in full swing
+                await pause()
+            for _ in range(10):
+                before = answered()
+                await probe.send_message(PROBE_CALL)
+                reply = json.loads(str(await probe.get_message()))
+                assert reply["id"] == 7 and reply["result"] == {"domains": []}
+                counts.append(answered() - before - 1)
+                while answered() < before + 3 * flooders:
+                    await pause()
+            nursery.cancel_scope.cancel()
+    return counts
+
+
+@pytest.mark.parametrize("flooders", [10, 40])
+async def test_a_probe_is_served_within_a_bounded_number_of_flood_calls(
+    autojump_clock: trio.testing.MockClock, sock_dir: Path, flooders: int
+) -> None:
+    counts = await _flood_and_probe(sock_dir, flooders)
+    # The flood's calls start only while the loop has nothing else to run,
+    # one at a time: a bound that does not grow with the number of flooders.
+    assert max(counts) <= 4, counts
+
+
+async def test_without_turns_the_probe_waits_behind_every_flooder(
+    autojump_clock: trio.testing.MockClock, sock_dir: Path
+) -> None:
+    """The same flood with no error lane: each of the probe's steps waits
+    for a step of every flooder, so the test above can fail."""
+    counts = await _flood_and_probe(sock_dir, 40, lane=False)
+    assert min(counts) > 16, counts
+
+
+async def test_turns_go_in_order_and_a_cancelled_waiter_leaves() -> None:
+    turns = _Turns()
+    order: list[str] = []
+    async with trio.open_nursery() as nursery:
+        turns.nursery = nursery
+        turns._keeping = True  # the keeper held back: whoever asks now waits
+
+        async def take(name: str) -> None:
+            await turns.take()
+            order.append(name)
+
+        cancelled = trio.CancelScope()
+
+        async def abandoned() -> None:
+            with cancelled:
+                await take("abandoned")
+
+        for task in (partial(take, "first"), partial(take, "second"), abandoned):
+            nursery.start_soon(task)
+            await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(take, "third")
+        await trio.testing.wait_all_tasks_blocked()
+        assert turns.waiting() == 4 and order == []
+        cancelled.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert turns.waiting() == 3
+        nursery.start_soon(turns._keep)  # one turn each time the loop idles
+    assert order == ["first", "second", "third"]
+    assert turns.waiting() == 0
+    assert turns.waited == 3
+
+
+async def test_a_turn_waits_for_the_loop_to_idle_or_for_the_patience() -> None:
+    """Real time: a loop that is never idle stops virtual time too."""
+    turns = _Turns(patience=0.05)
+    async with trio.open_nursery() as nursery:
+        turns.nursery = nursery
+        start = trio.current_time()
+        with trio.fail_after(5):
+            await turns.take()  # an idle loop: at once
+        assert trio.current_time() - start < 0.05
+
+        async def busy() -> None:
+            while True:
+                await trio.lowlevel.checkpoint()
+
+        nursery.start_soon(busy)
+        start = trio.current_time()
+        with trio.fail_after(5):
+            await turns.take()  # never idle: after the patience
+        assert trio.current_time() - start >= 0.05
+        nursery.cancel_scope.cancel()
+
+
+async def test_turns_are_free_outside_a_server() -> None:
+    turns = _Turns()
+    for _ in range(5):
+        with trio.fail_after(1):
+            await turns.take()
