@@ -48,6 +48,7 @@ from ._errors import (
     QmpCommandError,
     RemoteProtocolError,
 )
+from ._fanout import FanOut, Feed
 from ._sansio.qmp import (
     NEED_DATA,
     Closed,
@@ -128,16 +129,8 @@ class MonitorStatistics:
     closed: bool
 
 
-@attrs.define(eq=False)
-class Subscription:
-    """One subscriber's bounded stream of events (see the overflow policy)."""
-
-    receive_channel: trio.MemoryReceiveChannel[Event]
-    _send_channel: trio.MemorySendChannel[Event]
-    dropped: int = 0
-
-    def __aiter__(self) -> AsyncIterator[Event]:
-        return self.receive_channel.__aiter__()
+Subscription = Feed[Event]
+"""One subscriber's bounded stream of events (see the overflow policy)."""
 
 
 @attrs.define(eq=False)
@@ -156,14 +149,13 @@ class Monitor:
         self._conn = conn
         self._pending: dict[int, _Waiter] = {}
         self._send_out, self._send_in = trio.open_memory_channel[bytes](math.inf)
-        self._subscribers: list[Subscription] = []
+        self._subscribers = FanOut[Event]()
         self._handlers: list[Callable[[Event], None]] = []
         self._closed: ConnectionLost | None = None
         self._closed_event = trio.Event()
         self._commands_sent = 0
         self._replies_dropped = 0
         self._events_received = 0
-        self._events_dropped = 0
 
     @property
     def greeting(self) -> Greeting:
@@ -220,17 +212,11 @@ class Monitor:
         Events that do not fit are dropped for this subscriber and counted.
         The channel ends (iteration stops) when the connection closes.
         """
-        send, receive = trio.open_memory_channel[Event](max_buffer)
-        sub = Subscription(receive, send)
-        if self._closed is not None:
-            send.close()
-        self._subscribers.append(sub)
-        try:
-            yield sub
-        finally:
-            self._subscribers.remove(sub)
-            send.close()
-            receive.close()
+        with self._subscribers.subscribe(max_buffer, closed=self._closed is not None) as sub:
+            try:
+                yield sub
+            finally:
+                sub.receive_channel.close()
 
     def add_event_handler(self, handler: Callable[[Event], None]) -> None:
         """Call ``handler(event)`` synchronously from the reader for each event.
@@ -246,7 +232,7 @@ class Monitor:
             commands_sent=self._commands_sent,
             replies_dropped=self._replies_dropped,
             events_received=self._events_received,
-            events_dropped=self._events_dropped,
+            events_dropped=self._subscribers.dropped,
             subscribers=len(self._subscribers),
             closed=self.closed,
         )
@@ -326,14 +312,7 @@ class Monitor:
                 handler(event)
             except Exception:
                 logger.exception("QMP event handler failed on %s", event.name)
-        for sub in self._subscribers:
-            try:
-                sub._send_channel.send_nowait(event)
-            except trio.WouldBlock:
-                sub.dropped += 1
-                self._events_dropped += 1
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
+        self._subscribers.publish(event)
 
     def _close(self, why: ConnectionLost) -> None:
         """Fail every waiter at once and end every subscription."""
@@ -345,8 +324,7 @@ class Monitor:
             waiter.error = why
             waiter.done.set()
         self._pending.clear()
-        for sub in self._subscribers:
-            sub._send_channel.close()
+        self._subscribers.close()
         self._send_out.close()
 
 
