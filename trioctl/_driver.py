@@ -1,25 +1,20 @@
-"""The domain driver: definitions, lifecycle, monitors, jobs, reconnect.
+"""The domain driver: the registry of domains, their operations, reconnect.
 
-Shape (one nursery per running domain, inside the driver's nursery)::
+The registry keeps each domain's definition and cached state; one running
+domain's supervision (its nursery: exit watcher, monitor loop, reconnect job
+holder, probe) is a :class:`~trioctl._supervisor.DomainRun`, started in the
+driver's nursery; the processes' pidfds are in a
+:class:`~trioctl._processes.ProcessTable`; every change of state is a row of
+:data:`trioctl._lifecycle.TRANSITIONS`; events reach subscribers through a
+:class:`~trioctl._fanout.FanOut`. See docs/design.md.
 
-    open_driver(config)                       the driver nursery
-    └── supervisor of domain D                one task per running domain
-        └── domain nursery                    cancelled when D's process exits
-            ├── exit watcher                  pidfd readable -> shutoff/crashed
-            ├── monitor loop                  open_monitor(...); reconnect with backoff
-            │   └── monitor nursery           QMP reader + writer tasks
-            ├── reconnect job holder          (after a daemon restart only)
-            └── probe                         while the monitor is unresponsive
-
-A failure inside a domain's nursery is logged and ends that domain's
-supervision; it never reaches the driver nursery.
-
-Operations come in two forms. ``*_locked`` methods expect the caller to hold
-the domain's job already: the RPC dispatcher takes the job first, in the
-domain's bounded queue, and only then runs the operation on a pool worker
-(see docs/design.md). The plain methods (``start``, ``suspend``...) take the
-job themselves, for embedding. Queries (``list_domains``, ``get_info``) read
-cached state and never wait for anything.
+Operations come in two forms. ``*_locked`` methods take the handle of the
+domain's job, which the caller holds already: the RPC dispatcher takes the
+job first, in the domain's bounded queue, and only then runs the handler,
+passing it the handle, on a pool worker (see docs/design.md). The plain
+methods (``start``, ``suspend``...) take the job themselves, for embedding.
+Queries (``list_domains``, ``get_info``) read cached state and never wait
+for anything.
 
 Every monitor command runs under ``monitor_timeout``. When it expires the
 caller gets :class:`~trioctl.MonitorTimeout`, the domain's monitor is marked
@@ -62,6 +57,7 @@ from ._jobs import (
     DEFAULT_MAX_QUEUED,
     DEFAULT_MAX_QUEUED_QUERIES,
     DomainJobs,
+    JobHandle,
     JobInfo as _HeldJob,
     JobKind,
 )
@@ -558,8 +554,9 @@ class Driver:
             self.config.own_dirs,
         )
 
-    async def undefine_locked(self, name: str) -> None:
+    async def undefine_locked(self, job: JobHandle) -> None:
         """Remove a domain's definition. Refused while it runs."""
+        name = _held(job)
         dom = self._get(name)
         if dom.run is not None:
             raise OperationInvalid(f"domain {name!r} is running: destroy or shut it down first")
@@ -585,13 +582,14 @@ class Driver:
         its caller releases as it returns."""
         return attrs.evolve(self._info(dom), job=None)
 
-    async def start_locked(self, name: str, paused: bool = False) -> DomainInfo:
+    async def start_locked(self, job: JobHandle, paused: bool = False) -> DomainInfo:
         """Launch the domain's emulator and connect its monitor.
 
         Raises:
             OperationInvalid: it is already running.
             LaunchError: the emulator failed to start or its monitor to answer.
         """
+        name = _held(job)
         try:
             info = await self._start_locked(name, paused)
         except LaunchError as exc:
@@ -832,13 +830,16 @@ class Driver:
         *args: Any,
         client: str,
     ) -> T:
-        """``fn(name, *args)`` holding ``name``'s job, of the kind the
+        """``fn(job, *args)`` holding ``name``'s ``job``, of the kind the
         procedure table gives ``procedure`` (as a call over RPC takes it)."""
         kind = PROCEDURES[procedure].job
         assert kind is not None, f"{procedure} takes no domain job"
-        return await self.run_job(name, kind, fn, name, *args, procedure=procedure, client=client)
+        self._get(name)
+        async with self.jobs.job(name, kind, procedure=procedure, client=client) as job:
+            return await fn(job, *args)
 
-    async def suspend_locked(self, name: str) -> DomainInfo:
+    async def suspend_locked(self, job: JobHandle) -> DomainInfo:
+        name = _held(job)
         dom = self._running(name)
         if dom.state is DomainState.PAUSED:
             raise OperationInvalid(f"domain {name!r} is already paused")
@@ -847,7 +848,8 @@ class Driver:
         self._move(dom, Trigger.SUSPEND)
         return self._own_info(dom)
 
-    async def resume_locked(self, name: str) -> DomainInfo:
+    async def resume_locked(self, job: JobHandle) -> DomainInfo:
+        name = _held(job)
         dom = self._running(name)
         if dom.state is not DomainState.PAUSED:
             raise OperationInvalid(f"domain {name!r} is not paused")
@@ -855,18 +857,20 @@ class Driver:
         self._move(dom, Trigger.RESUME)
         return self._own_info(dom)
 
-    async def reset_locked(self, name: str) -> DomainInfo:
+    async def reset_locked(self, job: JobHandle) -> DomainInfo:
+        name = _held(job)
         dom = self._running(name)
         await self._monitor_call(dom, "system_reset")
         return self._own_info(dom)
 
-    async def shutdown_locked(self, name: str) -> DomainInfo:
+    async def shutdown_locked(self, job: JobHandle) -> DomainInfo:
         """Press the power button (``system_powerdown``) and wait for the exit.
 
         Raises:
             OperationInvalid: not running, paused, or the guest did not power
                 off within ``shutdown_timeout``; destroy it then.
         """
+        name = _held(job)
         dom = self._running(name)
         run = dom.run
         assert run is not None
@@ -889,7 +893,8 @@ class Driver:
             )
         return self._own_info(dom)
 
-    async def get_stats_locked(self, name: str) -> DomainStats:
+    async def get_stats_locked(self, job: JobHandle) -> DomainStats:
+        name = _held(job)
         dom = self._running(name)
         run = dom.run
         assert run is not None
@@ -906,7 +911,7 @@ class Driver:
         )
 
     async def monitor_command_locked(
-        self, name: str, command: str, arguments: dict[str, Any] | None = None
+        self, job: JobHandle, command: str, arguments: dict[str, Any] | None = None
     ) -> Any:
         """QMP passthrough: run ``command`` and return QEMU's return value.
 
@@ -919,6 +924,7 @@ class Driver:
                 negotiates itself).
             QmpCommandError: QEMU answered with an error.
         """
+        name = _held(job)
         dom = self._running(name)
         if command == "qmp_capabilities":
             raise OperationInvalid("the driver negotiates capabilities itself")
@@ -1206,6 +1212,13 @@ def _running_definition(record: RuntimeRecord) -> DomainDefinition | None:
 def _taints(record: RuntimeRecord) -> list[str]:
     taints = record.taints if isinstance(record.taints, list) else []
     return [t for t in taints if isinstance(t, str)]
+
+
+def _held(job: JobHandle) -> str:
+    """The domain whose job ``job`` holds (a ``*_locked`` operation's check)."""
+    if job.owner is None:
+        raise RuntimeError(f"the job of domain {job.domain!r} is not held: enter the handle first")
+    return job.domain
 
 
 def _job_record(job: _HeldJob) -> JobInfo:
