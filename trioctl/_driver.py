@@ -1,9 +1,9 @@
 """The domain driver: the registry of domains, their operations, reconnect.
 
 The registry keeps each domain's definition and cached state; one running
-domain's supervision (its nursery: exit watcher, monitor loop, reconnect job
-holder, probe) is a :class:`~trioctl._supervisor.DomainRun`, started in the
-driver's nursery; the processes' pidfds are in a
+domain's supervision (its nursery: monitor loop, reconnect job holder,
+probe) is a :class:`~trioctl._supervisor.DomainRun`, started in the driver's
+nursery; the processes' pidfds, and one exit watcher per process, are in a
 :class:`~trioctl._processes.ProcessTable`; every change of state is a row of
 :data:`trioctl._lifecycle.TRANSITIONS`; events reach subscribers through a
 :class:`~trioctl._fanout.FanOut`. See docs/design.md.
@@ -352,7 +352,7 @@ class Driver:
         self._define_lock = trio.Lock()
         self.emulators = emulator_table(config.emulators)
         """Emulator names to binaries (``sim``: the built-in simulator)."""
-        self._processes = ProcessTable()
+        self._processes = ProcessTable(nursery)
 
     @property
     def events_dropped(self) -> int:

@@ -5,11 +5,14 @@ nursery)::
 
     DomainRun.supervise()                 one task per running domain
     └── domain nursery                    cancelled when the process exits
-        ├── exit watcher                  pidfd readable -> shutoff/crashed
-        ├── monitor loop                  open_monitor(...); reconnect with backoff
-        │   └── monitor nursery           QMP reader + writer tasks
+        ├── monitor loop                  in the supervisor's task: open_monitor(...);
+        │   │                             reconnect with backoff
+        │   └── monitor nursery           QMP reader (+ writer while the socket is full)
         ├── reconnect job holder          (after a daemon restart only)
         └── probe                         while the monitor is unresponsive
+
+The exit watcher is the process table's (one task per process, see
+:mod:`trioctl._processes`): it calls :meth:`DomainRun._on_exit`.
 
 A failure inside the domain nursery is logged and ends that domain's
 supervision; it never reaches the driver nursery. The registry (the driver)
@@ -160,27 +163,30 @@ class DomainRun:
                 on_ready()
 
         name = self.name
+        processes = self.host._processes
         try:
             async with open_service_nursery() as nursery:
                 self.nursery = nursery
-                nursery.start_soon(self._watch_exit)
+                # The exit watcher: the process table's one task per process
+                # calls _on_exit, which cancels this nursery.
+                processes.watch(self.proc, self._on_exit)
+                # The monitor loop runs in this task rather than a child of
+                # its own: one task fewer per domain to schedule, keep and
+                # cancel at stop.
                 if reconnecting and self.host.config.reconnect == "parallel":
                     await nursery.start(self._hold_reconnect_job)
                     ready()
-                    # In this task rather than a child of its own: one task
-                    # fewer per domain to schedule, keep and cancel at stop
-                    # (the exit watcher cancels this body as it would a child).
                     await self._monitor_loop(True)
                 else:
                     # A fresh start (or a serial reconnect) reports back once
                     # the monitor is negotiated, or fails.
-                    await nursery.start(self._monitor_loop, reconnecting)
-                    ready()
+                    await self._monitor_loop(reconnecting, ready)
         except Exception:
             if not started and not reconnecting:
                 raise
             logger.exception("supervision of domain %s failed", name)
         finally:
+            processes.unwatch(self.proc, self._on_exit)
             self.nursery = None
             self.monitor = None
         if not started:
@@ -189,21 +195,24 @@ class DomainRun:
                 raise LaunchError(f"domain {name!r} exited while starting", domain=name)
             ready()
 
-    async def _watch_exit(self) -> None:
-        await self.proc.wait()
+    def _on_exit(self) -> None:
+        """The process exited: say how, forget the run, end its supervision."""
         if self.destroying:
             trigger = Trigger.EXIT_DESTROYED
         elif self.shutdown_reason is not None:
             trigger = Trigger.EXIT_SHUTDOWN
         else:
             trigger = Trigger.CRASH
-        if self.dom.run is self:
-            self._log_exit(trigger)
-            self.host._run_ended(self.dom, self, trigger)
+        try:
+            if self.dom.run is self:
+                self._log_exit(trigger)
+                self.host._run_ended(self.dom, self, trigger)
+        except Exception:
+            logger.exception("supervision of domain %s failed", self.name)
         self.release()
         self.exited.set()
-        assert self.nursery is not None
-        self.nursery.cancel_scope.cancel()
+        if self.nursery is not None:
+            self.nursery.cancel_scope.cancel()
 
     def _log_exit(self, trigger: Trigger) -> None:
         name = self.name
@@ -261,12 +270,10 @@ class DomainRun:
             pass
 
     async def _monitor_loop(
-        self,
-        reconnecting: bool,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        self, reconnecting: bool, on_first: Callable[[], None] | None = None
     ) -> None:
-        """Keep a monitor connected for as long as the process lives."""
+        """Keep a monitor connected for as long as the process lives; call
+        ``on_first()`` once the first monitor is negotiated."""
         dom, config, name = self.dom, self.host.config, self.name
         first = True
         backoff = _RECONNECT_BACKOFF_MIN
@@ -288,7 +295,8 @@ class DomainRun:
                     self.set_monitor(MonitorState.OK)
                     self.connected.set()
                     if first:
-                        task_status.started()
+                        if on_first is not None:
+                            on_first()
                         first = False
                     backoff = _RECONNECT_BACKOFF_MIN
                     await mon.wait_closed()
@@ -323,7 +331,7 @@ class DomainRun:
             await trio.sleep(backoff)
             if closed and not (self.exited.is_set() or self.destroying or self.shutdown_reason):
                 # Said only now: a monitor closes as its process exits (destroy,
-                # shutdown, crash: _watch_exit says which), and then this task
+                # shutdown, crash: _on_exit says which), and then this task
                 # is usually cancelled during the sleep above.
                 log(
                     logger, logging.WARNING,
