@@ -63,20 +63,20 @@ async def test_a_flooding_domain_is_bounded_and_the_drop_reported(
 ) -> None:
     config = DriverConfig(state_dir=sock_dir, max_events_per_second=100)
     async with open_driver(config) as driver:
-        run = _Run(cast(Any, None), cast(Any, None), "")
-        dom = _Domain(DomainDefinition(name="flood"), DomainState.RUNNING, "booted", run=run)
+        dom = _Domain(DomainDefinition(name="flood"), DomainState.RUNNING, "booted")
+        run = dom.run = _Run(driver, dom, cast(Any, None), cast(Any, None), "")
         with driver.subscribe(None, max_buffer=100_000) as sub:
             for i in range(10_000):
-                driver._on_qmp_event(dom, run, Event("BLOCK_IO_ERROR", {"i": i}, 0.0))
+                run.on_qmp_event(Event("BLOCK_IO_ERROR", {"i": i}, 0.0))
             # State tracking still sees every event, dropped or not.
-            driver._on_qmp_event(dom, run, Event("STOP", {}, 0.0))
+            run.on_qmp_event(Event("STOP", {}, 0.0))
             assert dom.state is DomainState.PAUSED
             first = drain(sub.receive_channel)
             qmp = [e for e in first if e.kind == "qmp"]
             assert len(qmp) == 100  # one second's burst
             assert driver.events_dropped == 9_901
             await trio.sleep(1)
-            driver._on_qmp_event(dom, run, Event("RESUME", {}, 0.0))
+            run.on_qmp_event(Event("RESUME", {}, 0.0))
             later = drain(sub.receive_channel)
             assert [e.detail for e in driver_lifecycle(later)] == ["resumed"]
             report = [e for e in later if e.detail == "events_dropped"]
@@ -88,12 +88,12 @@ async def test_a_flooding_domain_is_bounded_and_the_drop_reported(
             before = driver.events_dropped
             for _ in range(50):
                 await trio.sleep(0.02)
-                driver._on_qmp_event(dom, run, Event("RTC_CHANGE", {}, 0.0))
+                run.on_qmp_event(Event("RTC_CHANGE", {}, 0.0))
             assert driver.events_dropped == before
             assert len([e for e in drain(sub.receive_channel) if e.kind == "qmp"]) == 50
             # A flood that stops: the report comes alone, a second after.
             for _ in range(500):
-                driver._on_qmp_event(dom, run, Event("RTC_CHANGE", {}, 0.0))
+                run.on_qmp_event(Event("RTC_CHANGE", {}, 0.0))
             await trio.sleep(1.5)
             reports = [e for e in drain(sub.receive_channel) if e.detail == "events_dropped"]
             assert len(reports) == 1

@@ -496,7 +496,8 @@ def _no_job() -> Any:
 def test_every_event_is_documented() -> None:
     """Each ``event=`` the code can log has a row in docs/configuration.md."""
     code = "".join(
-        (ROOT / "trioctl" / name).read_text() for name in ("_driver.py", "_server.py", "_log.py")
+        (ROOT / "trioctl" / name).read_text()
+        for name in ("_driver.py", "_supervisor.py", "_server.py", "_log.py")
     )
     events = set(re.findall(r'event="([a-z_]+)"', code))
     doc = (ROOT / "docs" / "configuration.md").read_text()

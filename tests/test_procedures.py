@@ -20,7 +20,7 @@ from hypothesis import given, settings, strategies as st
 from trioctl._client import METHODS, Client, _procedure, connect
 from trioctl._errors import _BY_REASON, InvalidParams, TrioctlError
 from trioctl._handlers import PROCEDURES as HANDLED
-from trioctl._jobs import JobKind
+from trioctl._jobs import JobHandle, JobKind
 from trioctl._models import SCHEMA, DomainDefinition, DomainInfo, DomainStats, structure
 from trioctl._pools import Priority
 from trioctl._procedures import PROCEDURES, Procedure, ProcedureTable
@@ -126,12 +126,19 @@ def _driver_calls(proc: Procedure) -> set[str]:
     }
 
 
-def test_handlers_that_take_a_job_use_locked_operations() -> None:
-    # The dispatcher holds the job: a handler taking it again would deadlock.
+def test_handlers_with_a_job_take_its_handle() -> None:
+    # The dispatcher holds the job and passes its handle (with_job), which
+    # the driver's *_locked operations take: mypy checks that only a handler
+    # given a handle calls them. A handler taking the job again would
+    # deadlock: none calls the operations that do.
     for proc in HANDLED:
-        calls = _driver_calls(proc)
+        params = list(inspect.signature(proc.handler).parameters.values())
         if proc.job is not None:
-            assert any(c.endswith("_locked") for c in calls), proc.name
+            assert [p.name for p in params][2:] == ["job"], proc.name
+            assert params[2].annotation in ("JobHandle", JobHandle), proc.name
+        else:
+            assert len(params) == 2, proc.name
+        calls = _driver_calls(proc)
         assert not (calls & {"start", "suspend", "resume", "reset", "shutdown", "get_stats"})
 
 
@@ -143,7 +150,8 @@ def test_the_client_library_loads_no_daemon_module() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     loaded = set(ast.literal_eval(out.stdout))
-    allowed = {"_client", "_errors", "_models", "_procedures", "_sansio", "_sansio.rpc", "_util"}
+    allowed = {"_client", "_errors", "_fanout", "_models", "_procedures", "_sansio"}
+    allowed |= {"_sansio.rpc", "_util"}
     assert loaded <= {"trioctl", "trioctl._version"} | {f"trioctl.{m}" for m in allowed}
     source = (ROOT / "trioctl" / "_procedures.py").read_text()
     imported = {

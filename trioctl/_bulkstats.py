@@ -172,9 +172,11 @@ async def _gather(
     with trio.move_on_at(deadline):
         try:
             async with slots if slots is not None else contextlib.nullcontext():
-                async with driver.jobs.job(name, JobKind.QUERY, procedure=PROCEDURE, client=client):
+                async with driver.jobs.job(
+                    name, JobKind.QUERY, procedure=PROCEDURE, client=client
+                ) as job:
                     asked = True
-                    stats = await driver.get_stats_locked(name)
+                    stats = await driver.get_stats_locked(job)
         except (JobQueueFull, JobTimeout) as exc:
             skipped, error = "job-held", exc.message
         except MonitorUnresponsive as exc:

@@ -51,6 +51,7 @@ from ._errors import (
     RemoteProtocolError,
     TrioctlError,
 )
+from ._fanout import Feed
 from ._models import (
     AllDomainStats,
     DomainDefinition,
@@ -202,10 +203,7 @@ class Client:
         self._ws = ws
         self._ids = itertools.count(1)
         self._pending = ReplyWaiters[rpc.Response]()
-        self._events_send, self._events_receive = trio.open_memory_channel[DomainEvent](
-            event_buffer
-        )
-        self.events_dropped = 0
+        self._events = Feed[DomainEvent](event_buffer)
         self._closed: TrioctlError | None = None
 
     # -- generic -------------------------------------------------------------------
@@ -237,7 +235,12 @@ class Client:
         The buffer is bounded: events that do not fit while nobody reads are
         dropped and counted in ``events_dropped``.
         """
-        return self._events_receive
+        return self._events.receive_channel
+
+    @property
+    def events_dropped(self) -> int:
+        """Events dropped because the buffer of :meth:`events` was full."""
+        return self._events.dropped
 
     # -- one method per procedure (see _procedure) -----------------------------------
 
@@ -359,16 +362,13 @@ class Client:
         except Exception:
             logger.warning("malformed event: %r", msg.params)
             return
-        try:
-            self._events_send.send_nowait(event)
-        except trio.WouldBlock:
-            self.events_dropped += 1
+        self._events.offer(event)
 
     def _close(self, why: TrioctlError) -> None:
         if self._closed is None:
             self._closed = why
         self._pending.fail(lambda: DaemonConnectionLost(why.message))
-        self._events_send.close()
+        self._events.close()
 
 
 @asynccontextmanager

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar, TypeVarTuple, cast
@@ -47,6 +48,7 @@ from ._jobs import (
     DEFAULT_MAX_QUEUED_QUERIES,
     DEFAULT_WAIT_TIMEOUT,
     DomainJobs,
+    JobHandle,
     JobKind,
     JobStatistics,
 )
@@ -173,6 +175,7 @@ class Dispatcher:
         procedure: str,
         client: str,
         share: Hashable | None = None,
+        with_job: bool = False,
     ) -> T:
         """Run ``fn(*args)`` on a worker of ``priority``, holding ``domain``'s job if given.
 
@@ -195,6 +198,9 @@ class Dispatcher:
                 joiners get the leading call's result or exception (a copy,
                 raised from the original); the leader's own cancellation is
                 not shared: its joiners then try again themselves.
+            with_job: call ``fn(*args, job)`` with the held job's
+                :class:`~trioctl._jobs.JobHandle` (a handler passes it on to
+                the driver's ``*_locked`` operations).
 
         Raises:
             JobQueueFull, JobTimeout: from the domain's queue (see
@@ -217,15 +223,17 @@ class Dispatcher:
         if self._mode is DispatchMode.DEFAULT:
             if share is not None and self._jobs.query_lane:
                 key = (domain, procedure, share)
-                return await self._shared_call(key, priority, fn, *args, client=client)
-            async with self._jobs.job(domain, kind, procedure=procedure, client=client):
-                return await self._pools.run(priority, fn, *args)
+                return await self._shared_call(
+                    key, priority, fn, *args, client=client, with_job=with_job
+                )
+            async with self._jobs.job(domain, kind, procedure=procedure, client=client) as job:
+                return await self._pools.run(priority, _bound(fn, args, job, with_job))
 
         jobs = self._jobs
 
         async def with_job_in_worker() -> T:
-            async with jobs.job(domain, kind, procedure=procedure, client=client):
-                return await fn(*args)
+            async with jobs.job(domain, kind, procedure=procedure, client=client) as job:
+                return await _bound(fn, args, job, with_job)()
 
         return await self._pools.run(priority, with_job_in_worker)
 
@@ -236,6 +244,7 @@ class Dispatcher:
         fn: Callable[[*Ts], Awaitable[T]],
         *args: *Ts,
         client: str,
+        with_job: bool,
     ) -> T:
         while (flight := self._flights.get(key)) is not None:
             flight.joiners += 1
@@ -255,11 +264,13 @@ class Dispatcher:
         self._flights[key] = flight
         domain, procedure, _ = key
         try:
-            async with self._jobs.job(domain, JobKind.QUERY, procedure=procedure, client=client):
+            async with self._jobs.job(
+                domain, JobKind.QUERY, procedure=procedure, client=client
+            ) as job:
                 # Started: nobody may join any more (they would get a reply
                 # to a question asked before theirs).
                 del self._flights[key]
-                result = await self._pools.run(priority, fn, *args)
+                result = await self._pools.run(priority, _bound(fn, args, job, with_job))
                 flight.value = result
                 return result
         except Exception as exc:
@@ -272,6 +283,15 @@ class Dispatcher:
             if self._flights.get(key) is flight:
                 del self._flights[key]
             flight.done.set()
+
+
+def _bound(
+    fn: Callable[[*Ts], Awaitable[T]], args: tuple[*Ts], job: JobHandle, with_job: bool
+) -> Callable[[], Awaitable[T]]:
+    """``fn(*args)``, or ``fn(*args, job)`` for a handler that takes its job."""
+    if with_job:
+        return functools.partial(cast(Callable[..., Awaitable[T]], fn), *args, job)
+    return functools.partial(fn, *args)
 
 
 def _copy(exc: Exception) -> Exception:

@@ -1,25 +1,20 @@
-"""The domain driver: definitions, lifecycle, monitors, jobs, reconnect.
+"""The domain driver: the registry of domains, their operations, reconnect.
 
-Shape (one nursery per running domain, inside the driver's nursery)::
+The registry keeps each domain's definition and cached state; one running
+domain's supervision (its nursery: monitor loop, reconnect job holder,
+probe) is a :class:`~trioctl._supervisor.DomainRun`, started in the driver's
+nursery; the processes' pidfds, and one exit watcher per process, are in a
+:class:`~trioctl._processes.ProcessTable`; every change of state is a row of
+:data:`trioctl._lifecycle.TRANSITIONS`; events reach subscribers through a
+:class:`~trioctl._fanout.FanOut`. See docs/design.md.
 
-    open_driver(config)                       the driver nursery
-    └── supervisor of domain D                one task per running domain
-        └── domain nursery                    cancelled when D's process exits
-            ├── exit watcher                  pidfd readable -> shutoff/crashed
-            ├── monitor loop                  open_monitor(...); reconnect with backoff
-            │   └── monitor nursery           QMP reader + writer tasks
-            ├── reconnect job holder          (after a daemon restart only)
-            └── probe                         while the monitor is unresponsive
-
-A failure inside a domain's nursery is logged and ends that domain's
-supervision; it never reaches the driver nursery.
-
-Operations come in two forms. ``*_locked`` methods expect the caller to hold
-the domain's job already: the RPC dispatcher takes the job first, in the
-domain's bounded queue, and only then runs the operation on a pool worker
-(see docs/design.md). The plain methods (``start``, ``suspend``...) take the
-job themselves, for embedding. Queries (``list_domains``, ``get_info``) read
-cached state and never wait for anything.
+Operations come in two forms. ``*_locked`` methods take the handle of the
+domain's job, which the caller holds already: the RPC dispatcher takes the
+job first, in the domain's bounded queue, and only then runs the handler,
+passing it the handle, on a pool worker (see docs/design.md). The plain
+methods (``start``, ``suspend``...) take the job themselves, for embedding.
+Queries (``list_domains``, ``get_info``) read cached state and never wait
+for anything.
 
 Every monitor command runs under ``monitor_timeout``. When it expires the
 caller gets :class:`~trioctl.MonitorTimeout`, the domain's monitor is marked
@@ -31,7 +26,6 @@ once with :class:`~trioctl.MonitorUnresponsive` (``monitor_fail_fast``).
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 import os
@@ -41,7 +35,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeAlias, TypeVar
 
 import attrs
 import trio
@@ -53,18 +47,18 @@ from ._errors import (
     DomainExists,
     InvalidParams,
     LaunchError,
-    MonitorError,
     MonitorTimeout,
     MonitorUnresponsive,
     NoDomain,
     OperationInvalid,
-    RemoteProtocolError,
 )
+from ._fanout import FanOut, Feed
 from ._jobs import (
     DEFAULT_MAX_QUEUED,
     DEFAULT_MAX_QUEUED_QUERIES,
     DomainJobs,
     HeldJobInfo,
+    JobHandle,
     JobKind,
 )
 from ._launcher import (
@@ -82,6 +76,7 @@ from ._launcher import (
     resolve_qemu_user,
     verify_process,
 )
+from ._lifecycle import EventKind, Lifecycle, Trigger, transition
 from ._log import log
 from ._models import (
     DEFAULT_MACHINES,
@@ -96,7 +91,6 @@ from ._models import (
     structure,
     unstructure,
 )
-from ._monitor import EventRateLimit, Monitor, open_monitor
 from ._policy import (
     TAINT_CUSTOM_ARGV,
     TAINT_CUSTOM_MONITOR,
@@ -109,9 +103,10 @@ from ._policy import (
     resolve_file,
 )
 from ._procedures import PROCEDURES
-from ._sansio.qmp import Event
+from ._processes import ProcessTable
 from ._settings import setting
 from ._store import MAX_DEFINITION_BYTES, LoadProblem, RuntimeRecord, Store, encode_definition
+from ._supervisor import Domain, DomainRun
 from ._util import open_service_nursery
 
 __all__ = ["Driver", "DriverConfig", "EventSubscription", "open_driver"]
@@ -121,8 +116,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _RECONNECT_BACKOFF_MIN = 0.05
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-_PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 @attrs.frozen
@@ -328,60 +321,10 @@ class DriverConfig:
         return (self.state_dir, self.runtime_dir, *self.private_dirs)
 
 
-@attrs.define(eq=False)
-class _Run:
-    """One run of a domain's process, from start (or reconnect) to exit."""
-
-    proc: QemuProcess
-    record: RuntimeRecord
-    qmp_path: str
-    """Derived from the run directory and the name, never read from the record."""
-    monitor: Monitor | None = None
-    nursery: trio.Nursery | None = None
-    """The domain nursery, while the run is supervised."""
-    exited: trio.Event = attrs.Factory(trio.Event)
-    connected: trio.Event = attrs.Factory(trio.Event)
-    shutdown_reason: str | None = None
-    destroying: bool = False
-    probing: bool = False
-    released: bool = False
-    """The run's hold on its process (pidfd) has been given back."""
-    definition: DomainDefinition | None = None
-    """The definition the process was started with (None: unknown, after a
-    restart from an old record; the stored one is shown then)."""
-    taints: list[str] = attrs.Factory(list)
-    """Why the run is tainted; kept until the process exits."""
-    events: EventRateLimit | None = None
-    """The bound on QMP events passed on to subscribers (None: unbounded)."""
-    drop_report_due: bool = False
-    """A report of dropped events is scheduled (see _report_drops)."""
-    stopped_by: str = ""
-    """The client whose destroy or shutdown ended the process (for the log)."""
-
-
-@attrs.define(eq=False)
-class _Domain:
-    definition: DomainDefinition
-    state: DomainState = DomainState.SHUTOFF
-    reason: str = "defined"
-    monitor_state: MonitorState = MonitorState.NONE
-    run: _Run | None = None
-    unresponsive_why: str = ""
-    """Why the monitor was last marked unresponsive (in MonitorUnresponsive)."""
-    unresponsive_since: float = 0.0
-
-
-@attrs.define(eq=False)
-class EventSubscription:
-    """A bounded stream of :class:`DomainEvent` (dropped beyond the buffer)."""
-
-    receive_channel: trio.MemoryReceiveChannel[DomainEvent]
-    _send: trio.MemorySendChannel[DomainEvent]
-    domains: frozenset[str] | None
-    dropped: int = 0
-
-    def __aiter__(self) -> AsyncIterator[DomainEvent]:
-        return self.receive_channel.__aiter__()
+_Domain = Domain
+_Run = DomainRun
+EventSubscription: TypeAlias = Feed[DomainEvent]
+"""A bounded stream of :class:`DomainEvent` (dropped beyond the buffer)."""
 
 
 class Driver:
@@ -401,15 +344,18 @@ class Driver:
         self.load_problems: list[LoadProblem] = []
         self._nursery = nursery
         self._domains: dict[str, _Domain] = {}
-        self._subscribers: list[EventSubscription] = []
+        self._events = FanOut[DomainEvent]()
+        self._events_throttled = 0
+        """QMP events over a domain's rate bound (see DomainRun._forward_qmp_event)."""
         self._define_lock = trio.Lock()
         self.emulators = emulator_table(config.emulators)
         """Emulator names to binaries (``sim``: the built-in simulator)."""
-        self.events_dropped = 0
-        # Processes by (pid, start ticks), with how many runs use each: the
-        # simulator's many-VMs mode serves thousands of domains from one
-        # process, and one pidfd each would exhaust the open-file limit.
-        self._procs: dict[tuple[int, int], tuple[QemuProcess, int]] = {}
+        self._processes = ProcessTable(nursery)
+
+    @property
+    def events_dropped(self) -> int:
+        """Events dropped: over a domain's rate bound, or for a full subscriber."""
+        return self._events_throttled + self._events.dropped
 
     # -- queries: cached state only, never wait -------------------------------------
 
@@ -472,65 +418,41 @@ class Driver:
         Overflow policy: the driver never waits for a subscriber; an event that
         does not fit in its buffer is dropped for it and counted in ``dropped``.
         """
-        send, receive = trio.open_memory_channel[DomainEvent](
-            max_buffer if max_buffer is not None else self.config.event_buffer
-        )
-        sub = EventSubscription(receive, send, domains)
-        self._subscribers.append(sub)
-        try:
+        size = max_buffer if max_buffer is not None else self.config.event_buffer
+        with self._events.subscribe(size, domains) as sub:
             yield sub
-        finally:
-            self._subscribers.remove(sub)
-            send.close()
 
     def _emit(
-        self, domain: str, kind: str, detail: str, data: dict[str, Any] | None = None
+        self, domain: str, kind: EventKind, detail: str, data: dict[str, Any] | None = None
     ) -> None:
         event = DomainEvent(domain, kind, detail, time.time(), data or {})
         logger.debug("event %s %s %s %s", domain, kind, detail, data)
-        for sub in self._subscribers:
-            if sub.domains is not None and domain not in sub.domains:
-                continue
-            try:
-                sub._send.send_nowait(event)
-            except trio.WouldBlock:
-                sub.dropped += 1
-                self.events_dropped += 1
+        self._events.publish(event, domain)
 
-    def _set_state(self, dom: _Domain, state: DomainState, reason: str, detail: str) -> None:
-        dom.state = state
-        dom.reason = reason
-        self._emit(
-            dom.definition.name, "lifecycle", detail, {"state": state.value, "reason": reason}
-        )
-
-    def _change_state(self, dom: _Domain, state: DomainState, reason: str, detail: str) -> None:
-        """Like _set_state, but only if the state differs (no duplicate events)."""
-        if dom.state is not state:
-            self._set_state(dom, state, reason, detail)
-
-    def _set_monitor(self, dom: _Domain, state: MonitorState, why: str = "") -> None:
-        if dom.monitor_state is state:
+    def _move(self, dom: _Domain, trigger: Trigger) -> None:
+        """Take ``dom`` through one row of the lifecycle table (with its event)."""
+        step = transition(dom.definition.name, dom.state, trigger)
+        if step is None:
             return
-        old = dom.monitor_state
-        dom.monitor_state = state
+        dom.state, dom.reason = step.target, step.reason
+        if step.event is not None:
+            self._emit(
+                dom.definition.name,
+                EventKind.LIFECYCLE,
+                step.event,
+                {"state": step.target.value, "reason": step.reason.value},
+            )
+
+    def _run_ended(self, dom: _Domain, run: DomainRun, trigger: Trigger) -> None:
+        """The process of ``dom``'s current run exited: forget the run."""
         name = dom.definition.name
-        if state is MonitorState.UNRESPONSIVE:
-            dom.unresponsive_why = why
-            dom.unresponsive_since = trio.current_time()
-            log(
-                logger, logging.WARNING, "monitor of domain %s is unresponsive: %s", name, why,
-                event="monitor_unresponsive", domain=name, reason=why,
-            )  # fmt: skip
-            self._emit(name, "monitor", "unresponsive", {"reason": why})
-        elif state is MonitorState.OK and old is MonitorState.UNRESPONSIVE:
-            seconds = round(trio.current_time() - dom.unresponsive_since, 3)
-            log(
-                logger, logging.INFO,
-                "monitor of domain %s responds again after %.1f s unresponsive", name, seconds,
-                event="monitor_recovered", domain=name, seconds=seconds,
-            )  # fmt: skip
-            self._emit(name, "monitor", "responsive")
+        dom.run = None
+        dom.monitor_state = MonitorState.NONE
+        self.store.delete_record(name)
+        if not run.record.shared:
+            self._remove_runtime_files(name)
+        self._move(dom, trigger)
+        self._save_exit(name, dom.state, dom.reason)
 
     # -- jobs ----------------------------------------------------------------------
 
@@ -618,7 +540,7 @@ class Driver:
                 self._domains[definition.name] = _Domain(definition)
             else:
                 dom.definition = definition
-        self._emit(definition.name, "lifecycle", "defined")
+        self._emit(definition.name, EventKind.LIFECYCLE, Lifecycle.DEFINED)
         return self.get_info(definition.name)
 
     def _check_content(self, definition: DomainDefinition) -> None:
@@ -630,15 +552,16 @@ class Driver:
             self.config.own_dirs,
         )
 
-    async def undefine_locked(self, name: str) -> None:
+    async def undefine_locked(self, job: JobHandle) -> None:
         """Remove a domain's definition. Refused while it runs."""
+        name = _held(job)
         dom = self._get(name)
         if dom.run is not None:
             raise OperationInvalid(f"domain {name!r} is running: destroy or shut it down first")
         async with self._define_lock:
             await trio.to_thread.run_sync(self.store.delete_definition, name)
             del self._domains[name]
-        self._emit(name, "lifecycle", "undefined")
+        self._emit(name, EventKind.LIFECYCLE, Lifecycle.UNDEFINED)
 
     async def undefine(self, name: str, *, client: str = "local") -> None:
         await self._job("domain.undefine", self.undefine_locked, name, client=client)
@@ -657,13 +580,14 @@ class Driver:
         its caller releases as it returns."""
         return attrs.evolve(self._info(dom), job=None)
 
-    async def start_locked(self, name: str, paused: bool = False) -> DomainInfo:
+    async def start_locked(self, job: JobHandle, paused: bool = False) -> DomainInfo:
         """Launch the domain's emulator and connect its monitor.
 
         Raises:
             OperationInvalid: it is already running.
             LaunchError: the emulator failed to start or its monitor to answer.
         """
+        name = _held(job)
         try:
             info = await self._start_locked(name, paused)
         except LaunchError as exc:
@@ -733,7 +657,7 @@ class Driver:
                 await trio.to_thread.run_sync(self.store.save_record, record)
 
             try:
-                proc = self._hold_process(
+                proc = self._processes.hold(
                     await launch(
                         spec,
                         run_dir=dom_dir,
@@ -751,11 +675,11 @@ class Driver:
             # The emulator holds its own copies of the disks' descriptors.
             for fd in spec.disk_fds:
                 os.close(fd)
-        run = _Run(proc, record, qmp_path, definition=d, taints=taints)
+        run = DomainRun(self, dom, proc, record, qmp_path, definition=d, taints=taints)
         try:
             dom.run = run
             dom.monitor_state = MonitorState.CONNECTING
-            await self._nursery.start(self._supervise, dom, run, False)
+            await self._nursery.start(run.supervise, False)
             if dom.run is not run or run.exited.is_set():
                 raise LaunchError(f"domain {name!r} exited while starting", domain=name)
             run.record = attrs.evolve(record, state="running")
@@ -767,13 +691,10 @@ class Driver:
             with trio.CancelScope(shield=True):
                 await proc.kill(grace=0)
                 run.exited.set()
-                self._release_run(run)
+                run.release()
                 await trio.to_thread.run_sync(self._forget_start, d.name)
             raise
-        if paused:
-            self._set_state(dom, DomainState.PAUSED, "user", "started")
-        else:
-            self._set_state(dom, DomainState.RUNNING, "booted", "started")
+        self._move(dom, Trigger.START_PAUSED if paused else Trigger.START)
         return self._own_info(dom)
 
     def _launch_spec(
@@ -907,41 +828,47 @@ class Driver:
         *args: Any,
         client: str,
     ) -> T:
-        """``fn(name, *args)`` holding ``name``'s job, of the kind the
+        """``fn(job, *args)`` holding ``name``'s ``job``, of the kind the
         procedure table gives ``procedure`` (as a call over RPC takes it)."""
         kind = PROCEDURES[procedure].job
         assert kind is not None, f"{procedure} takes no domain job"
-        return await self.run_job(name, kind, fn, name, *args, procedure=procedure, client=client)
+        self._get(name)
+        async with self.jobs.job(name, kind, procedure=procedure, client=client) as job:
+            return await fn(job, *args)
 
-    async def suspend_locked(self, name: str) -> DomainInfo:
+    async def suspend_locked(self, job: JobHandle) -> DomainInfo:
+        name = _held(job)
         dom = self._running(name)
         if dom.state is DomainState.PAUSED:
             raise OperationInvalid(f"domain {name!r} is already paused")
         await self._monitor_call(dom, "stop")
         # The STOP event usually came before the reply and did this already.
-        self._change_state(dom, DomainState.PAUSED, "user", "suspended")
+        self._move(dom, Trigger.SUSPEND)
         return self._own_info(dom)
 
-    async def resume_locked(self, name: str) -> DomainInfo:
+    async def resume_locked(self, job: JobHandle) -> DomainInfo:
+        name = _held(job)
         dom = self._running(name)
         if dom.state is not DomainState.PAUSED:
             raise OperationInvalid(f"domain {name!r} is not paused")
         await self._monitor_call(dom, "cont")
-        self._change_state(dom, DomainState.RUNNING, "unpaused", "resumed")
+        self._move(dom, Trigger.RESUME)
         return self._own_info(dom)
 
-    async def reset_locked(self, name: str) -> DomainInfo:
+    async def reset_locked(self, job: JobHandle) -> DomainInfo:
+        name = _held(job)
         dom = self._running(name)
         await self._monitor_call(dom, "system_reset")
         return self._own_info(dom)
 
-    async def shutdown_locked(self, name: str) -> DomainInfo:
+    async def shutdown_locked(self, job: JobHandle) -> DomainInfo:
         """Press the power button (``system_powerdown``) and wait for the exit.
 
         Raises:
             OperationInvalid: not running, paused, or the guest did not power
                 off within ``shutdown_timeout``; destroy it then.
         """
+        name = _held(job)
         dom = self._running(name)
         run = dom.run
         assert run is not None
@@ -964,7 +891,8 @@ class Driver:
             )
         return self._own_info(dom)
 
-    async def get_stats_locked(self, name: str) -> DomainStats:
+    async def get_stats_locked(self, job: JobHandle) -> DomainStats:
+        name = _held(job)
         dom = self._running(name)
         run = dom.run
         assert run is not None
@@ -981,7 +909,7 @@ class Driver:
         )
 
     async def monitor_command_locked(
-        self, name: str, command: str, arguments: dict[str, Any] | None = None
+        self, job: JobHandle, command: str, arguments: dict[str, Any] | None = None
     ) -> Any:
         """QMP passthrough: run ``command`` and return QEMU's return value.
 
@@ -994,6 +922,7 @@ class Driver:
                 negotiates itself).
             QmpCommandError: QEMU answered with an error.
         """
+        name = _held(job)
         dom = self._running(name)
         if command == "qmp_capabilities":
             raise OperationInvalid("the driver negotiates capabilities itself")
@@ -1035,7 +964,7 @@ class Driver:
         run = dom.run
         if run is None:
             raise OperationInvalid(f"domain {name!r} is not running")
-        users = self._procs.get((run.proc.pid, run.proc.start_ticks), (run.proc, 1))[1]
+        users = self._processes.users(run.proc)
         if users > 1:
             raise OperationInvalid(
                 f"domain {name!r} shares its process (pid {run.proc.pid}) with {users - 1} "
@@ -1096,7 +1025,7 @@ class Driver:
             event="monitor_timeout", domain=name, command=command, reason=MonitorTimeout.reason,
             **self._holder(name),
         )  # fmt: skip
-        self._mark_unresponsive(dom, run, f"{command} did not answer within {limit:g} s")
+        run.mark_unresponsive(f"{command} did not answer within {limit:g} s")
         raise MonitorTimeout(
             f"the monitor of domain {name!r} did not answer {command} within {limit:g} s; "
             "it is now marked unresponsive",
@@ -1104,346 +1033,15 @@ class Driver:
             command=command,
         )
 
-    def _mark_unresponsive(self, dom: _Domain, run: _Run, why: str) -> None:
-        self._set_monitor(dom, MonitorState.UNRESPONSIVE, why)
-        if not run.probing and run.nursery is not None and not run.exited.is_set():
-            run.probing = True
-            run.nursery.start_soon(self._probe, dom, run)
-
-    async def _probe(self, dom: _Domain, run: _Run) -> None:
-        """Send ``query-status`` every probe_interval until the monitor answers."""
-        try:
-            while dom.monitor_state is MonitorState.UNRESPONSIVE:
-                await trio.sleep(self.config.probe_interval)
-                monitor = run.monitor
-                if monitor is None or monitor.closed:
-                    continue  # the monitor loop is reconnecting; it sets OK itself
-                with trio.move_on_after(self.config.monitor_timeout or self.config.probe_interval):
-                    try:
-                        await monitor.execute("query-status")
-                    except MonitorError:
-                        continue
-                    self._set_monitor(dom, MonitorState.OK)
-        finally:
-            run.probing = False
-
-    # -- supervision of one running domain -------------------------------------------
-
-    async def _supervise(
-        self,
-        dom: _Domain,
-        run: _Run,
-        reconnecting: bool,
-        on_ready: Callable[[], None] | None = None,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Own one run of a domain: its nursery, monitor, exit watcher.
-
-        Reports back (``task_status``, ``on_ready``) once the run can be
-        served: after a fresh start or a serial reconnect when the monitor
-        is negotiated; after a parallel reconnect as soon as the domain's job
-        is held. A fresh start that fails raises to its ``nursery.start``;
-        a reconnect never raises.
-        """
-        started = False
-
-        def ready() -> None:
-            nonlocal started
-            started = True
-            task_status.started()
-            if on_ready is not None:
-                on_ready()
-
-        name = dom.definition.name
-        try:
-            async with open_service_nursery() as nursery:
-                run.nursery = nursery
-                nursery.start_soon(self._watch_exit, dom, run)
-                if reconnecting and self.config.reconnect == "parallel":
-                    await nursery.start(self._hold_reconnect_job, dom, run)
-                    ready()
-                    # In this task rather than a child of its own: one task
-                    # fewer per domain to schedule, keep and cancel at stop
-                    # (the exit watcher cancels this body as it would a child).
-                    await self._monitor_loop(dom, run, True)
-                else:
-                    # A fresh start (or a serial reconnect) reports back once
-                    # the monitor is negotiated, or fails.
-                    await nursery.start(self._monitor_loop, dom, run, reconnecting)
-                    ready()
-        except Exception:
-            if not started and not reconnecting:
-                raise
-            logger.exception("supervision of domain %s failed", name)
-        finally:
-            run.nursery = None
-            run.monitor = None
-        if not started:
-            # The process exited before the monitor came up.
-            if not reconnecting:
-                raise LaunchError(f"domain {name!r} exited while starting", domain=name)
-            ready()
-
-    async def _watch_exit(self, dom: _Domain, run: _Run) -> None:
-        await run.proc.wait()
-        name = dom.definition.name
-        if run.destroying:
-            state, reason, detail = DomainState.SHUTOFF, "destroyed", "destroyed"
-        elif run.shutdown_reason is not None:
-            state, reason, detail = DomainState.SHUTOFF, "shutdown", "shutdown"
-        else:
-            state, reason, detail = DomainState.CRASHED, "crashed", "crashed"
-        if dom.run is run:
-            self._log_exit(name, run, reason)
-            dom.run = None
-            dom.monitor_state = MonitorState.NONE
-            self.store.delete_record(name)
-            if not run.record.shared:
-                self._remove_runtime_files(name)
-            self._set_state(dom, state, reason, detail)
-            self._save_exit(name, state, reason)
-        self._release_run(run)
-        run.exited.set()
-        assert run.nursery is not None
-        run.nursery.cancel_scope.cancel()
-
-    def _log_exit(self, name: str, run: _Run, reason: str) -> None:
-        pid, status = run.proc.pid, run.proc.returncode
-        if status is None:
-            how = "exit status unknown (not the daemon's child)"
-        elif status < 0:
-            how = f"killed by {_signal_name(-status)}"
-        else:
-            how = f"exit status {status}"
-        fields: dict[str, Any] = {"domain": name, "pid": pid, "reason": reason}
-        if status is not None and status < 0:
-            fields["signal"] = _signal_name(-status)
-        elif status is not None:
-            fields["exit_status"] = status
-        if reason == "destroyed":
-            log(
-                logger, logging.INFO, "domain %s destroyed (pid %d, %s)", name, pid, how,
-                event="destroyed", client=run.stopped_by or None, **fields,
-            )  # fmt: skip
-        elif reason == "shutdown":
-            log(
-                logger, logging.INFO, "domain %s shut down (pid %d, %s; QEMU says %s)",
-                name, pid, how, run.shutdown_reason,
-                event="shutdown", client=run.stopped_by or None,
-                shutdown_reason=run.shutdown_reason, **fields,
-            )  # fmt: skip
-        else:
-            log(
-                logger, logging.WARNING, "domain %s crashed (pid %d, %s)", name, pid, how,
-                event="crashed", **fields,
-            )  # fmt: skip
-
     def _save_exit(self, name: str, state: DomainState, reason: str) -> None:
         """Keep how the domain last stopped, for the next daemon (see Store.save_exit)."""
         try:
-            self.store.save_exit(name, state.value, reason)
+            self.store.save_exit(name, state.value, str(reason))
         except OSError as exc:
             log(
                 logger, logging.WARNING, "domain %s: cannot save how it stopped: %s", name, exc,
                 event="state_not_saved", domain=name, reason=str(exc),
             )  # fmt: skip
-
-    async def _hold_reconnect_job(
-        self,
-        dom: _Domain,
-        run: _Run,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        name = dom.definition.name
-        try:
-            async with self.jobs.job(
-                name, JobKind.RECONNECT, procedure="reconnect", client="daemon"
-            ):
-                task_status.started()
-                with trio.move_on_after(self.config.reconnect_timeout):
-                    await run.connected.wait()
-                if not run.connected.is_set() and not run.exited.is_set():
-                    self._mark_unresponsive(
-                        dom,
-                        run,
-                        f"no monitor handshake within {self.config.reconnect_timeout:g} s "
-                        "of reconnecting, calls waited for the reconnect until then",
-                    )
-        except DomainDestroyed:
-            pass
-
-    async def _monitor_loop(
-        self,
-        dom: _Domain,
-        run: _Run,
-        reconnecting: bool,
-        *,
-        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Keep a monitor connected for as long as the process lives."""
-        name = dom.definition.name
-        first = True
-        backoff = _RECONNECT_BACKOFF_MIN
-        serial = reconnecting and self.config.reconnect == "serial"
-        while not run.exited.is_set():
-            closed = False
-            if serial or self.config.monitor_timeout is None:
-                handshake = math.inf  # pre-patch libvirt: wait as long as it takes
-            elif first and not reconnecting:
-                handshake = self.config.start_timeout
-            else:
-                handshake = self.config.monitor_timeout
-            try:
-                async with open_monitor(run.qmp_path, handshake_timeout=handshake) as mon:
-                    run.monitor = mon
-                    mon.add_event_handler(functools.partial(self._on_qmp_event, dom, run))
-                    if reconnecting or not first:
-                        await self._sync_state(dom, mon)
-                    self._set_monitor(dom, MonitorState.OK)
-                    run.connected.set()
-                    if first:
-                        task_status.started()
-                        first = False
-                    backoff = _RECONNECT_BACKOFF_MIN
-                    await mon.wait_closed()
-                run.monitor = None
-                if not run.exited.is_set() and dom.monitor_state is MonitorState.OK:
-                    dom.monitor_state = MonitorState.CONNECTING
-                closed = True
-            except Exception as exc:
-                # Whatever the peer did, this loop must not end the domain's
-                # supervision (and with it the exit watcher).
-                run.monitor = None
-                if not isinstance(
-                    exc, OSError | MonitorError | MonitorTimeout | RemoteProtocolError
-                ):
-                    logger.exception("unexpected failure of the monitor of %s", name)
-                if first and not reconnecting:
-                    raise LaunchError(
-                        f"the monitor of domain {name!r} did not come up: {exc}", domain=name
-                    ) from None
-                if run.exited.is_set():
-                    return
-                # A process on its way out (destroyed, or QEMU said SHUTDOWN)
-                # closes its socket before it exits: no reason to alarm.
-                exiting = run.destroying or run.shutdown_reason is not None
-                if (
-                    dom.monitor_state is not MonitorState.UNRESPONSIVE
-                    and not (reconnecting and first)
-                    and not exiting
-                ):
-                    self._mark_unresponsive(dom, run, f"cannot connect the monitor: {exc}")
-                logger.debug("monitor of %s: %s; retrying in %.2f s", name, exc, backoff)
-            await trio.sleep(backoff)
-            if closed and not (run.exited.is_set() or run.destroying or run.shutdown_reason):
-                # Said only now: a monitor closes as its process exits (destroy,
-                # shutdown, crash: _watch_exit says which), and then this task
-                # is usually cancelled during the sleep above.
-                log(
-                    logger, logging.WARNING,
-                    "monitor of domain %s closed while its process runs; reconnecting", name,
-                    event="monitor_closed", domain=name,
-                )  # fmt: skip
-            backoff = min(backoff * 2, self.config.probe_interval)
-
-    async def _sync_state(self, dom: _Domain, mon: Monitor) -> None:
-        """After a (re)connect, learn whether the VM runs or is paused."""
-        limit = self.config.monitor_timeout
-        with trio.move_on_after(math.inf if limit is None else limit):
-            status = await mon.execute("query-status")
-            if not isinstance(status, dict):
-                return
-            running = bool(status.get("running"))
-            if running and dom.state is not DomainState.RUNNING:
-                dom.state, dom.reason = DomainState.RUNNING, "unpaused"
-            elif not running and dom.state is not DomainState.PAUSED:
-                dom.state, dom.reason = DomainState.PAUSED, "user"
-
-    def _on_qmp_event(self, dom: _Domain, run: _Run, event: Event) -> None:
-        name = dom.definition.name
-        self._forward_qmp_event(name, run, event)
-        if dom.run is not run:
-            return
-        if event.name == "STOP":
-            self._change_state(dom, DomainState.PAUSED, "user", "suspended")
-        elif event.name == "RESUME":
-            self._change_state(dom, DomainState.RUNNING, "unpaused", "resumed")
-        elif event.name == "RESET":
-            self._emit(name, "lifecycle", "reset")
-        elif event.name == "SHUTDOWN":
-            run.shutdown_reason = str(event.data.get("reason", "shutdown"))
-
-    def _forward_qmp_event(self, name: str, run: _Run, event: Event) -> None:
-        """Pass a QMP event on to subscribers, within the domain's rate bound.
-
-        Beyond ``max_events_per_second`` (a burst of one second's worth) the
-        event is dropped and counted (``events_dropped`` in the driver and the
-        server stats); the next event that passes is preceded by a
-        ``monitor``/``events_dropped`` event whose ``data.count`` says how
-        many were dropped since the last such report; if no event passes
-        within a second of the first drop, the report goes alone then.
-        """
-        rate = self.config.max_events_per_second
-        if rate > 0:
-            if run.events is None:
-                run.events = EventRateLimit(rate)
-            if not run.events.admit(trio.current_time()):
-                self.events_dropped += 1
-                if not run.drop_report_due:
-                    run.drop_report_due = True
-                    self._nursery.start_soon(self._report_drops, name, run)
-                if run.events.dropped == 1 or run.events.dropped % 10_000 == 0:
-                    logger.warning(
-                        "domain %s sends more than %g QMP events a second: dropping (%d so far)",
-                        name,
-                        rate,
-                        run.events.dropped,
-                    )
-                return
-            self._emit_drops(name, run)
-        self._emit(name, "qmp", event.name, dict(event.data))
-
-    def _emit_drops(self, name: str, run: _Run) -> None:
-        dropped = run.events.take_unreported() if run.events is not None else 0
-        if dropped:
-            self._emit(
-                name,
-                "monitor",
-                "events_dropped",
-                {"count": dropped, "max_events_per_second": self.config.max_events_per_second},
-            )
-
-    async def _report_drops(self, name: str, run: _Run) -> None:
-        """Report drops a second after the first, if no event passed since."""
-        try:
-            await trio.sleep(1.0)
-            self._emit_drops(name, run)
-        finally:
-            run.drop_report_due = False
-
-    def _hold_process(self, proc: QemuProcess) -> QemuProcess:
-        key = (proc.pid, proc.start_ticks)
-        held, users = self._procs.get(key, (proc, 0))
-        if held is not proc:
-            proc.close()  # already watched: share the first pidfd
-        self._procs[key] = (held, users + 1)
-        return held
-
-    def _release_run(self, run: _Run) -> None:
-        if not run.released:
-            run.released = True
-            self._release_process(run.proc)
-
-    def _release_process(self, proc: QemuProcess) -> None:
-        key = (proc.pid, proc.start_ticks)
-        held, users = self._procs.get(key, (proc, 1))
-        if users <= 1:
-            self._procs.pop(key, None)
-            held.close()
-        else:
-            self._procs[key] = (held, users - 1)
 
     # -- open/close --------------------------------------------------------------------
 
@@ -1461,7 +1059,7 @@ class Driver:
             if d.name in exits:
                 state_value, loaded.reason = exits[d.name]
                 loaded.state = DomainState(state_value)
-        reconnecting: list[tuple[_Domain, _Run]] = []
+        reconnecting: list[DomainRun] = []
         argv_cache: dict[int, list[str] | None] = {}
         for name, record in records.items():
             dom = self._domains.get(name)
@@ -1484,12 +1082,12 @@ class Driver:
                 continue
             assert record.pid is not None and record.start_ticks is not None
             try:
-                shared = self._procs.get((record.pid, record.start_ticks))
+                shared = self._processes.get(record.pid, record.start_ticks)
                 if shared is not None:
                     argv = argv_cache.get(record.pid)
                     if argv is None or not names_monitor(argv, qmp_path):
                         raise PermissionError(f"pid {record.pid} does not serve {qmp_path}")
-                    proc = self._hold_process(shared[0])
+                    proc = self._processes.hold(shared)
                 else:
                     try:
                         found = verify_process(record.pid, record.start_ticks, qmp_path)
@@ -1498,7 +1096,7 @@ class Driver:
                         # run directories serves RUN_DIR/NAME.qmp: adopt it too.
                         qmp_path = str(self.config.runtime_dir / f"{name}.qmp")
                         found = verify_process(record.pid, record.start_ticks, qmp_path)
-                    proc = self._hold_process(found)
+                    proc = self._processes.hold(found)
                     argv_cache[record.pid] = cmdline(record.pid)
             except PermissionError as exc:
                 # A record naming a process that is not this domain's emulator:
@@ -1508,8 +1106,8 @@ class Driver:
                     event="record_discarded", domain=name, reason=str(exc),
                 )  # fmt: skip
                 self.store.delete_record(name)
-                self._set_state(dom, DomainState.CRASHED, "crashed", "crashed")
-                self._save_exit(name, DomainState.CRASHED, "crashed")
+                self._move(dom, Trigger.CRASH)
+                self._save_exit(name, dom.state, dom.reason)
                 continue
             except (ProcessLookupError, OSError) as exc:
                 log(
@@ -1520,10 +1118,12 @@ class Driver:
                 )  # fmt: skip
                 self.store.delete_record(name)
                 self._remove_runtime_files(name)
-                self._set_state(dom, DomainState.CRASHED, "crashed", "crashed")
-                self._save_exit(name, DomainState.CRASHED, "crashed")
+                self._move(dom, Trigger.CRASH)
+                self._save_exit(name, dom.state, dom.reason)
                 continue
-            run = _Run(
+            run = DomainRun(
+                self,
+                dom,
                 proc,
                 record,
                 qmp_path,
@@ -1531,12 +1131,12 @@ class Driver:
                 taints=_taints(record),
             )
             dom.run = run
-            dom.state, dom.reason = DomainState.RUNNING, "booted"
+            self._move(dom, Trigger.ADOPT)
             dom.monitor_state = MonitorState.CONNECTING
             if self.config.reconnect == "serial":
-                await self._nursery.start(self._supervise, dom, run, True)
+                await self._nursery.start(run.supervise, True)
             else:
-                reconnecting.append((dom, run))
+                reconnecting.append(run)
         # Parallel: spawn every supervisor at once, and serve as soon as each
         # holds its domain's job (one scheduler pass, not one per domain).
         if reconnecting:
@@ -1549,8 +1149,8 @@ class Driver:
                 if left == 0:
                     all_held.set()
 
-            for dom, run in reconnecting:
-                self._nursery.start_soon(self._supervise, dom, run, True, held)
+            for run in reconnecting:
+                self._nursery.start_soon(run.supervise, True, held)
             await all_held.wait()
 
     def _kill_unfinished_start(self, qmp_path: str) -> list[int]:
@@ -1596,13 +1196,6 @@ class Driver:
             )  # fmt: skip
 
 
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
 def _running_definition(record: RuntimeRecord) -> DomainDefinition | None:
     """The definition a record says its process runs with (None if unknown)."""
     if record.definition is None:
@@ -1617,6 +1210,13 @@ def _running_definition(record: RuntimeRecord) -> DomainDefinition | None:
 def _taints(record: RuntimeRecord) -> list[str]:
     taints = record.taints if isinstance(record.taints, list) else []
     return [t for t in taints if isinstance(t, str)]
+
+
+def _held(job: JobHandle) -> str:
+    """The domain whose job ``job`` holds (a ``*_locked`` operation's check)."""
+    if job.owner is None:
+        raise RuntimeError(f"the job of domain {job.domain!r} is not held: enter the handle first")
+    return job.domain
 
 
 def _job_record(job: HeldJobInfo) -> JobInfo:
@@ -1662,6 +1262,4 @@ async def open_driver(config: DriverConfig) -> AsyncIterator[Driver]:
     finally:
         # Supervision has ended; the processes run on, unwatched.
         if driver is not None:
-            for proc, _users in driver._procs.values():
-                proc.close()
-            driver._procs.clear()
+            driver._processes.close()

@@ -14,6 +14,7 @@ import attrs
 from ._bulkstats import get_all_domain_stats
 from ._driver import Driver
 from ._errors import AccessDenied
+from ._jobs import JobHandle
 from ._models import WRITE_MONITOR_COMMANDS, AllDomainStats, DomainInfo, DomainStats
 from ._policy import monitor_command_allowed
 from ._procedures import (
@@ -82,8 +83,8 @@ class CallContext:
 
 
 # -- handlers ----------------------------------------------------------------------------
-# Handlers with a job run while the dispatcher holds the domain's job, so they
-# call the driver's *_locked operations.
+# Handlers with a job run while the dispatcher holds the domain's job, and get
+# its handle, which the driver's *_locked operations take.
 
 
 async def _get_version(ctx: CallContext, _p: NoParams) -> VersionInfo:
@@ -115,42 +116,42 @@ async def _define(ctx: CallContext, p: DefineParams) -> DomainInfo:
     return await ctx.services.driver.define(p.definition)
 
 
-async def _undefine(ctx: CallContext, p: DomainRef) -> DomainInfo:
+async def _undefine(ctx: CallContext, p: DomainRef, job: JobHandle) -> DomainInfo:
     # The last state of the domain, without this call's own job.
     info = attrs.evolve(ctx.services.driver.get_info(p.name), job=None)
-    await ctx.services.driver.undefine_locked(p.name)
+    await ctx.services.driver.undefine_locked(job)
     return info
 
 
-async def _start(ctx: CallContext, p: StartParams) -> DomainInfo:
-    return await ctx.services.driver.start_locked(p.name, p.paused)
+async def _start(ctx: CallContext, p: StartParams, job: JobHandle) -> DomainInfo:
+    return await ctx.services.driver.start_locked(job, p.paused)
 
 
-async def _shutdown(ctx: CallContext, p: DomainRef) -> DomainInfo:
-    return await ctx.services.driver.shutdown_locked(p.name)
+async def _shutdown(ctx: CallContext, _p: DomainRef, job: JobHandle) -> DomainInfo:
+    return await ctx.services.driver.shutdown_locked(job)
 
 
-async def _suspend(ctx: CallContext, p: DomainRef) -> DomainInfo:
-    return await ctx.services.driver.suspend_locked(p.name)
+async def _suspend(ctx: CallContext, _p: DomainRef, job: JobHandle) -> DomainInfo:
+    return await ctx.services.driver.suspend_locked(job)
 
 
-async def _resume(ctx: CallContext, p: DomainRef) -> DomainInfo:
-    return await ctx.services.driver.resume_locked(p.name)
+async def _resume(ctx: CallContext, _p: DomainRef, job: JobHandle) -> DomainInfo:
+    return await ctx.services.driver.resume_locked(job)
 
 
-async def _reset(ctx: CallContext, p: DomainRef) -> DomainInfo:
-    return await ctx.services.driver.reset_locked(p.name)
+async def _reset(ctx: CallContext, _p: DomainRef, job: JobHandle) -> DomainInfo:
+    return await ctx.services.driver.reset_locked(job)
 
 
 async def _destroy(ctx: CallContext, p: DomainRef) -> DomainInfo:
     return await ctx.services.driver.destroy(p.name, client=ctx.session.id)
 
 
-async def _get_stats(ctx: CallContext, p: DomainRef) -> DomainStats:
-    return await ctx.services.driver.get_stats_locked(p.name)
+async def _get_stats(ctx: CallContext, _p: DomainRef, job: JobHandle) -> DomainStats:
+    return await ctx.services.driver.get_stats_locked(job)
 
 
-async def _monitor_command(ctx: CallContext, p: MonitorCommandParams) -> Any:
+async def _monitor_command(ctx: CallContext, p: MonitorCommandParams, job: JobHandle) -> Any:
     if not monitor_command_allowed(p.command) and ctx.session.role < Role.ADMIN:
         raise AccessDenied(
             f"monitor command {p.command!r} needs the admin role; the "
@@ -159,7 +160,7 @@ async def _monitor_command(ctx: CallContext, p: MonitorCommandParams) -> Any:
             method="domain.monitor_command",
             command=p.command,
         )
-    return await ctx.services.driver.monitor_command_locked(p.name, p.command, p.arguments)
+    return await ctx.services.driver.monitor_command_locked(job, p.command, p.arguments)
 
 
 async def _subscribe(ctx: CallContext, p: SubscribeParams) -> Subscribed:

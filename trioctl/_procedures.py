@@ -240,7 +240,7 @@ class ServerStats:
     events_dropped: int
 
 
-Handler = Callable[[Any, Any], Awaitable[Any]]
+Handler = Callable[..., Awaitable[Any]]
 """``handler(ctx, params)``: ``ctx`` is the server's call context
 (``trioctl._handlers.CallContext``)."""
 

@@ -1030,6 +1030,7 @@ class Server:
                     procedure=proc.name,
                     client=session.id,
                     share=params if proc.shared else None,
+                    with_job=True,
                 )
             else:
                 result = await self.dispatcher.call(

@@ -1,0 +1,87 @@
+"""Writes to a monitor over a real socket: in the caller's task while the
+socket takes them, through the writer task when it is full, in order, and
+never half a line, whatever callers are cancelled meanwhile."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import trio
+import trio.lowlevel
+
+from trioctl._monitor import open_monitor_stream
+
+from .test_monitor import GREETING
+
+BIG = "x" * 50_000  # a few of these fill a UNIX socket's buffer
+
+
+async def _fake_qemu(
+    stream: trio.SocketStream, gate: trio.Event, received: list[dict[str, Any]]
+) -> None:
+    """Negotiate, then read nothing until ``gate``; then answer each command
+    with its argument's length (a line that is not whole JSON fails here)."""
+    async with stream:
+        await _serve(stream, gate, received)
+
+
+async def _serve(
+    stream: trio.SocketStream, gate: trio.Event, received: list[dict[str, Any]]
+) -> None:
+    await stream.send_all(GREETING)
+    buf = b""
+    while True:
+        if b"\n" not in buf:
+            if received and not gate.is_set():
+                await gate.wait()
+            data = await stream.receive_some()
+            if not data:
+                return
+            buf += data
+            continue
+        line, buf = buf.split(b"\n", 1)
+        cmd = json.loads(line)
+        received.append(cmd)
+        value: Any = {} if cmd["execute"] == "qmp_capabilities" else len(cmd["arguments"]["s"])
+        await stream.send_all(json.dumps({"return": value, "id": cmd["id"]}).encode() + b"\r\n")
+
+
+async def test_a_full_socket_queues_whole_lines_in_order() -> None:
+    with trio.fail_after(30):
+        a, b = trio.socket.socketpair()
+        gate = trio.Event()
+        received: list[dict[str, Any]] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_fake_qemu, trio.SocketStream(b), gate, received)
+            async with open_monitor_stream(trio.SocketStream(a)) as monitor:
+                results: dict[int, int] = {}
+                cancelled = []
+
+                async def call(i: int) -> None:
+                    with trio.CancelScope() as scope:
+                        if i % 3 == 0:
+                            cancelled.append(scope)
+                        results[i] = await monitor.execute("echo", {"s": BIG + str(i)})
+
+                async with trio.open_nursery() as calls:
+                    for i in range(30):
+                        calls.start_soon(call, i)
+                        await trio.lowlevel.checkpoint()
+                    # The socket is full: the rest waits for the writer task.
+                    await trio.testing.wait_all_tasks_blocked()
+                    assert monitor._writing
+                    for scope in cancelled:
+                        scope.cancel()
+                    gate.set()
+                assert not monitor._writing
+                # Every command reached QEMU whole, in order, cancelled or not.
+                sent = [c for c in received if c["execute"] == "echo"]
+                assert [c["arguments"]["s"][len(BIG) :] for c in sent] == [
+                    str(i) for i in range(30)
+                ]
+                assert results == {i: len(BIG + str(i)) for i in range(30) if i % 3}
+                # And the socket path is back once it drained.
+                assert await monitor.execute("echo", {"s": "short"}) == 5
+                assert not monitor._writing
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,506 @@
+"""One domain's supervision: a run of its process, from start to exit.
+
+Shape (one :class:`DomainRun` per running domain, its task in the driver's
+nursery)::
+
+    DomainRun.supervise()                 one task per running domain
+    └── domain nursery                    cancelled when the process exits
+        ├── monitor loop                  in the supervisor's task: open_monitor(...);
+        │   │                             reconnect with backoff
+        │   └── monitor nursery           QMP reader (+ writer while the socket is full)
+        ├── reconnect job holder          (after a daemon restart only)
+        └── probe                         while the monitor is unresponsive
+
+The exit watcher is the process table's (one task per process, see
+:mod:`trioctl._processes`): it calls :meth:`DomainRun._on_exit`.
+
+A failure inside the domain nursery is logged and ends that domain's
+supervision; it never reaches the driver nursery. The registry (the driver)
+is reached through :class:`Host`: events, state transitions, and the
+bookkeeping of an exit.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import signal
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import attrs
+import trio
+
+from ._errors import (
+    DomainDestroyed,
+    LaunchError,
+    MonitorError,
+    MonitorTimeout,
+    RemoteProtocolError,
+)
+from ._jobs import DomainJobs, JobKind
+from ._launcher import QemuProcess
+from ._lifecycle import EventKind, Lifecycle, Reason, Trigger
+from ._log import log
+from ._models import DomainDefinition, DomainState, MonitorState
+from ._monitor import EventRateLimit, Monitor, open_monitor
+from ._processes import ProcessTable
+from ._sansio.qmp import Event
+from ._store import RuntimeRecord
+from ._util import open_service_nursery
+
+if TYPE_CHECKING:
+    from ._driver import DriverConfig
+
+__all__ = ["Domain", "DomainRun", "Host"]
+
+logger = logging.getLogger("trioctl._driver")
+
+_RECONNECT_BACKOFF_MIN = 0.05
+
+
+@attrs.define(eq=False)
+class Domain:
+    """The driver's entry for one domain."""
+
+    definition: DomainDefinition
+    state: DomainState = DomainState.SHUTOFF
+    reason: str = Reason.DEFINED
+    """A :class:`~trioctl._lifecycle.Reason`, or one saved by another version."""
+    monitor_state: MonitorState = MonitorState.NONE
+    run: DomainRun | None = None
+    unresponsive_why: str = ""
+    """Why the monitor was last marked unresponsive (in MonitorUnresponsive)."""
+    unresponsive_since: float = 0.0
+
+
+class Host(Protocol):
+    """What a run needs of the driver."""
+
+    config: DriverConfig
+    jobs: DomainJobs
+    _events_throttled: int
+    _nursery: trio.Nursery
+    _processes: ProcessTable
+
+    def _emit(
+        self, domain: str, kind: EventKind, detail: str, data: dict[str, Any] | None = None
+    ) -> None: ...
+
+    def _move(self, dom: Domain, trigger: Trigger) -> None: ...
+
+    def _run_ended(self, dom: Domain, run: DomainRun, trigger: Trigger) -> None: ...
+
+
+def _weak_host(host: Host) -> weakref.ref[Host]:
+    return weakref.ref(host)
+
+
+def _weak_domain(dom: Domain) -> weakref.ref[Domain]:
+    return weakref.ref(dom)
+
+
+@attrs.define(eq=False)
+class DomainRun:
+    """One run of a domain's process, from start (or reconnect) to exit, and
+    its supervision (:meth:`supervise`)."""
+
+    _host: weakref.ref[Host] = attrs.field(converter=_weak_host)
+    """The driver: weak, as the next, so that no reference cycle keeps a
+    run, and all it holds, alive once the registry lets go of it (with 10,000
+    domains the final collection of such cycles took seconds at stop)."""
+    _dom: weakref.ref[Domain] = attrs.field(converter=_weak_domain)
+    proc: QemuProcess
+    record: RuntimeRecord
+    qmp_path: str
+    """Derived from the run directory and the name, never read from the record."""
+    monitor: Monitor | None = None
+    nursery: trio.Nursery | None = None
+    """The domain nursery, while the run is supervised."""
+    exited: trio.Event = attrs.Factory(trio.Event)
+    connected: trio.Event = attrs.Factory(trio.Event)
+    shutdown_reason: str | None = None
+    destroying: bool = False
+    probing: bool = False
+    released: bool = False
+    """The run's hold on its process (pidfd) has been given back."""
+    definition: DomainDefinition | None = None
+    """The definition the process was started with (None: unknown, after a
+    restart from an old record; the stored one is shown then)."""
+    taints: list[str] = attrs.Factory(list)
+    """Why the run is tainted; kept until the process exits."""
+    events: EventRateLimit | None = None
+    """The bound on QMP events passed on to subscribers (None: unbounded)."""
+    drop_report_due: bool = False
+    """A report of dropped events is scheduled (see _report_drops)."""
+    stopped_by: str = ""
+    """The client whose destroy or shutdown ended the process (for the log)."""
+
+    @property
+    def host(self) -> Host:
+        host = self._host()
+        assert host is not None, "the driver outlives its runs"
+        return host
+
+    @property
+    def dom(self) -> Domain:
+        dom = self._dom()
+        assert dom is not None, "a domain outlives its runs"
+        return dom
+
+    @property
+    def name(self) -> str:
+        return self.dom.definition.name
+
+    def release(self) -> None:
+        """Give back the run's hold on its process (once)."""
+        if not self.released:
+            self.released = True
+            self.host._processes.release(self.proc)
+
+    # -- the supervisor ---------------------------------------------------------------
+
+    async def supervise(
+        self,
+        reconnecting: bool,
+        on_ready: Callable[[], None] | None = None,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Own the run: its nursery, monitor, exit watcher.
+
+        Reports back (``task_status``, ``on_ready``) once the run can be
+        served: after a fresh start or a serial reconnect when the monitor
+        is negotiated; after a parallel reconnect as soon as the domain's job
+        is held. A fresh start that fails raises to its ``nursery.start``;
+        a reconnect never raises.
+        """
+        started = False
+
+        def ready() -> None:
+            nonlocal started
+            started = True
+            task_status.started()
+            if on_ready is not None:
+                on_ready()
+
+        name = self.name
+        processes = self.host._processes
+        try:
+            async with open_service_nursery() as nursery:
+                self.nursery = nursery
+                # The exit watcher: the process table's one task per process
+                # calls _on_exit, which cancels this nursery.
+                processes.watch(self.proc, self._on_exit)
+                # The monitor loop runs in this task rather than a child of
+                # its own: one task fewer per domain to schedule, keep and
+                # cancel at stop.
+                if reconnecting and self.host.config.reconnect == "parallel":
+                    await nursery.start(self._hold_reconnect_job)
+                    ready()
+                    await self._monitor_loop(True)
+                else:
+                    # A fresh start (or a serial reconnect) reports back once
+                    # the monitor is negotiated, or fails.
+                    await self._monitor_loop(reconnecting, ready)
+        except Exception:
+            if not started and not reconnecting:
+                raise
+            logger.exception("supervision of domain %s failed", name)
+        except BaseException as exc:
+            # The service nursery raises the lone exception of its group with
+            # the group, which holds it, as its context: a reference cycle
+            # per domain, through every frame of the traceback, that only the
+            # cyclic collector frees (at stop with 10,000 domains: seconds).
+            exc.__context__ = None
+            raise
+        finally:
+            processes.unwatch(self.proc, self._on_exit)
+            self.nursery = None
+            self.monitor = None
+        if not started:
+            # The process exited before the monitor came up.
+            if not reconnecting:
+                raise LaunchError(f"domain {name!r} exited while starting", domain=name)
+            ready()
+
+    def _on_exit(self) -> None:
+        """The process exited: say how, forget the run, end its supervision."""
+        if self.destroying:
+            trigger = Trigger.EXIT_DESTROYED
+        elif self.shutdown_reason is not None:
+            trigger = Trigger.EXIT_SHUTDOWN
+        else:
+            trigger = Trigger.CRASH
+        try:
+            if self.dom.run is self:
+                self._log_exit(trigger)
+                self.host._run_ended(self.dom, self, trigger)
+        except Exception:
+            logger.exception("supervision of domain %s failed", self.name)
+        self.release()
+        self.exited.set()
+        if self.nursery is not None:
+            self.nursery.cancel_scope.cancel()
+
+    def _log_exit(self, trigger: Trigger) -> None:
+        name = self.name
+        pid, status = self.proc.pid, self.proc.returncode
+        reason = {
+            Trigger.EXIT_DESTROYED: Reason.DESTROYED,
+            Trigger.EXIT_SHUTDOWN: Reason.SHUTDOWN,
+        }.get(trigger, Reason.CRASHED)
+        if status is None:
+            how = "exit status unknown (not the daemon's child)"
+        elif status < 0:
+            how = f"killed by {_signal_name(-status)}"
+        else:
+            how = f"exit status {status}"
+        fields: dict[str, Any] = {"domain": name, "pid": pid, "reason": reason.value}
+        if status is not None and status < 0:
+            fields["signal"] = _signal_name(-status)
+        elif status is not None:
+            fields["exit_status"] = status
+        if reason is Reason.DESTROYED:
+            log(
+                logger, logging.INFO, "domain %s destroyed (pid %d, %s)", name, pid, how,
+                event="destroyed", client=self.stopped_by or None, **fields,
+            )  # fmt: skip
+        elif reason is Reason.SHUTDOWN:
+            log(
+                logger, logging.INFO, "domain %s shut down (pid %d, %s; QEMU says %s)",
+                name, pid, how, self.shutdown_reason,
+                event="shutdown", client=self.stopped_by or None,
+                shutdown_reason=self.shutdown_reason, **fields,
+            )  # fmt: skip
+        else:
+            log(
+                logger, logging.WARNING, "domain %s crashed (pid %d, %s)", name, pid, how,
+                event="crashed", **fields,
+            )  # fmt: skip
+
+    async def _hold_reconnect_job(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        config = self.host.config
+        try:
+            async with self.host.jobs.job(
+                self.name, JobKind.RECONNECT, procedure="reconnect", client="daemon"
+            ):
+                task_status.started()
+                with trio.move_on_after(config.reconnect_timeout):
+                    await self.connected.wait()
+                if not self.connected.is_set() and not self.exited.is_set():
+                    self.mark_unresponsive(
+                        f"no monitor handshake within {config.reconnect_timeout:g} s "
+                        "of reconnecting, calls waited for the reconnect until then"
+                    )
+        except DomainDestroyed:
+            pass
+
+    async def _monitor_loop(
+        self, reconnecting: bool, on_first: Callable[[], None] | None = None
+    ) -> None:
+        """Keep a monitor connected for as long as the process lives; call
+        ``on_first()`` once the first monitor is negotiated."""
+        dom, config, name = self.dom, self.host.config, self.name
+        first = True
+        backoff = _RECONNECT_BACKOFF_MIN
+        serial = reconnecting and config.reconnect == "serial"
+        while not self.exited.is_set():
+            closed = False
+            if serial or config.monitor_timeout is None:
+                handshake = math.inf  # pre-patch libvirt: wait as long as it takes
+            elif first and not reconnecting:
+                handshake = config.start_timeout
+            else:
+                handshake = config.monitor_timeout
+            try:
+                async with open_monitor(self.qmp_path, handshake_timeout=handshake) as mon:
+                    self.monitor = mon
+                    mon.add_event_handler(functools.partial(DomainRun.on_qmp_event, self))
+                    if reconnecting or not first:
+                        await self._sync_state(mon)
+                    self.set_monitor(MonitorState.OK)
+                    self.connected.set()
+                    if first:
+                        if on_first is not None:
+                            on_first()
+                        first = False
+                    backoff = _RECONNECT_BACKOFF_MIN
+                    await mon.wait_closed()
+                self.monitor = None
+                if not self.exited.is_set() and dom.monitor_state is MonitorState.OK:
+                    dom.monitor_state = MonitorState.CONNECTING
+                closed = True
+            except Exception as exc:
+                # Whatever the peer did, this loop must not end the domain's
+                # supervision (and with it the exit watcher).
+                self.monitor = None
+                if not isinstance(
+                    exc, OSError | MonitorError | MonitorTimeout | RemoteProtocolError
+                ):
+                    logger.exception("unexpected failure of the monitor of %s", name)
+                if first and not reconnecting:
+                    raise LaunchError(
+                        f"the monitor of domain {name!r} did not come up: {exc}", domain=name
+                    ) from None
+                if self.exited.is_set():
+                    return
+                # A process on its way out (destroyed, or QEMU said SHUTDOWN)
+                # closes its socket before it exits: no reason to alarm.
+                exiting = self.destroying or self.shutdown_reason is not None
+                if (
+                    dom.monitor_state is not MonitorState.UNRESPONSIVE
+                    and not (reconnecting and first)
+                    and not exiting
+                ):
+                    self.mark_unresponsive(f"cannot connect the monitor: {exc}")
+                logger.debug("monitor of %s: %s; retrying in %.2f s", name, exc, backoff)
+            await trio.sleep(backoff)
+            if closed and not (self.exited.is_set() or self.destroying or self.shutdown_reason):
+                # Said only now: a monitor closes as its process exits (destroy,
+                # shutdown, crash: _on_exit says which), and then this task
+                # is usually cancelled during the sleep above.
+                log(
+                    logger, logging.WARNING,
+                    "monitor of domain %s closed while its process runs; reconnecting", name,
+                    event="monitor_closed", domain=name,
+                )  # fmt: skip
+            backoff = min(backoff * 2, config.probe_interval)
+
+    async def _sync_state(self, mon: Monitor) -> None:
+        """After a (re)connect, learn whether the VM runs or is paused."""
+        limit = self.host.config.monitor_timeout
+        with trio.move_on_after(math.inf if limit is None else limit):
+            status = await mon.execute("query-status")
+            if not isinstance(status, dict):
+                return
+            running = bool(status.get("running"))
+            self.host._move(self.dom, Trigger.SYNC_RUNNING if running else Trigger.SYNC_PAUSED)
+
+    # -- monitor state ----------------------------------------------------------------
+
+    def set_monitor(self, state: MonitorState, why: str = "") -> None:
+        dom = self.dom
+        if dom.monitor_state is state:
+            return
+        old = dom.monitor_state
+        dom.monitor_state = state
+        name = self.name
+        if state is MonitorState.UNRESPONSIVE:
+            dom.unresponsive_why = why
+            dom.unresponsive_since = trio.current_time()
+            log(
+                logger, logging.WARNING, "monitor of domain %s is unresponsive: %s", name, why,
+                event="monitor_unresponsive", domain=name, reason=why,
+            )  # fmt: skip
+            self.host._emit(name, EventKind.MONITOR, "unresponsive", {"reason": why})
+        elif state is MonitorState.OK and old is MonitorState.UNRESPONSIVE:
+            seconds = round(trio.current_time() - dom.unresponsive_since, 3)
+            log(
+                logger, logging.INFO,
+                "monitor of domain %s responds again after %.1f s unresponsive", name, seconds,
+                event="monitor_recovered", domain=name, seconds=seconds,
+            )  # fmt: skip
+            self.host._emit(name, EventKind.MONITOR, "responsive")
+
+    def mark_unresponsive(self, why: str) -> None:
+        """Mark the monitor unresponsive, and probe it until it answers."""
+        self.set_monitor(MonitorState.UNRESPONSIVE, why)
+        if not self.probing and self.nursery is not None and not self.exited.is_set():
+            self.probing = True
+            self.nursery.start_soon(self._probe)
+
+    async def _probe(self) -> None:
+        """Send ``query-status`` every probe_interval until the monitor answers."""
+        config = self.host.config
+        try:
+            while self.dom.monitor_state is MonitorState.UNRESPONSIVE:
+                await trio.sleep(config.probe_interval)
+                monitor = self.monitor
+                if monitor is None or monitor.closed:
+                    continue  # the monitor loop is reconnecting; it sets OK itself
+                with trio.move_on_after(config.monitor_timeout or config.probe_interval):
+                    try:
+                        await monitor.execute("query-status")
+                    except MonitorError:
+                        continue
+                    self.set_monitor(MonitorState.OK)
+        finally:
+            self.probing = False
+
+    # -- QMP events -------------------------------------------------------------------
+
+    def on_qmp_event(self, event: Event) -> None:
+        """The monitor's event handler: state tracking sees every event."""
+        dom = self.dom
+        self._forward_qmp_event(event)
+        if dom.run is not self:
+            return
+        if event.name == "STOP":
+            self.host._move(dom, Trigger.SUSPEND)
+        elif event.name == "RESUME":
+            self.host._move(dom, Trigger.RESUME)
+        elif event.name == "RESET":
+            self.host._emit(self.name, EventKind.LIFECYCLE, Lifecycle.RESET)
+        elif event.name == "SHUTDOWN":
+            self.shutdown_reason = str(event.data.get("reason", "shutdown"))
+
+    def _forward_qmp_event(self, event: Event) -> None:
+        """Pass a QMP event on to subscribers, within the domain's rate bound.
+
+        Beyond ``max_events_per_second`` (a burst of one second's worth) the
+        event is dropped and counted (``events_dropped`` in the driver and the
+        server stats); the next event that passes is preceded by a
+        ``monitor``/``events_dropped`` event whose ``data.count`` says how
+        many were dropped since the last such report; if no event passes
+        within a second of the first drop, the report goes alone then.
+        """
+        host, name = self.host, self.name
+        rate = host.config.max_events_per_second
+        if rate > 0:
+            if self.events is None:
+                self.events = EventRateLimit(rate)
+            if not self.events.admit(trio.current_time()):
+                host._events_throttled += 1
+                if not self.drop_report_due:
+                    self.drop_report_due = True
+                    host._nursery.start_soon(self._report_drops)
+                if self.events.dropped == 1 or self.events.dropped % 10_000 == 0:
+                    logger.warning(
+                        "domain %s sends more than %g QMP events a second: dropping (%d so far)",
+                        name,
+                        rate,
+                        self.events.dropped,
+                    )
+                return
+            self._emit_drops()
+        host._emit(name, EventKind.QMP, event.name, dict(event.data))
+
+    def _emit_drops(self) -> None:
+        dropped = self.events.take_unreported() if self.events is not None else 0
+        if dropped:
+            self.host._emit(
+                self.name,
+                EventKind.MONITOR,
+                "events_dropped",
+                {"count": dropped, "max_events_per_second": self.host.config.max_events_per_second},
+            )
+
+    async def _report_drops(self) -> None:
+        """Report drops a second after the first, if no event passed since."""
+        try:
+            await trio.sleep(1.0)
+            self._emit_drops()
+        finally:
+            self.drop_report_due = False
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
