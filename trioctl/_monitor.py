@@ -6,7 +6,11 @@ the ``async with`` block:
 
 * the **reader** feeds bytes to :class:`~trioctl._sansio.qmp.QmpConnection`
   and routes each reply to the caller waiting for its id, and each event to
-  the subscribers;
+  the subscribers; over a socket it reads the file descriptor itself (after
+  a read that drained the socket it waits for readability first, instead of
+  a ``recv`` that fails, and it parses what came without a scheduling pass
+  in between: a round trip is one wake-up of the reader and one of the
+  caller);
 * the **writer** runs only while the socket is full: a caller writes its
   encoded command itself, synchronously (no checkpoint, so a cancellation
   never leaves half a line on the wire), when nothing is queued and the
