@@ -10,6 +10,7 @@ from typing import Any
 import trio
 import trio.lowlevel
 
+import trioctl
 from trioctl._monitor import open_monitor_stream
 
 from .test_monitor import GREETING
@@ -85,3 +86,78 @@ async def test_a_full_socket_queues_whole_lines_in_order() -> None:
                 assert await monitor.execute("echo", {"s": "short"}) == 5
                 assert not monitor._writing
             nursery.cancel_scope.cancel()
+
+
+async def test_the_socket_reader_keeps_the_monitors_guarantees() -> None:
+    """Over a socket the reader reads the descriptor itself: replies longer
+    than one read, many replies in one read, a late reply dropped and
+    counted, and EOF failing every waiter."""
+    with trio.fail_after(30):
+        a, b = trio.socket.socketpair()
+        qemu = trio.SocketStream(b)
+        async with trio.open_nursery() as nursery, qemu:
+            await qemu.send_all(GREETING)
+
+            async def next_command() -> dict[str, Any]:
+                line = b""
+                while not line.endswith(b"\n"):
+                    line += await qemu.receive_some(1)
+                cmd: dict[str, Any] = json.loads(line)
+                return cmd
+
+            async def negotiate() -> None:
+                cmd = await next_command()
+                await qemu.send_all(json.dumps({"return": {}, "id": cmd["id"]}).encode() + b"\n")
+
+            nursery.start_soon(negotiate)
+            async with open_monitor_stream(trio.SocketStream(a)) as monitor:
+                # A reply of 300 kB: several full reads before the newline.
+                async def big() -> None:
+                    cmd = await next_command()
+                    reply = {"return": {"s": BIG * 6}, "id": cmd["id"]}
+                    await qemu.send_all(json.dumps(reply).encode() + b"\r\n")
+
+                nursery.start_soon(big)
+                assert await monitor.execute("big") == {"s": BIG * 6}
+
+                # A cancelled caller; then three replies in one write, the
+                # cancelled one's first.
+                with trio.move_on_after(0.01):
+                    await monitor.execute("slow")
+                late = (await next_command())["id"]
+                results: dict[int, Any] = {}
+                answered = trio.Event()
+
+                async def call(i: int) -> None:
+                    results[i] = await monitor.execute("n", {"i": i})
+                    if len(results) == 3:
+                        answered.set()
+
+                for i in range(3):
+                    nursery.start_soon(call, i)
+                ids = [(await next_command())["id"] for _ in range(3)]
+                await qemu.send_all(
+                    b"".join(
+                        json.dumps({"return": n, "id": n}).encode() + b"\r\n" for n in [late, *ids]
+                    )
+                )
+                await answered.wait()
+                assert sorted(results.values()) == sorted(ids)
+                assert monitor.statistics().replies_dropped == 1
+
+                # EOF fails every waiter at once.
+                failures: list[BaseException] = []
+
+                async def doomed() -> None:
+                    try:
+                        await monitor.execute("never")
+                    except trioctl.ConnectionLost as exc:
+                        failures.append(exc)
+
+                async with trio.open_nursery() as waiters:
+                    for _ in range(4):
+                        waiters.start_soon(doomed)
+                    for _ in range(4):
+                        await next_command()
+                    await qemu.send_eof()
+                assert len(failures) == 4 and monitor.closed

@@ -101,6 +101,17 @@ def test_command_ids_are_unique_and_arguments_encoded() -> None:
     assert wire1.endswith(b"\n") and wire1.count(b"\n") == 1
 
 
+@given(st.text(min_size=1), st.none() | st.dictionaries(st.text(), st.integers() | st.text()))
+def test_command_bytes_are_compact_json_on_one_line(name: str, arguments: Any) -> None:
+    conn = running_connection()
+    cmd_id, wire = conn.send_command(name, arguments)
+    expected: dict[str, Any] = {"execute": name, "id": cmd_id}
+    if arguments is not None:
+        expected["arguments"] = arguments
+    # The same bytes as json.dumps, compact, ASCII, one newline at the end.
+    assert wire == json.dumps(expected, separators=(",", ":")).encode() + b"\n"
+
+
 @pytest.mark.parametrize(
     ("name", "arguments"),
     [("", None), ("x", [1, 2]), ("x", {"f": float("nan")}), ("x", {"o": object()})],

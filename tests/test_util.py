@@ -95,3 +95,26 @@ async def test_fail_ends_every_wait_with_its_own_error() -> None:
         waiters.fail(lambda: ConnectionError("lost"))
     assert [str(e) for e in errors] == ["lost", "lost"] and errors[0] is not errors[1]
     assert len(waiters) == 0
+
+
+async def test_a_reply_that_came_first_is_returned_at_a_checkpoint() -> None:
+    waiters = ReplyWaiters[str]()
+    with waiters.expect(7) as reply:
+        assert waiters.deliver(7, "seven")  # before anyone waits
+        assert await reply.wait() == "seven"
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await reply.wait()  # a checkpoint, as Event.wait: the cancel wins
+        assert scope.cancelled_caught
+
+
+async def test_one_task_waits_for_a_reply() -> None:
+    waiters = ReplyWaiters[str]()
+    with waiters.expect(1) as reply:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reply.wait)
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(trio.BusyResourceError):
+                await reply.wait()
+            # The first waiter still gets its reply.
+            assert waiters.deliver(1, "one")

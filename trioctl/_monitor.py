@@ -6,7 +6,11 @@ the ``async with`` block:
 
 * the **reader** feeds bytes to :class:`~trioctl._sansio.qmp.QmpConnection`
   and routes each reply to the caller waiting for its id, and each event to
-  the subscribers;
+  the subscribers; over a socket it reads the file descriptor itself (after
+  a read that drained the socket it waits for readability first, instead of
+  a ``recv`` that fails, and it parses what came without a scheduling pass
+  in between: a round trip is one wake-up of the reader and one of the
+  caller);
 * the **writer** runs only while the socket is full: a caller writes its
   encoded command itself, synchronously (no checkpoint, so a cancellation
   never leaves half a line on the wire), when nothing is queued and the
@@ -150,6 +154,9 @@ class Monitor:
         self._writing = False
         """The writer task runs (it sends ``_out``)."""
         self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
+        self._drained = False
+        """The last read from the socket returned less than asked (see
+        :meth:`_receive_socket`)."""
         self._nursery: trio.Nursery | None = None
         self._subscribers = FanOut[Event]()
         self._handlers: list[Callable[[Event], None]] = []
@@ -261,11 +268,12 @@ class Monitor:
             return msg
 
     async def _reader(self) -> None:
+        receive = self._stream.receive_some if self._fd is None else self._receive_socket
         try:
             while True:
                 msg = self._conn.next_event()
                 if msg is NEED_DATA:
-                    self._conn.receive_data(await self._stream.receive_some(_RECEIVE_SIZE))
+                    self._conn.receive_data(await receive(_RECEIVE_SIZE))
                 elif isinstance(msg, Return | ErrorReply):
                     self._route_reply(msg)
                 elif isinstance(msg, Event):
@@ -277,6 +285,28 @@ class Monitor:
             self._close(ConnectionLost(f"the monitor broke the protocol: {exc}"))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._close(ConnectionLost(f"the monitor connection failed: {exc!r}"))
+
+    async def _receive_socket(self, size: int) -> bytes:
+        """``receive_some`` of the socket, without its costs that a monitor
+        does not need: when the last read returned less than ``size``, the
+        socket was drained then, so wait for it first instead of a ``recv``
+        that fails; and no scheduling pass after the data came (the reader
+        parses it at once). Every call still waits or checkpoints, so the
+        reader is cancellable and never holds the loop.
+        """
+        assert self._fd is not None
+        while True:
+            if self._drained:
+                await trio.lowlevel.wait_readable(self._fd)
+            else:
+                await trio.lowlevel.checkpoint()
+            try:
+                data = os.read(self._fd, size)
+            except BlockingIOError:
+                self._drained = True
+                continue
+            self._drained = len(data) < size
+            return data
 
     def _write(self, wire: bytes) -> None:
         """Send ``wire`` after everything queued before it, without waiting.

@@ -189,8 +189,12 @@ class QmpConnection:
                 return NEED_DATA
             if newline > self._max_line:
                 self._fail(f"line longer than {self._max_line} bytes")
-            line = bytes(self._buffer[:newline])
-            del self._buffer[: newline + 1]
+            if newline == len(self._buffer) - 1:  # the usual case: one whole line
+                line = bytes(self._buffer)
+                self._buffer.clear()
+            else:
+                line = bytes(self._buffer[:newline])
+                del self._buffer[: newline + 1]
             self._scan_from = 0
             if line.strip():
                 return self._interpret(line)
@@ -206,7 +210,9 @@ class QmpConnection:
         try:
             # json.loads(line, parse_constant=..., parse_float=...) exactly,
             # without building a new decoder for every message.
-            msg = _DECODER.decode(line.decode(json.detect_encoding(line), "surrogatepass"))
+            # QEMU's lines start with '{"': UTF-8 for detect_encoding, at once.
+            encoding = "utf-8" if line.startswith(b'{"') else json.detect_encoding(line)
+            msg = _DECODER.decode(line.decode(encoding, "surrogatepass"))
         except (ValueError, RecursionError, OverflowError):
             # UnicodeDecodeError is a ValueError; RecursionError from deep
             # nesting; Infinity, NaN and 1e400 are refused (ValueError).
@@ -304,11 +310,16 @@ class QmpConnection:
         if not isinstance(name, str) or not name:
             raise LocalProtocolError("a command name must be a non-empty string")
         self._next_id += 1
-        cmd: dict[str, Any] = {"execute": name, "id": self._next_id}
-        if arguments is not None:
-            if not isinstance(arguments, Mapping):
-                raise LocalProtocolError("command arguments must be a JSON object")
-            cmd["arguments"] = dict(arguments)
+        if arguments is None:
+            # What _encode({"execute": name, "id": ...}) returns, without
+            # encoding the dict.
+            return self._next_id, b'{"execute":%s,"id":%d}\n' % (
+                _ENCODER.encode(name).encode(),
+                self._next_id,
+            )
+        if not isinstance(arguments, Mapping):
+            raise LocalProtocolError("command arguments must be a JSON object")
+        cmd = {"execute": name, "id": self._next_id, "arguments": dict(arguments)}
         try:
             return self._next_id, _encode(cmd)
         except (TypeError, ValueError) as exc:
