@@ -4,6 +4,8 @@ Shape::
 
     serve (the server nursery)
     ├── accept loop, one per listener       pauses while the process is out of fds
+    ├── keepalive                           one task for every session: a heap of
+    │                                       the times their next pings are due
     └── one task per connection
         ├── request head                    read here first: a plain GET
         │                                   (/metrics, the console) is answered
@@ -22,13 +24,23 @@ Shape::
             ├── one task per message        a single call or a whole batch; each call
             │   └── one task per call       holds one of the session's
             │                               max_client_requests call slots
-            ├── writer                      sends the outbox (bounded in bytes)
+            ├── writer                      sends the outbox (bounded in bytes);
+            │                               runs only while the outbox holds frames
             ├── watcher                     the peer went away: cancel the session
-            │                               (polls the socket only while the reader
-            │                               is stopped)
-            ├── keepalive                   a ping every keepalive_interval; a peer
-            │                               missing keepalive_count pongs is closed
+            │                               (started the first time the reader stops
+            │                               for anything but the next message; polls
+            │                               the socket only while the reader is
+            │                               stopped)
+            ├── ping                        one keepalive ping and its pong, started
+            │                               by the keepalive task every
+            │                               keepalive_interval; a peer missing
+            │                               keepalive_count pongs is closed
             └── event forwarder             driver events -> events.event notifications
+
+An idle session is two tasks: the connection's (its reader waits for the next
+message) and trio-websocket's reader. When the peer closes, resets or sends
+EOF, trio-websocket's reader ends, and the session's reader, waiting for the
+next message, cancels the session.
 
 One call: text frame -> sans-I/O JSON-RPC parse -> procedure table -> role
 check -> params (an object, or an array in the procedure's parameter order)
@@ -72,6 +84,7 @@ import trio
 import trio.testing
 import trio_websocket
 from wsproto import ConnectionType, WSConnection
+from wsproto.handshake import H11Handshake
 
 from . import _http
 from ._config import ServerConfig
@@ -664,6 +677,7 @@ class Server:
             slot.release()
             if session is not None:
                 del head, accepted
+                _drop_handshake(ws)
                 session.stream = stream
                 await self._session(session)
             conn_nursery.cancel_scope.cancel()
@@ -1262,6 +1276,24 @@ async def _cancel_when_closed(
         while ws.closed is None:
             await trio.sleep(0.25)
     scope.cancel()
+
+
+_OPENED: Final = H11Handshake(ConnectionType.SERVER)
+"""An opening handshake with no events, shared by every open connection (see
+:func:`_drop_handshake`)."""
+
+
+def _drop_handshake(ws: trio_websocket.WebSocketConnection) -> None:
+    """Let go of a connection's finished opening handshake.
+
+    wsproto keeps it (an h11 connection with its buffers and state, an event
+    queue) for the connection's lifetime, about 2 KB, though once the
+    WebSocket is open it only asks it for events, of which it makes no more:
+    bytes that follow the request go to the open connection. It is replaced
+    by :data:`_OPENED`, which has none either."""
+    conn = ws._wsproto
+    if conn.connection is not None and not conn.handshake._events:
+        conn.handshake = _OPENED
 
 
 def _peer_name(stream: trio.abc.Stream) -> str:
