@@ -273,7 +273,9 @@ async def test_an_idle_session_does_not_wake_the_daemon(
 def _server_tasks() -> int:
     """Tasks of the server and of trio-websocket now running."""
     count = 0
-    pending = [trio.lowlevel.current_root_task()]
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    pending = [root]
     while pending:
         task = pending.pop()
         if task.name.startswith(("trioctl._server.", "trio_websocket.")):
