@@ -656,31 +656,45 @@ class Server:
             # trio-websocket's reader for this connection: it runs until the
             # stream is closed, so the closing handshake completes in the session.
             conn_nursery.start_soon(ws._reader_task)
-            session: _Session | None = None
-            with slot.phase(), trio.move_on_at(deadline) as handshake_scope:
-                async with trio.open_nursery() as handshake:
-                    # A peer that leaves before its request is gone now, not
-                    # at the deadline.
-                    handshake.start_soon(_cancel_when_closed, ws, handshake.cancel_scope)
-                    try:
-                        request = await ws._get_request()
-                        accepted = await self._handshake(request, host)
-                        del request  # its headers are not kept for the session
-                        if accepted is not None:
-                            session = self._register(accepted)
-                            slot.release()  # no longer anonymous: never evicted
-                    except (trio_websocket.ConnectionClosed, trio_websocket.HandshakeError):
-                        pass
-                    handshake.cancel_scope.cancel()
-            if handshake_scope.cancelled_caught:
-                self._refuse_slow_handshake()
-            slot.release()
+            session = await self._open_session(ws, host, slot, deadline)
             if session is not None:
-                del head, accepted
+                # Nothing of the handshake is kept for the session's lifetime.
+                del head, head_scope
                 _drop_handshake(ws)
                 session.stream = stream
                 await self._session(session)
             conn_nursery.cancel_scope.cancel()
+
+    async def _open_session(
+        self,
+        ws: trio_websocket.WebSocketConnection,
+        host: str,
+        slot: _AnonymousSlot,
+        deadline: float,
+    ) -> _Session | None:
+        """The WebSocket handshake (trio-websocket's reader runs): the session
+        registered, or None if the connection was refused, left or ran out
+        of time. (A method of its own, so that what it holds, such as the
+        request and its headers, goes when it returns.)"""
+        session: _Session | None = None
+        with slot.phase(), trio.move_on_at(deadline) as handshake_scope:
+            async with trio.open_nursery() as handshake:
+                # A peer that leaves before its request is gone now, not
+                # at the deadline.
+                handshake.start_soon(_cancel_when_closed, ws, handshake.cancel_scope)
+                try:
+                    request = await ws._get_request()
+                    accepted = await self._handshake(request, host)
+                    if accepted is not None:
+                        session = self._register(accepted)
+                        slot.release()  # no longer anonymous: never evicted
+                except (trio_websocket.ConnectionClosed, trio_websocket.HandshakeError):
+                    pass
+                handshake.cancel_scope.cancel()
+        if handshake_scope.cancelled_caught:
+            self._refuse_slow_handshake()
+        slot.release()
+        return session
 
     def _refuse_slow_handshake(self) -> None:
         self.refusals.refused(
