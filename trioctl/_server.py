@@ -65,6 +65,7 @@ the driver never waits for it; events that do not fit are dropped and counted
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import heapq
 import itertools
@@ -948,7 +949,10 @@ class Server:
             self._pinger_until = -math.inf
             session = heapq.heappop(heap)[2]()
             if session is not None and session.nursery is not None:
-                session.nursery.start_soon(self._ping, session)
+                # (A session's nursery is set to None as it closes, before
+                # this task can run again; a session must never end the server.)
+                with contextlib.suppress(RuntimeError):
+                    session.nursery.start_soon(self._ping, session)
 
     async def _ping(self, session: _Session) -> None:
         """A ping every ``keepalive_interval``; ``keepalive_count`` pings in a
