@@ -268,3 +268,68 @@ async def test_an_idle_session_does_not_wake_the_daemon(
         # This task's own sleep, and the clock's: a few steps, not 4 a second.
         assert steps.count < 20
         await stream.aclose()
+
+
+def _server_tasks() -> int:
+    """Tasks of the server and of trio-websocket now running."""
+    count = 0
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    pending = [root]
+    while pending:
+        task = pending.pop()
+        if task.name.startswith(("trioctl._server.", "trio_websocket.")):
+            count += 1
+        pending.extend(t for n in task.child_nurseries for t in n.child_tasks)
+    return count
+
+
+async def _answer_ping(stream: trio.abc.Stream) -> None:
+    """Read the server's ping (one unmasked frame) and answer it with a pong
+    (masked with zeros, as a client must mask)."""
+    data = await stream.receive_some()
+    assert data[0] == 0x89, data  # FIN + ping
+    length = data[1]
+    assert len(data) == 2 + length
+    await stream.send_all(bytes([0x8A, 0x80 | length]) + b"\0\0\0\0" + data[2:])
+
+
+async def test_idle_sessions_keep_two_tasks_each_and_one_keepalive_serves_them_all(
+    autojump_clock: trio.testing.MockClock, sock_dir: Path
+) -> None:
+    """An idle session is its connection's task and trio-websocket's reader;
+    the keepalive pings every session every interval from one server task,
+    and a silent session among answering ones is closed on time."""
+    async with memory_server(sock_dir, keepalive_interval=5, keepalive_count=2) as (
+        server,
+        listener,
+    ):
+        await trio.testing.wait_all_tasks_blocked()
+        before = _server_tasks()
+        streams = []
+        for _ in range(4):
+            stream = await listener.connect()
+            await stream.send_all(UPGRADE)
+            assert b" 101 " in await stream.receive_some()
+            streams.append(stream)
+        start = trio.current_time()
+        answering = streams[:-1]  # the last one never answers
+        await trio.testing.wait_all_tasks_blocked()
+        assert _server_tasks() - before == 2 * len(streams)
+        for round_ in range(1, 7):
+            # Each answering peer gets one ping per interval.
+            for stream in answering:
+                await _answer_ping(stream)
+            assert 5.0 * round_ <= trio.current_time() - start < 5.0 * round_ + 0.01
+            await trio.testing.wait_all_tasks_blocked()
+            if round_ < 3:
+                assert len(server._sessions) == 4
+                # The silent peer's ping waits for its pong in a task of its own.
+                assert _server_tasks() - before == 2 * len(streams) + 1
+            elif round_ > 3:
+                # The silent one went after two pings in a row without a pong
+                # (at 15 s), plus at most the 1 s closing handshake.
+                assert len(server._sessions) == 3
+                assert _server_tasks() - before == 2 * len(answering)
+        for stream in streams:
+            await stream.aclose()

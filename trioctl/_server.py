@@ -4,6 +4,8 @@ Shape::
 
     serve (the server nursery)
     ├── accept loop, one per listener       pauses while the process is out of fds
+    ├── keepalive                           one task for every session: a heap of
+    │                                       the times their next pings are due
     └── one task per connection
         ├── request head                    read here first: a plain GET
         │                                   (/metrics, the console) is answered
@@ -22,13 +24,23 @@ Shape::
             ├── one task per message        a single call or a whole batch; each call
             │   └── one task per call       holds one of the session's
             │                               max_client_requests call slots
-            ├── writer                      sends the outbox (bounded in bytes)
+            ├── writer                      sends the outbox (bounded in bytes);
+            │                               runs only while the outbox holds frames
             ├── watcher                     the peer went away: cancel the session
-            │                               (polls the socket only while the reader
-            │                               is stopped)
-            ├── keepalive                   a ping every keepalive_interval; a peer
-            │                               missing keepalive_count pongs is closed
+            │                               (started the first time the reader stops
+            │                               for anything but the next message; polls
+            │                               the socket only while the reader is
+            │                               stopped)
+            ├── ping                        one keepalive ping and its pong, started
+            │                               by the keepalive task every
+            │                               keepalive_interval; a peer missing
+            │                               keepalive_count pongs is closed
             └── event forwarder             driver events -> events.event notifications
+
+An idle session is two tasks: the connection's (its reader waits for the next
+message) and trio-websocket's reader. When the peer closes, resets or sends
+EOF, trio-websocket's reader ends, and the session's reader, waiting for the
+next message, cancels the session.
 
 One call: text frame -> sans-I/O JSON-RPC parse -> procedure table -> role
 check -> params (an object, or an array in the procedure's parameter order)
@@ -53,7 +65,9 @@ the driver never waits for it; events that do not fit are dropped and counted
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
+import heapq
 import itertools
 import logging
 import math
@@ -61,6 +75,7 @@ import os
 import select
 import ssl
 import time
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -70,6 +85,7 @@ import trio
 import trio.testing
 import trio_websocket
 from wsproto import ConnectionType, WSConnection
+from wsproto.handshake import H11Handshake
 
 from . import _http
 from ._config import ServerConfig
@@ -145,18 +161,21 @@ class _Outbox:
     :meth:`put` waits while the queue is not empty and the frame would take
     it past ``limit`` (so one frame larger than the limit still goes, alone).
     Frames are ASCII (the encoder escapes everything else), so characters are
-    bytes.
+    bytes. An idle session's outbox holds no event: one is made only while a
+    frame waits for room.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.size = 0
-        self._queue: collections.deque[str] = collections.deque()
-        self._changed = trio.Event()
+        self._queue: collections.deque[str] | None = None
+        """Made for the first frame that waits, dropped once all are sent."""
+        self._changed: trio.Event | None = None
 
     def _wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     def empty(self) -> bool:
         return not self._queue
@@ -166,15 +185,21 @@ class _Outbox:
 
     async def put(self, text: str) -> None:
         while not self.fits(text):
+            if self._changed is None:
+                self._changed = trio.Event()
             await self._changed.wait()
+        if self._queue is None:
+            self._queue = collections.deque()
         self._queue.append(text)
         self.size += len(text)
-        self._wake()
 
-    async def get(self) -> str:
-        while not self._queue:
-            await self._changed.wait()
+    def pop(self) -> str | None:
+        """The oldest frame, or None when the outbox is empty."""
+        if not self._queue:
+            return None
         text = self._queue.popleft()
+        if not self._queue:
+            self._queue = None
         self.size -= len(text)
         self._wake()
         return text
@@ -266,8 +291,9 @@ class _Session:
     """The transport, to notice a peer that hung up while nothing reads it."""
     reader_waiting: bool = False
     """The reader is stopped: max_client_requests messages are in flight."""
-    reader_paused: trio.Event = attrs.Factory(trio.Event)
-    """Set when the reader stops (``reader_waiting``); replaced when it resumes."""
+    reader_paused: trio.Event | None = None
+    """Set when the reader stops (``reader_waiting``), made by whoever waits
+    for that; dropped when the reader resumes."""
     connected_at: float = attrs.Factory(time.monotonic)
     in_flight: int = 0
     """Messages (single calls or batches) read and not yet answered."""
@@ -276,9 +302,26 @@ class _Session:
     nursery: trio.Nursery | None = None
     events: EventSubscription | None = None
     events_scope: trio.CancelScope | None = None
-    slot_free: trio.Event = attrs.Factory(trio.Event)
+    slot_free: trio.Event | None = None
+    """What the stopped reader waits for (None while it reads)."""
     failing: bool = False
     """Its last call failed: its next message waits for a turn (:class:`_Turns`)."""
+    writing: bool = False
+    """A writer task sends the outbox (it runs only while the outbox holds frames)."""
+    watched: bool = False
+    """The peer watcher runs (started the first time the reader stops reading
+    for anything but the next message: see :meth:`Server._watch_peer`)."""
+    missed_pongs: int = 0
+    """Keepalive pings in a row without a pong (see :meth:`Server._ping`)."""
+
+    async def put(self, text: str) -> None:
+        """Queue a frame in the outbox (waiting for room) and make sure a
+        writer sends it."""
+        await self.outbox.put(text)
+        if not self.writing:
+            self.writing = True
+            assert self.nursery is not None
+            self.nursery.start_soon(self.server._writer, self)
 
     # -- the Session protocol of _procedures ---------------------------------------
 
@@ -308,7 +351,7 @@ class _Session:
                     text = rpc.encode_notification("events.event", unstructure(event))
                     # Waits while the outbox is full: the driver then drops
                     # this client's events and counts them.
-                    await self.outbox.put(text)
+                    await self.put(text)
 
     def info(self) -> ClientInfo:
         return ClientInfo(
@@ -370,6 +413,12 @@ class Server:
         """When closing handshakes are cut short (set by :meth:`drain`)."""
         """The loop's share among the sessions' readers."""
         self._fd_lock = trio.Lock()
+        self._ping_times: list[tuple[float, int, weakref.ref[_Session]]] = []
+        """When each session's next keepalive ping is due (a heap)."""
+        self._ping_order = itertools.count()
+        self._pinger_wake = trio.Event()
+        self._pinger_until = -math.inf
+        """The keepalive task sleeps until then (woken for an earlier ping)."""
         self._openrpc: dict[str, Any] | None = None
         self._max_answers = max(config.max_batch + 1, config.max_output_bytes // _ANSWER_BYTES)
         """Items of a batch over max_batch answered one by one, at most."""
@@ -438,7 +487,8 @@ class Server:
             self.max_client_requests = params.max_client_requests
             for session in self._sessions.values():
                 session.limiter.total_tokens = params.max_client_requests
-                session.slot_free.set()  # a larger limit may free the reader
+                if session.slot_free is not None:
+                    session.slot_free.set()  # a larger limit may free the reader
         return self.client_limits()
 
     def list_clients(self) -> ClientList:
@@ -477,6 +527,8 @@ class Server:
                 for listener in listeners:
                     nursery.start_soon(self._accept_loop, listener, nursery)
                 nursery.start_soon(self._flush_refusals)
+                if self.config.keepalive_interval > 0:
+                    nursery.start_soon(self._keepalive)
                 task_status.started()
         finally:
             self.turns.nursery = None
@@ -593,6 +645,8 @@ class Server:
             return
         peer = _peer_name(stream)
         host = (_http.header(http_request, b"host") or b"").decode("latin-1").strip().lower()
+        # The parsed head is not kept for the session's lifetime.
+        del http_request
         ws = trio_websocket.WebSocketConnection(
             _http.PrefixedStream(stream, head, peer),
             WSConnection(ConnectionType.SERVER),
@@ -603,28 +657,45 @@ class Server:
             # trio-websocket's reader for this connection: it runs until the
             # stream is closed, so the closing handshake completes in the session.
             conn_nursery.start_soon(ws._reader_task)
-            session: _Session | None = None
-            with slot.phase(), trio.move_on_at(deadline) as handshake_scope:
-                async with trio.open_nursery() as handshake:
-                    # A peer that leaves before its request is gone now, not
-                    # at the deadline.
-                    handshake.start_soon(_cancel_when_closed, ws, handshake.cancel_scope)
-                    try:
-                        request = await ws._get_request()
-                        accepted = await self._handshake(request, host)
-                        if accepted is not None:
-                            session = self._register(accepted)
-                            slot.release()  # no longer anonymous: never evicted
-                    except (trio_websocket.ConnectionClosed, trio_websocket.HandshakeError):
-                        pass
-                    handshake.cancel_scope.cancel()
-            if handshake_scope.cancelled_caught:
-                self._refuse_slow_handshake()
-            slot.release()
+            session = await self._open_session(ws, host, slot, deadline)
             if session is not None:
+                # Nothing of the handshake is kept for the session's lifetime.
+                del head, head_scope
+                _drop_handshake(ws)
                 session.stream = stream
                 await self._session(session)
             conn_nursery.cancel_scope.cancel()
+
+    async def _open_session(
+        self,
+        ws: trio_websocket.WebSocketConnection,
+        host: str,
+        slot: _AnonymousSlot,
+        deadline: float,
+    ) -> _Session | None:
+        """The WebSocket handshake (trio-websocket's reader runs): the session
+        registered, or None if the connection was refused, left or ran out
+        of time. (A method of its own, so that what it holds, such as the
+        request and its headers, goes when it returns.)"""
+        session: _Session | None = None
+        with slot.phase(), trio.move_on_at(deadline) as handshake_scope:
+            async with trio.open_nursery() as handshake:
+                # A peer that leaves before its request is gone now, not
+                # at the deadline.
+                handshake.start_soon(_cancel_when_closed, ws, handshake.cancel_scope)
+                try:
+                    request = await ws._get_request()
+                    accepted = await self._handshake(request, host)
+                    if accepted is not None:
+                        session = self._register(accepted)
+                        slot.release()  # no longer anonymous: never evicted
+                except (trio_websocket.ConnectionClosed, trio_websocket.HandshakeError):
+                    pass
+                handshake.cancel_scope.cancel()
+        if handshake_scope.cancelled_caught:
+            self._refuse_slow_handshake()
+        slot.release()
+        return session
 
     def _refuse_slow_handshake(self) -> None:
         self.refusals.refused(
@@ -753,12 +824,13 @@ class Server:
             with session.scope:
                 async with trio.open_nursery() as nursery:
                     session.nursery = nursery
-                    nursery.start_soon(self._watch_peer, session)
-                    nursery.start_soon(self._writer, session)
                     if self.config.keepalive_interval > 0:
-                        nursery.start_soon(self._keepalive, session)
+                        self._schedule_ping(
+                            session, trio.current_time() + self.config.keepalive_interval
+                        )
                     await self._read_loop(session, nursery)
         finally:
+            session.nursery = None
             session.unsubscribe()
             close_by = min(trio.current_time() + 1, self.close_by)
             with trio.CancelScope(shield=True), trio.move_on_at(close_by):
@@ -774,12 +846,24 @@ class Server:
                 event="client_disconnected", client=session.id, calls=session.calls,
             )  # fmt: skip
 
+    def _watch(self, session: _Session, nursery: trio.Nursery) -> None:
+        """Start the session's peer watcher unless it runs: the reader is
+        about to stop reading for something other than the next message."""
+        if not session.watched:
+            session.watched = True
+            nursery.start_soon(self._watch_peer, session)
+
     async def _watch_peer(self, session: _Session) -> None:
         """Cancel the session as soon as its peer is gone.
 
-        trio-websocket notices a close frame, EOF or a reset while its reader
-        runs: the watcher waits for that, without waking. When the session's
-        reader is stopped (all its slots in flight, or the outbox full),
+        While the session's reader waits for the next message, trio-websocket
+        ends that wait when the peer closes, resets or sends EOF, and the
+        reader cancels the session: an idle session needs no watcher. The
+        watcher starts the first time the reader stops reading for anything
+        else (all its slots in flight, or a turn of the error lane), and runs
+        until the session ends. It waits for trio-websocket's reader to see
+        the close, without waking. While the session's reader is stopped by
+        backpressure (all its slots in flight, or the outbox full),
         trio-websocket's reader is stopped too, behind the one message it
         holds, and sees nothing: then, and only then, the socket itself is
         asked every :data:`_HANGUP_POLL` seconds whether the peer hung up
@@ -794,6 +878,8 @@ class Server:
     async def _poll_hangup_while_paused(self, session: _Session, done: trio.CancelScope) -> None:
         while True:
             if not session.reader_waiting:
+                if session.reader_paused is None:
+                    session.reader_paused = trio.Event()
                 await session.reader_paused.wait()
                 continue
             await trio.sleep(_HANGUP_POLL)
@@ -816,7 +902,7 @@ class Server:
         trio-websocket's stream lock, each frame whole.
         """
         if not session.outbox.empty():
-            await session.outbox.put(text)
+            await session.put(text)
             return
         try:
             await session.ws.send_message(text)
@@ -824,41 +910,73 @@ class Server:
             session.scope.cancel()
 
     async def _writer(self, session: _Session) -> None:
-        while True:
-            text = await session.outbox.get()
-            try:
-                await session.ws.send_message(text)
-            except trio_websocket.ConnectionClosed:
-                session.scope.cancel()
-                return
+        """Send the outbox until it is empty, then end (:meth:`_Session.put`
+        starts the next writer)."""
+        try:
+            while (text := session.outbox.pop()) is not None:
+                try:
+                    await session.ws.send_message(text)
+                except trio_websocket.ConnectionClosed:
+                    session.scope.cancel()
+                    return
+        finally:
+            session.writing = False
 
-    async def _keepalive(self, session: _Session) -> None:
+    def _schedule_ping(self, session: _Session, when: float) -> None:
+        """Have the keepalive task ping ``session`` at ``when``."""
+        heapq.heappush(self._ping_times, (when, next(self._ping_order), weakref.ref(session)))
+        if when < self._pinger_until:
+            self._pinger_wake.set()
+
+    async def _keepalive(self) -> None:
+        """One task for every session's keepalive: it sleeps until the next
+        session's ping is due (a heap of due times) and starts that ping in
+        the session's nursery (:meth:`_ping`), which schedules the next one.
+        An idle session holds one heap entry between its pings, not a task."""
+        heap = self._ping_times
+        while True:
+            self._pinger_wake = trio.Event()
+            if not heap:
+                self._pinger_until = math.inf
+                await self._pinger_wake.wait()
+                continue
+            when = heap[0][0]
+            if when > trio.current_time():
+                self._pinger_until = when
+                with trio.move_on_at(when):
+                    await self._pinger_wake.wait()
+                continue
+            self._pinger_until = -math.inf
+            session = heapq.heappop(heap)[2]()
+            if session is not None and session.nursery is not None:
+                # (A session's nursery is set to None as it closes, before
+                # this task can run again; a session must never end the server.)
+                with contextlib.suppress(RuntimeError):
+                    session.nursery.start_soon(self._ping, session)
+
+    async def _ping(self, session: _Session) -> None:
         """A ping every ``keepalive_interval``; ``keepalive_count`` pings in a
         row without a pong close the connection: a silent peer is gone after
         ``interval * (count + 1)`` seconds, as with libvirt's keepalive. Pings
         missed while the session's reader is stopped by backpressure do not
-        count (the pong cannot be read then)."""
-        interval = self.config.keepalive_interval
-        missed = 0
-        await trio.sleep(interval)
-        while True:
-            deadline = trio.current_time() + interval
-            with trio.move_on_at(deadline) as scope:
-                try:
-                    await session.ws.ping()
-                except trio_websocket.ConnectionClosed:
-                    session.scope.cancel()
-                    return
-            if not scope.cancelled_caught:
-                missed = 0
-                await trio.sleep_until(deadline)
-                continue
-            if session.reader_waiting:
-                # All its slots are in flight and the client sent more: the
-                # connection's reader waits behind that message and cannot
-                # see the pong. The watcher covers a peer that hangs up then.
-                continue
-            missed += 1
+        count (the pong cannot be read then). One ping: it waits for its pong
+        until the next ping is due, then schedules that one."""
+        deadline = trio.current_time() + self.config.keepalive_interval
+        with trio.move_on_at(deadline) as scope:
+            try:
+                await session.ws.ping()
+            except trio_websocket.ConnectionClosed:
+                session.scope.cancel()
+                return
+        if not scope.cancelled_caught:
+            session.missed_pongs = 0
+        elif not session.reader_waiting:
+            # (With the reader stopped, all its slots are in flight and the
+            # client sent more: the connection's reader waits behind that
+            # message and cannot see the pong. The watcher covers a peer
+            # that hangs up then.)
+            session.missed_pongs += 1
+            missed = session.missed_pongs
             if missed >= self.config.keepalive_count:
                 log(
                     logger, logging.INFO, "client %s missed %d keepalive pongs: closing",
@@ -869,6 +987,7 @@ class Server:
                     await session.ws.aclose(_CLOSE_POLICY, "keepalive timeout")
                 session.scope.cancel()
                 return
+        self._schedule_ping(session, deadline)
 
     async def _read_loop(self, session: _Session, nursery: trio.Nursery) -> None:
         while True:
@@ -876,14 +995,16 @@ class Server:
             # slot until its reply is in the outbox; beyond
             # max_client_requests, stop reading.
             while session.in_flight >= self.max_client_requests:
-                session.slot_free = trio.Event()
+                self._watch(session, nursery)
+                free = session.slot_free = trio.Event()
                 session.reader_waiting = True
-                session.reader_paused.set()
+                if session.reader_paused is not None:
+                    session.reader_paused.set()
                 try:
-                    await session.slot_free.wait()
+                    await free.wait()
                 finally:
                     session.reader_waiting = False
-                    session.reader_paused = trio.Event()
+                    session.slot_free = session.reader_paused = None
             try:
                 message = await session.ws.get_message()
             except trio_websocket.ConnectionClosed:
@@ -892,6 +1013,7 @@ class Server:
             if session.failing:
                 # The error lane: failing clients share a call's worth of
                 # each scheduler pass (see _Turns).
+                self._watch(session, nursery)
                 await self.turns.take()
             incoming = rpc.parse_request_text(
                 message,
@@ -928,7 +1050,8 @@ class Server:
                     await self._send(session, text)
         finally:
             session.in_flight -= 1
-            session.slot_free.set()
+            if session.slot_free is not None:
+                session.slot_free.set()
             self._messages -= 1
             if not self._messages:
                 self._quiet.set()
@@ -1115,6 +1238,7 @@ class _AnonymousSlot:
     handshake ends; :meth:`release` is idempotent. :meth:`evict` ends the
     handshake (its connection is then closed) and frees the slot."""
 
+    __slots__ = ("_number", "_scope", "_server", "evicted")
     _numbers = itertools.count()
 
     def __init__(self, server: Server) -> None:
@@ -1145,6 +1269,8 @@ class _AnonymousSlot:
             self._server._anonymous -= 1
             self._server._anonymous_slots.pop(self._number, None)
             self._server = None
+            # Out of _anonymous_slots: never evicted now, nor its phase cancelled.
+            self._scope = None
 
 
 @attrs.frozen
@@ -1168,6 +1294,24 @@ async def _cancel_when_closed(
         while ws.closed is None:
             await trio.sleep(0.25)
     scope.cancel()
+
+
+_OPENED: Final = H11Handshake(ConnectionType.SERVER)
+"""An opening handshake with no events, shared by every open connection (see
+:func:`_drop_handshake`)."""
+
+
+def _drop_handshake(ws: trio_websocket.WebSocketConnection) -> None:
+    """Let go of a connection's finished opening handshake.
+
+    wsproto keeps it (an h11 connection with its buffers and state, an event
+    queue) for the connection's lifetime, about 2 KB, though once the
+    WebSocket is open it only asks it for events, of which it makes no more:
+    bytes that follow the request go to the open connection. It is replaced
+    by :data:`_OPENED`, which has none either."""
+    conn = ws._wsproto
+    if conn.connection is not None and not conn.handshake._events:
+        conn.handshake = _OPENED
 
 
 def _peer_name(stream: trio.abc.Stream) -> str:
