@@ -1308,10 +1308,15 @@ def _drop_handshake(ws: trio_websocket.WebSocketConnection) -> None:
     queue) for the connection's lifetime, about 2 KB, though once the
     WebSocket is open it only asks it for events, of which it makes no more:
     bytes that follow the request go to the open connection. It is replaced
-    by :data:`_OPENED`, which has none either."""
-    conn = ws._wsproto
-    if conn.connection is not None and not conn.handshake._events:
-        conn.handshake = _OPENED
+    by :data:`_OPENED`, which has none either. These are wsproto's and
+    trio-websocket's private attributes: if a version lacks them, the
+    handshake is simply kept."""
+    try:
+        conn = ws._wsproto
+        if conn.connection is not None and not conn.handshake._events:
+            conn.handshake = _OPENED
+    except AttributeError:
+        return
 
 
 def _peer_name(stream: trio.abc.Stream) -> str:
