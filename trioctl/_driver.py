@@ -1059,7 +1059,6 @@ class Driver:
             if d.name in exits:
                 state_value, loaded.reason = exits[d.name]
                 loaded.state = DomainState(state_value)
-        reconnecting: list[DomainRun] = []
         argv_cache: dict[int, list[str] | None] = {}
         for name, record in records.items():
             dom = self._domains.get(name)
@@ -1136,22 +1135,14 @@ class Driver:
             if self.config.reconnect == "serial":
                 await self._nursery.start(run.supervise, True)
             else:
-                reconnecting.append(run)
-        # Parallel: spawn every supervisor at once, and serve as soon as each
-        # holds its domain's job (one scheduler pass, not one per domain).
-        if reconnecting:
-            left = len(reconnecting)
-            all_held = trio.Event()
-
-            def held() -> None:
-                nonlocal left
-                left -= 1
-                if left == 0:
-                    all_held.set()
-
-            for run in reconnecting:
-                self._nursery.start_soon(run.supervise, True, held)
-            await all_held.wait()
+                # Parallel: the domain's job is taken here, synchronously, so
+                # that no call can slip in before the monitor is back; the
+                # supervisor's job holder holds it from its first step on,
+                # and the daemon serves without waiting for any supervisor.
+                run.reconnect_job = self.jobs.claim(
+                    name, JobKind.RECONNECT, procedure="reconnect", client="daemon"
+                )
+                self._nursery.start_soon(run.supervise, True)
 
     def _kill_unfinished_start(self, qmp_path: str) -> list[int]:
         """SIGKILL every emulator serving ``qmp_path`` (run by the daemon's
