@@ -66,9 +66,11 @@ def _unwrapped_in_a_handler(make: Callable[[], BaseException]) -> type[BaseExcep
         except BaseExceptionGroup as group:
             raise_unwrapped(group)
     except BaseException as exc:
-        assert exc.__context__ is None  # its own (none), not the group
-        return type(exc)
-    raise AssertionError("raise_unwrapped returned")
+        context, kind = exc.__context__, type(exc)
+    else:
+        raise AssertionError("raise_unwrapped returned")
+    assert context is None  # its own (none), not the group
+    return kind
 
 
 @pytest.mark.parametrize("make", [lambda: ValueError("v"), trio.Cancelled._create])

@@ -39,6 +39,7 @@ from typing import Any, Literal, TypeAlias, TypeVar
 
 import attrs
 import trio
+import trio.testing
 
 from . import _settings as checks, procfs
 from ._errors import (
@@ -1059,6 +1060,7 @@ class Driver:
             if d.name in exits:
                 state_value, loaded.reason = exits[d.name]
                 loaded.state = DomainState(state_value)
+        reconnecting: list[DomainRun] = []
         argv_cache: dict[int, list[str] | None] = {}
         for name, record in records.items():
             dom = self._domains.get(name)
@@ -1142,6 +1144,21 @@ class Driver:
                 run.reconnect_job = self.jobs.claim(
                     name, JobKind.RECONNECT, procedure="reconnect", client="daemon"
                 )
+                reconnecting.append(run)
+        if reconnecting:
+            self._nursery.start_soon(self._start_supervisors, reconnecting)
+
+    async def _start_supervisors(self, runs: list[DomainRun]) -> None:
+        """Start the supervisors of a parallel reconnect, a batch at a time,
+        each batch when the loop is idle (or after a short wait at the
+        latest): serving comes first. A thousand reconnects started at once
+        fill every pass of Trio's scheduler with their steps, and a client's
+        first call, a dozen steps, waited hundreds of milliseconds behind
+        them (docs/benchmarks.md, restart). The jobs are held already."""
+        for i in range(0, len(runs), _SUPERVISORS_PER_PASS):
+            with trio.move_on_after(_SUPERVISORS_PATIENCE):
+                await trio.testing.wait_all_tasks_blocked()
+            for run in runs[i : i + _SUPERVISORS_PER_PASS]:
                 self._nursery.start_soon(run.supervise, True)
 
     def _kill_unfinished_start(self, qmp_path: str) -> list[int]:
@@ -1185,6 +1202,12 @@ class Driver:
                 event="autostart_failed", domain=name,
                 reason=getattr(exc, "reason", type(exc).__name__),
             )  # fmt: skip
+
+
+#: A parallel reconnect starts this many supervisors whenever the loop is
+#: idle, or after _SUPERVISORS_PATIENCE seconds at the latest.
+_SUPERVISORS_PER_PASS = 64
+_SUPERVISORS_PATIENCE = 0.01
 
 
 def _running_definition(record: RuntimeRecord) -> DomainDefinition | None:
