@@ -1206,8 +1206,8 @@ class Driver:
 
 #: A parallel reconnect starts this many supervisors whenever the loop is
 #: idle, or after _SUPERVISORS_PATIENCE seconds at the latest.
-_SUPERVISORS_PER_PASS = 64
-_SUPERVISORS_PATIENCE = 0.01
+_SUPERVISORS_PER_PASS = 32
+_SUPERVISORS_PATIENCE = 0.05
 
 
 def _running_definition(record: RuntimeRecord) -> DomainDefinition | None:
