@@ -6,6 +6,7 @@ waits for state changes use the driver's events, not sleeps.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -304,6 +305,35 @@ async def test_restart_reconnects_in_parallel(sock_dir: Path, emulator: str) -> 
                     os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
                 except ProcessLookupError:
                     pass
+
+
+@pytest.mark.slow
+async def test_restart_holds_every_reconnect_job_before_serving(sock_dir: Path) -> None:
+    """The jobs are taken as the records load: when open_driver returns, and
+    before any supervisor has run, a call on any reconnecting domain queues
+    behind its reconnect; then every monitor comes back."""
+    names = [f"d{i}" for i in range(5)]
+    with trio.fail_after(40):
+        async with driver_at(sock_dir) as driver:
+            for name in names:
+                await driver.define(DomainDefinition(name=name))
+                await driver.start(name)
+            pids = [driver.get_info(name).pid for name in names]
+        try:
+            async with driver_at(sock_dir) as driver:
+                for name in names:
+                    job = driver.get_info(name).job
+                    assert job is not None
+                    assert (job.procedure, job.client) == ("reconnect", "daemon")
+                await wait_until(
+                    lambda: all(driver.get_info(n).monitor is MonitorState.OK for n in names)
+                )
+                assert driver.list_jobs() == []
+                kill_all(driver)
+        finally:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, TypeError):
+                    os.kill(pid, signal.SIGKILL)  # type: ignore[arg-type]
 
 
 @pytest.mark.slow

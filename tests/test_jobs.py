@@ -484,6 +484,73 @@ async def test_granted_then_interrupted_before_resuming(autojump_clock: MOCK) ->
     assert jobs.list_jobs() == []
 
 
+async def test_claim_holds_the_job_at_once_and_its_block_releases_it(
+    autojump_clock: MOCK,
+) -> None:
+    """A job claimed synchronously (the reconnect at load): callers wait
+    behind it from the claim on, before its block is entered, in any task."""
+    jobs = DomainJobs(wait_timeout=30)
+    await trio.sleep(1)
+    handle = jobs.claim("vm1", JobKind.RECONNECT, procedure="reconnect", client="daemon")
+    assert handle.owner == JobOwner(procedure="reconnect", client="daemon", started=1.0)
+    assert stats(jobs).acquired == 1
+    with pytest.raises(RuntimeError, match="held already"):
+        jobs.claim("vm1", JobKind.RECONNECT, procedure="reconnect", client="daemon")
+    got: list[float] = []
+
+    async def caller() -> None:
+        async with jobs.job("vm1", JobKind.MODIFY, procedure="p", client="c"):
+            got.append(trio.current_time())
+
+    async def holder() -> None:
+        await trio.sleep(4)
+        async with handle:
+            assert jobs.job_info("vm1") is not None
+            await trio.sleep(2)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(caller)
+        await trio.testing.wait_all_tasks_blocked()
+        [info] = jobs.list_jobs()
+        assert (info.owner.procedure, info.queued) == ("reconnect", 1)
+        nursery.start_soon(holder)
+    assert got == [7.0]
+    assert jobs.list_jobs() == []
+    handle.discard()  # entered already: nothing to give back
+    assert stats(jobs).acquired == 2
+
+
+async def test_claim_never_entered_is_given_back(autojump_clock: MOCK) -> None:
+    jobs = DomainJobs()
+    handle = jobs.claim("vm1", JobKind.RECONNECT, procedure="reconnect", client="daemon")
+    got: list[str] = []
+
+    async def caller() -> None:
+        async with jobs.job("vm1", JobKind.MODIFY, procedure="p", client="c"):
+            got.append("c")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(caller)
+        await trio.testing.wait_all_tasks_blocked()
+        handle.discard()
+    assert got == ["c"]
+    assert jobs.list_jobs() == []
+    with pytest.raises(RuntimeError, match="only once"):
+        async with handle:
+            pass
+
+
+async def test_claim_interrupted_before_its_block_starts(autojump_clock: MOCK) -> None:
+    jobs = DomainJobs()
+    handle = jobs.claim("vm1", JobKind.RECONNECT, procedure="reconnect", client="daemon")
+    assert jobs.interrupt("vm1")
+    with pytest.raises(DomainDestroyed, match="while reconnect for client daemon"):
+        async with handle:
+            pytest.fail("the block of an interrupted claim must not start")
+    assert jobs.list_jobs() == []
+    assert stats(jobs).interrupted == 1
+
+
 async def test_domains_are_independent(autojump_clock: MOCK) -> None:
     jobs = DomainJobs()
     async with trio.open_nursery() as nursery:

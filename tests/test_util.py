@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Callable
+
 import pytest
 import trio
 import trio.testing
@@ -52,6 +55,52 @@ async def test_service_nursery_hands_back_what_the_body_raised() -> None:
         async with open_service_nursery():
             raise RuntimeError("body") from cause
     assert info.value.__cause__ is cause
+
+
+def _unwrapped_in_a_handler(make: Callable[[], BaseException]) -> type[BaseException]:
+    """Raise ``make()`` in a group, unwrap it where the group is handled (as
+    a service nursery does), catch it, and drop it; its type."""
+    try:
+        try:
+            raise BaseExceptionGroup("g", [make()])
+        except BaseExceptionGroup as group:
+            raise_unwrapped(group)
+    except BaseException as exc:
+        context, kind = exc.__context__, type(exc)
+    else:
+        raise AssertionError("raise_unwrapped returned")
+    assert context is None  # its own (none), not the group
+    return kind
+
+
+@pytest.mark.parametrize("make", [lambda: ValueError("v"), trio.Cancelled._create])
+def test_unwrapping_leaves_no_reference_cycle(make: Callable[[], BaseException]) -> None:
+    """The lone exception, its group and the frames of its traceback are freed
+    by reference counting alone: the cyclic collector finds nothing."""
+    gc.collect()
+    gc.disable()
+    try:
+        assert _unwrapped_in_a_handler(make) is type(make())
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
+async def test_service_nursery_leaves_no_reference_cycle() -> None:
+    """Cancelled out of a service nursery (a domain's supervision at stop)."""
+    gc.collect()
+    gc.disable()
+    try:
+        with trio.CancelScope() as scope:
+            async with open_service_nursery() as nursery:
+                nursery.start_soon(trio.sleep_forever)
+                scope.cancel()
+                await trio.sleep_forever()
+        assert scope.cancelled_caught
+        del nursery
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
 
 
 async def test_replies_reach_their_callers_by_id(autojump_clock: trio.testing.MockClock) -> None:

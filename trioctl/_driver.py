@@ -39,6 +39,7 @@ from typing import Any, Literal, TypeAlias, TypeVar
 
 import attrs
 import trio
+import trio.testing
 
 from . import _settings as checks, procfs
 from ._errors import (
@@ -1136,22 +1137,29 @@ class Driver:
             if self.config.reconnect == "serial":
                 await self._nursery.start(run.supervise, True)
             else:
+                # Parallel: the domain's job is taken here, synchronously, so
+                # that no call can slip in before the monitor is back; the
+                # supervisor's job holder holds it from its first step on,
+                # and the daemon serves without waiting for any supervisor.
+                run.reconnect_job = self.jobs.claim(
+                    name, JobKind.RECONNECT, procedure="reconnect", client="daemon"
+                )
                 reconnecting.append(run)
-        # Parallel: spawn every supervisor at once, and serve as soon as each
-        # holds its domain's job (one scheduler pass, not one per domain).
         if reconnecting:
-            left = len(reconnecting)
-            all_held = trio.Event()
+            self._nursery.start_soon(self._start_supervisors, reconnecting)
 
-            def held() -> None:
-                nonlocal left
-                left -= 1
-                if left == 0:
-                    all_held.set()
-
-            for run in reconnecting:
-                self._nursery.start_soon(run.supervise, True, held)
-            await all_held.wait()
+    async def _start_supervisors(self, runs: list[DomainRun]) -> None:
+        """Start the supervisors of a parallel reconnect, a batch at a time,
+        each batch when the loop is idle (or after a short wait at the
+        latest): serving comes first. A thousand reconnects started at once
+        fill every pass of Trio's scheduler with their steps, and a client's
+        first call, a dozen steps, waited hundreds of milliseconds behind
+        them (docs/benchmarks.md, restart). The jobs are held already."""
+        for i in range(0, len(runs), _SUPERVISORS_PER_PASS):
+            with trio.move_on_after(_SUPERVISORS_PATIENCE):
+                await trio.testing.wait_all_tasks_blocked()
+            for run in runs[i : i + _SUPERVISORS_PER_PASS]:
+                self._nursery.start_soon(run.supervise, True)
 
     def _kill_unfinished_start(self, qmp_path: str) -> list[int]:
         """SIGKILL every emulator serving ``qmp_path`` (run by the daemon's
@@ -1194,6 +1202,12 @@ class Driver:
                 event="autostart_failed", domain=name,
                 reason=getattr(exc, "reason", type(exc).__name__),
             )  # fmt: skip
+
+
+#: A parallel reconnect starts this many supervisors whenever the loop is
+#: idle, or after _SUPERVISORS_PATIENCE seconds at the latest.
+_SUPERVISORS_PER_PASS = 32
+_SUPERVISORS_PATIENCE = 0.05
 
 
 def _running_definition(record: RuntimeRecord) -> DomainDefinition | None:

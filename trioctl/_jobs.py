@@ -27,7 +27,7 @@ worker, only its own task (``trioctl._dispatch`` orders the two waits).
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final, TypeVar
 
@@ -180,13 +180,19 @@ class _Entry:
 
 class JobHandle:
     """One caller's claim on a domain's job: an async context manager, from
-    :meth:`DomainJobs.job`, that can be entered once; inside, the caller holds
-    the job."""
+    :meth:`DomainJobs.job` (or already held, from :meth:`DomainJobs.claim`),
+    that can be entered once; inside, the caller holds the job."""
 
-    __slots__ = ("_claim", "_entered", "_hold")
+    __slots__ = ("_claim", "_entered", "_hold", "_release")
 
-    def __init__(self, claim: _Claim, hold: AbstractAsyncContextManager[None]) -> None:
+    def __init__(
+        self,
+        claim: _Claim,
+        hold: AbstractAsyncContextManager[None],
+        release: Callable[[_Claim], None] | None = None,
+    ) -> None:
         self._claim, self._hold, self._entered = claim, hold, False
+        self._release = release  # a job claimed at once: gives it back unentered
 
     @property
     def domain(self) -> str:
@@ -217,6 +223,14 @@ class JobHandle:
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
         return await self._hold.__aexit__(*exc_info)
+
+    def discard(self) -> None:
+        """Give back a job taken by :meth:`DomainJobs.claim` that was never
+        entered (the next waiter gets it); does nothing once entered, or for
+        a handle of :meth:`DomainJobs.job`."""
+        if not self._entered and self._release is not None:
+            self._entered = True
+            self._release(self._claim)
 
 
 class DomainJobs:
@@ -299,6 +313,26 @@ class DomainJobs:
         claim = _Claim(domain, kind, procedure, client, query)
         return JobHandle(claim, self._hold(claim))
 
+    def claim(self, domain: str, kind: JobKind, *, procedure: str, client: str) -> JobHandle:
+        """Take ``domain``'s job now, synchronously (no checkpoint): from this
+        call on, every other caller waits behind it as behind any holder.
+
+        The handle holds the job already; its ``async with`` block (entered
+        later, in whichever task) runs as the holder's block of :meth:`job`
+        does, and leaving it releases the job. A handle that is not going to
+        be entered must be given back with :meth:`JobHandle.discard`.
+
+        Raises:
+            RuntimeError: the job of ``domain`` is held already.
+        """
+        if domain in self._entries:
+            raise RuntimeError(f"the job of domain {domain!r} is held already")
+        query = kind is JobKind.QUERY and self._query_lane
+        claim = _Claim(domain, kind, procedure, client, query)
+        self._entries[domain] = _Entry(claim)
+        self._grant(claim, trio.current_time())
+        return JobHandle(claim, self._hold(claim, claimed=True), self._release)
+
     def interrupt(self, domain: str) -> bool:
         """Interrupt ``domain``'s holder as a destroy would; False if there was
         no holder or it was interrupted already."""
@@ -362,8 +396,12 @@ class DomainJobs:
         )
 
     @asynccontextmanager
-    async def _hold(self, claim: _Claim) -> AsyncIterator[None]:
-        await self._acquire(claim)
+    async def _hold(self, claim: _Claim, claimed: bool = False) -> AsyncIterator[None]:
+        if not claimed:
+            await self._acquire(claim)
+        elif claim.interrupted:  # claimed, then interrupted before the block started
+            self._release(claim)
+            raise self._destroyed(claim)
         try:
             with claim.scope:
                 try:

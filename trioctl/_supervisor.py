@@ -40,7 +40,7 @@ from ._errors import (
     MonitorTimeout,
     RemoteProtocolError,
 )
-from ._jobs import DomainJobs, JobKind
+from ._jobs import DomainJobs, JobHandle
 from ._launcher import QemuProcess
 from ._lifecycle import EventKind, Lifecycle, Reason, Trigger
 from ._log import log
@@ -137,6 +137,10 @@ class DomainRun:
     """A report of dropped events is scheduled (see _report_drops)."""
     stopped_by: str = ""
     """The client whose destroy or shutdown ended the process (for the log)."""
+    reconnect_job: JobHandle | None = None
+    """After a parallel reconnect: the domain's job, taken by the driver as it
+    loaded the domain (:meth:`DomainJobs.claim`), held by the supervisor's
+    reconnect job holder until the monitor answers."""
 
     @property
     def host(self) -> Host:
@@ -173,8 +177,9 @@ class DomainRun:
 
         Reports back (``task_status``, ``on_ready``) once the run can be
         served: after a fresh start or a serial reconnect when the monitor
-        is negotiated; after a parallel reconnect as soon as the domain's job
-        is held. A fresh start that fails raises to its ``nursery.start``;
+        is negotiated; after a parallel reconnect at once (the driver took the
+        domain's job for it, :attr:`reconnect_job`, before it started this
+        task). A fresh start that fails raises to its ``nursery.start``;
         a reconnect never raises.
         """
         started = False
@@ -197,8 +202,8 @@ class DomainRun:
                 # The monitor loop runs in this task rather than a child of
                 # its own: one task fewer per domain to schedule, keep and
                 # cancel at stop.
-                if reconnecting and self.host.config.reconnect == "parallel":
-                    await nursery.start(self._hold_reconnect_job)
+                if self.reconnect_job is not None:
+                    nursery.start_soon(self._hold_reconnect_job, self.reconnect_job)
                     ready()
                     await self._monitor_loop(True)
                 else:
@@ -217,6 +222,11 @@ class DomainRun:
             exc.__context__ = None
             raise
         finally:
+            if self.reconnect_job is not None:
+                # Never entered only if this task ended before its first
+                # checkpoint; the job must not stay held by nobody.
+                self.reconnect_job.discard()
+                self.reconnect_job = None
             processes.unwatch(self.proc, self._on_exit)
             self.nursery = None
             self.monitor = None
@@ -281,15 +291,10 @@ class DomainRun:
                 event="crashed", **fields,
             )  # fmt: skip
 
-    async def _hold_reconnect_job(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
+    async def _hold_reconnect_job(self, job: JobHandle) -> None:
         config = self.host.config
         try:
-            async with self.host.jobs.job(
-                self.name, JobKind.RECONNECT, procedure="reconnect", client="daemon"
-            ):
-                task_status.started()
+            async with job:
                 with trio.move_on_after(config.reconnect_timeout):
                     await self.connected.wait()
                 if not self.connected.is_set() and not self.exited.is_set():

@@ -65,13 +65,27 @@ def raise_unwrapped(group: BaseExceptionGroup[BaseException]) -> NoReturn:
     Call it in ``except BaseExceptionGroup as group:`` around a nursery whose
     tasks handle their own errors, so that what the body of ``async with``
     raised comes out as it was raised (whatever it is, a group too). The
-    exception keeps its own ``__cause__``; the group it came in is not shown
-    as its context.
+    exception keeps its own ``__cause__`` and ``__context__``: the group it
+    came in is not its context.
+
+    No reference cycle is left behind, so the exception and every frame of
+    its traceback are freed as soon as the last reference goes, not by the
+    cyclic collector (with 10,000 domains at stop that took seconds): raising
+    the lone exception while its group is handled would make the group, which
+    holds it, its context, and this frame, in its traceback, holds both.
     """
-    if len(group.exceptions) == 1:
-        exc = group.exceptions[0]
-        raise exc from exc.__cause__
-    raise group from None
+    try:
+        if len(group.exceptions) == 1:
+            exc = group.exceptions[0]
+            context = exc.__context__
+            try:
+                raise exc from exc.__cause__
+            finally:
+                exc.__context__ = context
+                del exc, context
+        raise group from None
+    finally:
+        del group
 
 
 def exception_leaves(exc: BaseException) -> list[BaseException]:
