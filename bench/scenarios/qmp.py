@@ -63,23 +63,32 @@ ANCHORS = {
 # -- the three clients: each returns (commands done, seconds) -------------------------------
 
 
+class _Count:
+    """Round trips until a deadline; ``loop`` runs under Trio or asyncio alike."""
+
+    def __init__(self, execute: Callable[[], Awaitable[object]], seconds: float) -> None:
+        self.execute = execute
+        self.done = 0
+        self.start = time.perf_counter()
+        self.stop_at = self.start + seconds
+
+    async def loop(self) -> None:
+        while time.perf_counter() < self.stop_at:
+            await self.execute()
+            self.done += 1
+
+    def result(self) -> tuple[int, float]:
+        return self.done, time.perf_counter() - self.start
+
+
 async def _trioctl(path: str, inflight: int, seconds: float) -> tuple[int, float]:
     async with trioctl.open_monitor(path) as monitor:
         await monitor.execute(COMMAND)
-        done = 0
-        start = time.perf_counter()
-        stop_at = start + seconds
-
-        async def loop() -> None:
-            nonlocal done
-            while time.perf_counter() < stop_at:
-                await monitor.execute(COMMAND)
-                done += 1
-
+        count = _Count(lambda: monitor.execute(COMMAND), seconds)
         async with trio.open_nursery() as nursery:
             for _ in range(inflight):
-                nursery.start_soon(loop)
-        return done, time.perf_counter() - start
+                nursery.start_soon(count.loop)
+        return count.result()
 
 
 def _qemu_qmp(path: str, inflight: int, seconds: float) -> tuple[int, float]:
@@ -90,18 +99,9 @@ def _qemu_qmp(path: str, inflight: int, seconds: float) -> tuple[int, float]:
         await qmp.connect(path)
         try:
             await qmp.execute(COMMAND)
-            done = 0
-            start = time.perf_counter()
-            stop_at = start + seconds
-
-            async def loop() -> None:
-                nonlocal done
-                while time.perf_counter() < stop_at:
-                    await qmp.execute(COMMAND)
-                    done += 1
-
-            await asyncio.gather(*(loop() for _ in range(inflight)))
-            return done, time.perf_counter() - start
+            count = _Count(lambda: qmp.execute(COMMAND), seconds)
+            await asyncio.gather(*(count.loop() for _ in range(inflight)))
+            return count.result()
         finally:
             await qmp.disconnect()
 
