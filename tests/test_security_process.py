@@ -31,7 +31,7 @@ from trioctl import InvalidParams, LaunchError, OperationInvalid, procfs
 from trioctl._cli._daemon_cmd import EXIT_CONFIG
 from trioctl._client import connect
 from trioctl._driver import DriverConfig, open_driver
-from trioctl._launcher import LaunchSpec, QemuProcess, launch, names_monitor
+from trioctl._launcher import LaunchSpec, QemuProcess, QemuUser, _spawn, launch, names_monitor
 from trioctl._models import DomainDefinition, DomainState, MonitorState
 from trioctl._store import RuntimeRecord, Store, UnsafeDirectory, read_regular, write_atomic
 
@@ -120,6 +120,26 @@ async def test_real_qemu_runs_confined_and_outlives_a_restart(sock_dir: Path) ->
                     await trio.sleep(0.02)
     finally:
         kill_under(sock_dir)
+
+
+@pytest.mark.skipif(not ROOT, reason="switching users needs root")
+def test_an_emulator_run_as_another_user_gets_none_of_the_daemons_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The emulator's user can read its /proc/PID/environ: the daemon's
+    # environment (a TRIOCTL_TOKEN exported for the CLI, cloud credentials)
+    # must not reach it.
+    monkeypatch.setenv("TRIOCTL_TOKEN", "secret-admin-token-xyz")
+    log = tmp_path / "stderr.log"
+    user = QemuUser(NOBODY.pw_name, NOBODY.pw_uid, NOBODY.pw_gid)
+    child = _spawn(["/bin/sh", "-c", "env >&2"], log, user, ())
+    assert child.wait(timeout=10) == 0
+    env = dict(line.split("=", 1) for line in log.read_text().splitlines() if "=" in line)
+    assert "secret-admin-token-xyz" not in log.read_text()
+    assert env["HOME"] == str(tmp_path)
+    assert env["LC_ALL"] == "C"
+    assert env["USER"] == env["LOGNAME"] == NOBODY.pw_name
+    assert set(env) <= {"HOME", "LC_ALL", "PATH", "USER", "LOGNAME", "PWD", "SHLVL", "_"}
 
 
 @pytest.mark.slow
@@ -357,6 +377,26 @@ def test_unsafe_state_directories_are_refused(tmp_path: Path) -> None:
         os.chown(run, NOBODY.pw_uid, NOBODY.pw_gid)
         with pytest.raises(UnsafeDirectory, match="run directory"):
             Store(tmp_path / "ok", run)
+
+
+def test_a_directory_under_one_another_user_can_rename_in_is_refused(tmp_path: Path) -> None:
+    # The run directory passes its own checks, but the directory it lies in
+    # lets another user rename it and put a symlink in its place (a root daemon
+    # started with `su` inherits XDG_RUNTIME_DIR=/run/user/1000): the daemon,
+    # as root, then chmods, creates and writes wherever the link leads.
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o700)
+    shared.chmod(0o777)
+    with pytest.raises(UnsafeDirectory, match=f"lies in {shared}, writable by group or others"):
+        Store(tmp_path / "state", shared / "run")
+    shared.chmod(0o1777)  # sticky, as /tmp: only an entry's owner may rename it
+    Store(tmp_path / "state", shared / "run")
+    if ROOT:
+        home = tmp_path / "home"
+        home.mkdir(mode=0o700)
+        os.chown(home, NOBODY.pw_uid, NOBODY.pw_gid)
+        with pytest.raises(UnsafeDirectory, match=f"lies in {home}, owned by uid"):
+            Store(tmp_path / "state2", home / "trioctl")
 
 
 # -- the daemon as a process -------------------------------------------------------------------

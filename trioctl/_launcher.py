@@ -517,6 +517,23 @@ def prepare_domain_dir(
     return path
 
 
+#: ``PATH`` of an emulator run as another user (libvirt's choice too).
+_EMULATOR_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def emulator_env(user: QemuUser, home: Path) -> dict[str, str]:
+    """The whole environment of an emulator run as ``user``: none of the
+    daemon's, which that user could read in ``/proc/PID/environ`` (a token
+    exported for the CLI, credentials), as libvirt clears QEMU's."""
+    return {
+        "PATH": _EMULATOR_PATH,
+        "LC_ALL": "C",
+        "HOME": str(home),
+        "USER": user.name,
+        "LOGNAME": user.name,
+    }
+
+
 def _spawn(
     argv: list[str], log_path: Path, user: QemuUser | None, pass_fds: tuple[int, ...]
 ) -> subprocess.Popen[bytes]:
@@ -530,6 +547,7 @@ def _spawn(
             stdout=subprocess.DEVNULL,
             stderr=log_fd,
             cwd=log_path.parent,
+            env=None if user is None else emulator_env(user, log_path.parent),
             start_new_session=True,
             pass_fds=pass_fds,
             user=None if user is None else user.uid,

@@ -180,7 +180,9 @@ def check_private_dir(path: Path, what: str) -> None:
 
     Raises:
         UnsafeDirectory: not a directory, a symlink, not owned by the daemon's
-            user, or writable by group or others (one line saying which).
+            user, or writable by group or others; or a directory above it is
+            owned by another user than root and the daemon's, or writable by
+            group or others without the sticky bit (one line saying which).
     """
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     st = os.lstat(path)
@@ -198,6 +200,22 @@ def check_private_dir(path: Path, what: str) -> None:
             f"{what} {path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o}); "
             "refusing it (chmod go-w)"
         )
+    # Whoever may rename entries of a directory above could put a symlink in
+    # its place after this check: every one (as given, and resolved) must be
+    # root's or the daemon's user's, and not writable by others unless sticky.
+    absolute = Path(os.path.abspath(path))
+    for parent in dict.fromkeys([*absolute.parents, *Path(os.path.realpath(path)).parents]):
+        pst = os.stat(parent)
+        if pst.st_uid not in (0, os.geteuid()):
+            raise UnsafeDirectory(
+                f"{what} {path} lies in {parent}, owned by uid {pst.st_uid}, which could "
+                "replace it; refusing it (choose a directory only root or the daemon's user owns)"
+            )
+        if pst.st_mode & 0o022 and not pst.st_mode & stat.S_ISVTX:
+            raise UnsafeDirectory(
+                f"{what} {path} lies in {parent}, writable by group or others (mode "
+                f"{stat.S_IMODE(pst.st_mode):04o}) without the sticky bit; refusing it"
+            )
 
 
 def _fsync_dir(path: Path) -> None:
