@@ -28,10 +28,23 @@ from .test_server_virtual_time import memory_server
 FAILING_CALL = json.dumps(
     {"jsonrpc": "2.0", "id": 1, "method": "domain.get_info", "params": {"name": "none"}}
 )
+# A request the server refuses before running it (jsonrpc "1.0": Invalid
+# Request), and a message that is not JSON at all.
+INVALID_CALL = json.dumps(
+    {"jsonrpc": "1.0", "id": 1, "method": "domain.get_info", "params": {"name": "none"}}
+)
+NOT_JSON = "{nope"
 PROBE_CALL = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "connect.list_domains"})
 
 
-async def _flood_and_probe(sock_dir: Path, flooders: int, *, lane: bool = True) -> list[int]:
+async def _flood_and_probe(
+    sock_dir: Path,
+    flooders: int,
+    *,
+    lane: bool = True,
+    call: str = FAILING_CALL,
+    error: str = "NO_DOMAIN",
+) -> list[int]:
     """Flood with ``flooders`` clients retrying a failing call at once; probe
     ten times; return, per probe, the flood's calls answered meanwhile."""
     counts: list[int] = []
@@ -43,17 +56,21 @@ async def _flood_and_probe(sock_dir: Path, flooders: int, *, lane: bool = True) 
 
             server.turns.take = no_turn  # type: ignore[method-assign]
 
+        flood_replies = 0
+
         def answered() -> int:
-            return sum(s.calls for s in server._sessions.values())
+            return flood_replies
 
         async with trio.open_nursery() as nursery:
 
             async def flood() -> None:
+                nonlocal flood_replies
                 stream = await listener.connect()
                 ws = await trio_websocket.wrap_client_stream(nursery, stream, "x", "/")  # type: ignore[arg-type]
                 while True:
-                    await ws.send_message(FAILING_CALL)
-                    assert "NO_DOMAIN" in str(await ws.get_message())
+                    await ws.send_message(call)
+                    assert error in str(await ws.get_message())
+                    flood_replies += 1
 
             for _ in range(flooders):
                 nursery.start_soon(flood)
@@ -85,6 +102,21 @@ async def test_a_probe_is_served_within_a_bounded_number_of_flood_calls(
     counts = await _flood_and_probe(sock_dir, flooders)
     # The flood's calls start only while the loop has nothing else to run,
     # one at a time: a bound that does not grow with the number of flooders.
+    assert max(counts) <= 4, counts
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [(INVALID_CALL, "INVALID_REQUEST"), (NOT_JSON, "PARSE_ERROR")],
+    ids=["invalid-request", "parse-error"],
+)
+async def test_requests_refused_before_they_run_take_the_error_lane_too(
+    autojump_clock: trio.testing.MockClock, sock_dir: Path, call: str, error: str
+) -> None:
+    """A flood of Invalid Requests or of text that is not JSON fails as
+    surely as calls that fail: it waits for its turns like them (without the
+    lane, the probe waits behind every flooder, as in the test below)."""
+    counts = await _flood_and_probe(sock_dir, 40, call=call, error=error)
     assert max(counts) <= 4, counts
 
 

@@ -1038,6 +1038,10 @@ class Server:
                 async with trio.open_nursery() as calls:
                     for index, item in enumerate(items):
                         if isinstance(item, rpc.Invalid):
+                            # Refused before it runs (parse error, Invalid
+                            # Request, batch over its bound): a failing call
+                            # all the same, so the error lane (_Turns).
+                            session.failing = True
                             replies[index] = item.response()
                         else:
                             calls.start_soon(self._call, session, item, replies, index)
