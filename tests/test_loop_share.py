@@ -188,3 +188,32 @@ async def test_turns_are_free_outside_a_server() -> None:
     for _ in range(5):
         with trio.fail_after(1):
             await turns.take()
+
+
+async def test_one_failure_does_not_put_a_client_in_the_lane_two_in_a_row_do(
+    sock_dir: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A client whose one call failed goes on without a turn; from its second
+    failure in a row its next message takes one; a success ends that."""
+    async with memory_server(sock_dir, keepalive_interval=0) as (server, listener):
+        async with trio.open_nursery() as nursery:
+            stream = await listener.connect()
+            ws = await trio_websocket.wrap_client_stream(nursery, stream, "x", "/")  # type: ignore[arg-type]
+
+            async def call(text: str) -> str:
+                await ws.send_message(text)
+                return str(await ws.get_message())
+
+            assert "NO_DOMAIN" in await call(FAILING_CALL)
+            assert '"domains"' in await call(PROBE_CALL)
+            assert server.turns.waited == 0  # one failure: no turn
+            assert "NO_DOMAIN" in await call(FAILING_CALL)
+            assert "NO_DOMAIN" in await call(FAILING_CALL)
+            assert server.turns.waited == 0
+            assert "NO_DOMAIN" in await call(FAILING_CALL)  # after two in a row: a turn
+            assert server.turns.waited == 1
+            assert '"domains"' in await call(PROBE_CALL)  # its turn, then out of the lane
+            assert server.turns.waited == 2
+            assert '"domains"' in await call(PROBE_CALL)
+            assert server.turns.waited == 2
+            nursery.cancel_scope.cancel()

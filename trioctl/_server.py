@@ -210,6 +210,13 @@ _LANE_PATIENCE: Final = 0.05
 (see :class:`_Turns`)."""
 
 
+_LANE_AFTER: Final = 2
+"""Failed calls in a row that put a session in the error lane: a client whose
+one call failed (a typo, a domain just undefined) goes on at once; a client
+that retries a failing call is in the lane from its second failure, so it
+never waits behind a flood for a single mistake."""
+
+
 class _Turns:
     """The loop's time left over, for clients whose calls fail: the error lane.
 
@@ -219,8 +226,8 @@ class _Turns:
     as many as the loop takes, and Trio runs each runnable task once per
     pass of its scheduler: with 30 such clients each pass runs a step of
     each of their calls, and a call from anyone else waits that long for
-    each of its own steps. So a session whose last call failed takes a turn
-    before it starts its next message, and a turn is given, one at a time in
+    each of its own steps. So a session whose last :data:`_LANE_AFTER` calls
+    failed takes a turn before it starts its next message, and a turn is given, one at a time in
     the order asked, when every other task of the daemon is blocked (Trio's
     ``wait_all_tasks_blocked``: the loop has nothing else to run), or after
     :data:`_LANE_PATIENCE` seconds at the latest. The failing clients then
@@ -304,8 +311,9 @@ class _Session:
     events_scope: trio.CancelScope | None = None
     slot_free: trio.Event | None = None
     """What the stopped reader waits for (None while it reads)."""
-    failing: bool = False
-    """Its last call failed: its next message waits for a turn (:class:`_Turns`)."""
+    failing: int = 0
+    """Its calls that failed in a row; from :data:`_LANE_AFTER` on, its next
+    message waits for a turn (:class:`_Turns`)."""
     writing: bool = False
     """A writer task sends the outbox (it runs only while the outbox holds frames)."""
     watched: bool = False
@@ -1010,9 +1018,9 @@ class Server:
             except trio_websocket.ConnectionClosed:
                 session.scope.cancel()
                 return
-            if session.failing:
-                # The error lane: failing clients share a call's worth of
-                # each scheduler pass (see _Turns).
+            if session.failing >= _LANE_AFTER:
+                # The error lane: clients that keep failing get the loop's
+                # idle time (see _Turns).
                 self._watch(session, nursery)
                 await self.turns.take()
             incoming = rpc.parse_request_text(
@@ -1041,7 +1049,7 @@ class Server:
                             # Refused before it runs (parse error, Invalid
                             # Request, batch over its bound): a failing call
                             # all the same, so the error lane (_Turns).
-                            session.failing = True
+                            session.failing += 1
                             replies[index] = item.response()
                         else:
                             calls.start_soon(self._call, session, item, replies, index)
@@ -1078,9 +1086,9 @@ class Server:
                     proc = self._lookup(session, item.method)
                     result = await self._invoke(session, proc, item.params)
                 response = rpc.Response.result(call_id, result)
-                session.failing = False
+                session.failing = 0
             except TrioctlError as exc:
-                session.failing = True
+                session.failing += 1
                 self._errors[exc.reason] += 1
                 if exc.reason in _REFUSALS:
                     self.refusals.refused(
@@ -1099,7 +1107,7 @@ class Server:
                     event="internal_error", client=session.id, procedure=item.method,
                     reason=InternalError.reason,
                 )  # fmt: skip
-                session.failing = True
+                session.failing += 1
                 self._errors[InternalError.reason] += 1
                 response = rpc.Response.error(
                     call_id, InternalError(f"internal error: {type(exc).__name__}: {exc}")
