@@ -153,6 +153,9 @@ async def test_eof_fails_every_waiter_at_once(autojump_clock: trio.testing.MockC
         assert monitor.closed
         with pytest.raises(ConnectionLost):
             await monitor.execute("query-status")
+        # Failing at once still checkpoints: a retry loop cannot hold the loop.
+        with trio.testing.assert_checkpoints(), pytest.raises(ConnectionLost):
+            await monitor.execute("query-status")
 
 
 async def test_garbage_from_peer_fails_waiters(autojump_clock: trio.testing.MockClock) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 import trio_websocket
 
 import trioctl
@@ -107,6 +108,9 @@ async def test_every_procedure(sock_dir: Path, backend: str) -> None:
             other = next(c for c in clients if c.endpoint == "api")
             await admin.disconnect_client(other.id)
             with pytest.raises(trioctl.DaemonConnectionLost):
+                await client.get_version()
+            # Failing at once still checkpoints: a retry loop cannot hold the loop.
+            with trio.testing.assert_checkpoints(), pytest.raises(trioctl.DaemonConnectionLost):
                 await client.get_version()
 
 

@@ -216,6 +216,8 @@ class Client:
             DaemonConnectionLost: the connection closed before the reply.
         """
         if self._closed is not None:
+            # A checkpoint still: a caller that retries in a loop must not hold the loop.
+            await trio.lowlevel.checkpoint()
             raise DaemonConnectionLost(self._closed.message)
         call_id = next(self._ids)
         with self._pending.expect(call_id) as waiter:

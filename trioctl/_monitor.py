@@ -190,6 +190,8 @@ class Monitor:
             LocalProtocolError: ``command`` or ``arguments`` cannot be sent.
         """
         if self._closed is not None:
+            # A checkpoint still: a caller that retries in a loop must not hold the loop.
+            await trio.lowlevel.checkpoint()
             raise ConnectionLost(self._closed.message)
         cmd_id, wire = self._conn.send_command(command, arguments)
         # Cancelled or done, the id is no longer ours when the block ends: a
