@@ -225,6 +225,9 @@ class Client:
                 await self._ws.send_message(rpc.encode_request(method, dict(params or {}), call_id))
                 response = await waiter.wait()
             except trio_websocket.ConnectionClosed as exc:
+                # trio-websocket refuses a send on a closed connection without
+                # a checkpoint: take one, as above.
+                await trio.lowlevel.checkpoint()
                 raise DaemonConnectionLost(
                     f"the daemon closed the connection: {exc.reason}"
                 ) from None
