@@ -331,12 +331,14 @@ async def start_daemon(
     extra: Mapping[str, object] | None = None,
     wait_ready: bool = True,
     command: Sequence[str] = ("-m", "trioctl", "daemon"),
+    cwd: Path | None = None,
 ) -> Daemon:
     """Start ``python -m trioctl daemon`` on ``state_dir``.
 
     With ``wait_ready``, return once its ready file is written (URL, token).
     ``command`` replaces ``-m trioctl daemon`` (it gets ``--config`` and
-    ``--ready-file`` too).
+    ``--ready-file`` too). ``cwd``: run it from there (another checkout's
+    root, whose ``trioctl`` then comes first on ``sys.path``).
 
     Raises:
         RuntimeError: it exited, or was not ready within READY_TIMEOUT (with
@@ -357,7 +359,7 @@ async def start_daemon(
         str(ready),
     ]
     launched = time.perf_counter()
-    proc = start_helper(registry, argv, log_path)
+    proc = start_helper(registry, argv, log_path, cwd=cwd)
     daemon = Daemon(proc, state_dir, config, log_path, port, launched)
     if wait_ready:
         with trio.move_on_after(READY_TIMEOUT):
@@ -400,13 +402,14 @@ def start_helper(
     log_path: Path,
     *,
     env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start one of the bench's own helper processes (hammer, echo server)."""
     full_env = dict(os.environ)
     full_env.update(env or {})
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=full_env
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=full_env, cwd=cwd
         )
     registry.adopt(proc)
     return proc
