@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -489,7 +490,9 @@ def write_many_domains(state_dir: Path, sims: list[ManySim]) -> None:
     now = time.time()
     for sim in sims:
         for name in sim.names:
-            definition = trioctl.DomainDefinition(name=name, emulator="sim")
+            # With a uuid, as the daemon writes every definition (one without
+            # is a hand-written file, which the daemon gives a uuid at each load).
+            definition = trioctl.DomainDefinition(name=name, emulator="sim", uuid=str(uuid.uuid4()))
             (domains / f"{name}.json").write_text(json.dumps(cattrs.unstructure(definition)))
             # The daemon's runtime record (trioctl/_store.py's RuntimeRecord,
             # not public): the fields without a default, and ``shared``.

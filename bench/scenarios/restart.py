@@ -32,6 +32,7 @@ one run.
 
 from __future__ import annotations
 
+import compileall
 import json
 import os
 import secrets
@@ -44,8 +45,11 @@ import trio
 import trio_websocket
 
 from trioctl import Client, TrioctlError
+from trioctl._models import converter
+from trioctl._procedures import DomainList
+from trioctl._sansio import rpc
 
-from .._conn import connect
+from .._conn import connect, open_ws
 from .._context import Context, Scenario
 from .._load import hang, outcome_of, start_domains, wait_monitors
 from .._procs import (
@@ -419,6 +423,7 @@ SCENARIO = Scenario(
 # -- startup: issue 14 goal 5, alternating in one run ----------------------
 
 EMPTY, MANY = "empty", "many"
+LIST_RESULT = DomainList
 THIS = "this"
 
 
@@ -447,6 +452,39 @@ def _restore(state: Path, snapshot: dict[Path, bytes]) -> None:
         f.write_bytes(body)
 
 
+async def _first_call_raw(url: str, token: str, launched: float) -> dict[str, Any]:
+    """Connect and list (a bare WebSocket) until it works: when the reply
+    arrived (served) and when ``trioctl.Client`` would have it decoded."""
+    request = rpc.encode_request("connect.list_domains", {}, 1)
+    while True:
+        try:
+            async with open_ws(url, token, connect_timeout=2) as ws:
+                await ws.send_message(request)
+                reply = await ws.get_message()
+                served = time.perf_counter() - launched
+        except (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed):
+            await trio.sleep(RETRY)  # not listening yet, or not answering yet
+            continue
+        t0 = time.perf_counter()
+        body = json.loads(reply)
+        if "result" not in body:
+            await trio.sleep(RETRY)  # refused (busy): try again
+            continue
+        result = converter.structure(body["result"], LIST_RESULT)
+        return {
+            "first_call_s": round(served, 4),
+            "decoded_s": round(served + time.perf_counter() - t0, 4),
+            "listed": len(result.domains),
+        }
+
+
+def compile_checkout(root: Path) -> None:
+    """Byte-compile ``root/trioctl`` as an installer does, so that no daemon
+    compiles its sources at start (``PYTHONDONTWRITEBYTECODE`` would make
+    every one do it: 0.1 s here)."""
+    compileall.compile_dir(root / "trioctl", quiet=1)
+
+
 async def _spawn_once(
     ctx: Context, state: Path, token: str, cwd: Path | None, limit: float
 ) -> dict[str, Any]:
@@ -464,11 +502,9 @@ async def _spawn_once(
                 await daemon_ready(daemon)
 
             nursery.start_soon(ready)
-            first, listed = await _first_call(url, token, daemon.launched_at)
+            result.update(await _first_call_raw(url, token, daemon.launched_at))
             result["cpu_s"] = round(proc_cpu_seconds(daemon.pid), 3)
             result["rss_kib"] = proc_memory_kib(daemon.pid).get("VmRSS")
-            result["first_call_s"] = round(first, 4)
-            result["listed"] = listed
             nursery.cancel_scope.cancel()
     if daemon.ready_at is not None:
         result["ready_file_s"] = round(daemon.ready_at - daemon.launched_at, 4)
@@ -507,6 +543,8 @@ async def run_startup(ctx: Context) -> dict[str, Any]:
         if not (against / "trioctl" / "__init__.py").is_file():
             raise ValueError(f"--against {against}: not a trioctl checkout")
         sides[str(ctx.options.against)] = against
+    for root in sides.values():
+        compile_checkout(root or Path(__file__).resolve().parents[2])
     ctx.progress.prefix = "startup/set-up"
     try:
         many_state, many_token, snapshot = await _startup_setup(ctx, n, k)
@@ -569,7 +607,7 @@ def startup_summary(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
             **{
                 f"median_{kind}_{key}": _median(values(kind, key))
                 for kind in (EMPTY, MANY)
-                for key in ("first_call_s", "cpu_s", "rss_kib", "ready_file_s")
+                for key in ("first_call_s", "decoded_s", "cpu_s", "rss_kib", "ready_file_s")
             },
         }
     return out
@@ -592,6 +630,7 @@ def report_startup(results: dict[str, Any]) -> Report:
             s["side"],
             "no domain" if s["kind"] == EMPTY else f"{n} domains, {k} hung",
             fmt_s(s.get("first_call_s")) or f"none within {results['limit_s']:g} s",
+            fmt_s(s.get("decoded_s")),
             fmt_s(s.get("ready_file_s")),
             fmt_s(s.get("cpu_s")),
             _mib(s.get("rss_kib")),
@@ -603,7 +642,8 @@ def report_startup(results: dict[str, Any]) -> Report:
         "round",
         "code",
         "daemon",
-        "first call",
+        "first call served",
+        "decoded (trioctl.Client)",
         "ready file",
         "daemon CPU at first call",
         "RSS at first call",
@@ -620,6 +660,7 @@ def report_startup(results: dict[str, Any]) -> Report:
             fmt_s(d[f"median_{EMPTY}_first_call_s"]),
             fmt_s(d[f"median_{MANY}_first_call_s"]),
             _sign_s(d["median_diff_s"]),
+            fmt_s(d[f"median_{MANY}_decoded_s"]),
             fmt_s(d[f"median_{EMPTY}_cpu_s"]),
             fmt_s(d[f"median_{MANY}_cpu_s"]),
             _mib(d[f"median_{EMPTY}_rss_kib"]),
@@ -632,6 +673,7 @@ def report_startup(results: dict[str, Any]) -> Report:
         "first call, no domain",
         f"first call, {n} domains",
         "median of the pair differences",
+        f"{n} domains: reply decoded",
         "CPU, no domain",
         f"CPU, {n} domains",
         "RSS, no domain",
@@ -651,8 +693,10 @@ def report_startup(results: dict[str, Any]) -> Report:
         f"{results['rounds']} rounds; each spawns a daemon with no domain and one with "
         f"{n} domains of which {k} hung (SIGSTOPped simulator), each on fresh state, in "
         "an order that turns every round. Times from spawn; the first call is "
-        "connect.list_domains; CPU (user + system) and RSS of the daemon read when it "
-        "was answered. A pair is the two daemons of one code in one round.",
+        "connect.list_domains on a bare WebSocket, served when its reply arrived "
+        "(decoded: and then structured as trioctl.Client does, the client's own cost); "
+        "CPU (user + system) and RSS of the daemon read then. Sources byte-compiled "
+        "first, as an installer does. A pair is the two daemons of one code in one round.",
         [
             Table(median_header, median_rows, "Medians:"),
             Table(
