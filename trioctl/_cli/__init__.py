@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
-from ._main import main
+from ._imports import no_gc_while_importing
+
+with no_gc_while_importing():
+    from ._main import main
 
 __all__ = ["main"]
