@@ -60,3 +60,5 @@ def test_daemon_command_imports_no_test_code() -> None:
     modules = set(seen["modules"])
     assert "trioctl._daemon" in modules and "trioctl._server" in modules
     assert not {m for m in modules if m == "pytest" or m.startswith(("_pytest", "trio.testing"))}
+    # Nor the Prometheus client: imported at the first scrape of /metrics.
+    assert not {m for m in modules if m.startswith("prometheus_client")}

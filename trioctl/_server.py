@@ -101,8 +101,8 @@ from ._errors import (
     TrioctlError,
 )
 from ._handlers import PROCEDURES, CallContext
+from ._histogram import Histogram
 from ._log import RefusalLog, log
-from ._metrics import Histogram
 from ._models import structure, unstructure
 from ._pools import Priority
 from ._procedures import (
