@@ -39,7 +39,7 @@ import secrets
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import trio
 import trio_websocket
@@ -720,6 +720,44 @@ def report_startup(results: dict[str, Any]) -> Report:
             Table(spawn_header, spawn_rows, "Every spawn, in order:"),
         ],
         [goal],
+        [
+            [_startup_panel(results, "first_call_s", "first call served, s from spawn")],
+            [_startup_panel(results, "cpu_s", "daemon CPU at the first call, s")],
+        ],
+        panel_size=(7.0, 2.6),
+    )
+
+
+_STARTUP_COLORS: Final = ("tab:blue", "tab:orange", "tab:green", "tab:red")
+
+
+def _startup_panel(results: dict[str, Any], key: str, ylabel: str) -> Panel:
+    """One line per code and daemon: ``key`` by round."""
+    series = []
+    for i, (side, kind) in enumerate(
+        (side, kind) for side in results["sides"] for kind in (EMPTY, MANY)
+    ):
+        points = [
+            (s["round"], s[key])
+            for s in results["spawns"]
+            if s["side"] == side and s["kind"] == kind and s.get(key) is not None
+        ]
+        label = f"{side}: {'no domain' if kind == EMPTY else str(results['n']) + ' domains'}"
+        series.append(
+            Series(
+                "line" if kind == MANY else "dotted",
+                [p[0] for p in points],
+                [p[1] for p in points],
+                label,
+                _STARTUP_COLORS[i % len(_STARTUP_COLORS)],
+            )
+        )
+    return Panel(
+        f"{results['n']} domains ({results['k']} hung) against none: {ylabel}",
+        series,
+        xlabel="round",
+        ylabel=ylabel,
+        legend=True,
     )
 
 
