@@ -45,6 +45,7 @@ __all__ = [
     "daemon_settings",
     "free_port",
     "proc_cpu_seconds",
+    "proc_cpu_seconds_exact",
     "proc_memory_kib",
     "start_daemon",
     "start_helper",
@@ -134,6 +135,23 @@ def proc_cpu_seconds(pid: int) -> float:
         return procfs.read_stat(pid).cpu_seconds
     except (OSError, ValueError):
         return 0.0
+
+
+def proc_cpu_seconds_exact(pid: int) -> float | None:
+    """CPU seconds of ``pid``'s live threads, to the nanosecond (the sum of
+    ``/proc/PID/task/*/schedstat``; threads that exited are not counted);
+    None if it is gone or the kernel does not keep schedstat."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tasks:
+        try:
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # the thread exited meanwhile
+    return total / 1e9 if total else None
 
 
 async def wait_exit(proc: subprocess.Popen[bytes]) -> None:

@@ -58,6 +58,7 @@ from .._procs import (
     daemon_ready,
     free_port,
     proc_cpu_seconds,
+    proc_cpu_seconds_exact,
     proc_memory_kib,
     start_daemon,
     start_many_sim,
@@ -503,7 +504,8 @@ async def _spawn_once(
 
             nursery.start_soon(ready)
             result.update(await _first_call_raw(url, token, daemon.launched_at))
-            result["cpu_s"] = round(proc_cpu_seconds(daemon.pid), 3)
+            exact = proc_cpu_seconds_exact(daemon.pid)
+            result["cpu_s"] = round(exact if exact is not None else proc_cpu_seconds(daemon.pid), 4)
             result["rss_kib"] = proc_memory_kib(daemon.pid).get("VmRSS")
             nursery.cancel_scope.cancel()
     if daemon.ready_at is not None:
@@ -708,8 +710,9 @@ def report_startup(results: dict[str, Any]) -> Report:
         "an order that turns every round. Times from spawn; the first call is "
         "connect.list_domains on a bare WebSocket, served when its reply arrived "
         "(decoded: and then structured as trioctl.Client does, the client's own cost); "
-        "CPU (user + system) and RSS of the daemon read then. Sources byte-compiled "
-        "first, as an installer does. A pair is the two daemons of one code in one round.",
+        "CPU (schedstat of every live thread) and RSS of the daemon read then. "
+        "Sources byte-compiled first, as an installer does. "
+        "A pair is the two daemons of one code in one round.",
         [
             Table(median_header, median_rows, "Medians:"),
             Table(
