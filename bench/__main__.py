@@ -70,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("bench/results"), help="results folder")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument(
+        "--against",
+        type=Path,
+        metavar="CHECKOUT",
+        help="startup: also run the daemon of this checkout, alternating (before/after)",
+    )
     p.add_argument("--render", type=Path, metavar="JSON", help="redo the .md and .png of a result")
     return p
 
@@ -209,6 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out=args.out,
         keep=args.keep,
         quiet=args.quiet,
+        against=args.against,
     )
     status = 0
     for name in names:

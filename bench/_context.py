@@ -37,6 +37,8 @@ class Options:
     out: Path = Path("bench/results")
     keep: bool = False
     quiet: bool = False
+    against: Path | None = None
+    """startup: another checkout whose daemon alternates with this one's."""
 
 
 @attrs.define

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -44,6 +45,7 @@ __all__ = [
     "daemon_settings",
     "free_port",
     "proc_cpu_seconds",
+    "proc_cpu_seconds_exact",
     "proc_memory_kib",
     "start_daemon",
     "start_helper",
@@ -133,6 +135,23 @@ def proc_cpu_seconds(pid: int) -> float:
         return procfs.read_stat(pid).cpu_seconds
     except (OSError, ValueError):
         return 0.0
+
+
+def proc_cpu_seconds_exact(pid: int) -> float | None:
+    """CPU seconds of ``pid``'s live threads, to the nanosecond (the sum of
+    ``/proc/PID/task/*/schedstat``; threads that exited are not counted);
+    None if it is gone or the kernel does not keep schedstat."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tasks:
+        try:
+            total += int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # the thread exited meanwhile
+    return total / 1e9 if total else None
 
 
 async def wait_exit(proc: subprocess.Popen[bytes]) -> None:
@@ -331,12 +350,14 @@ async def start_daemon(
     extra: Mapping[str, object] | None = None,
     wait_ready: bool = True,
     command: Sequence[str] = ("-m", "trioctl", "daemon"),
+    cwd: Path | None = None,
 ) -> Daemon:
     """Start ``python -m trioctl daemon`` on ``state_dir``.
 
     With ``wait_ready``, return once its ready file is written (URL, token).
     ``command`` replaces ``-m trioctl daemon`` (it gets ``--config`` and
-    ``--ready-file`` too).
+    ``--ready-file`` too). ``cwd``: run it from there (another checkout's
+    root, whose ``trioctl`` then comes first on ``sys.path``).
 
     Raises:
         RuntimeError: it exited, or was not ready within READY_TIMEOUT (with
@@ -357,7 +378,7 @@ async def start_daemon(
         str(ready),
     ]
     launched = time.perf_counter()
-    proc = start_helper(registry, argv, log_path)
+    proc = start_helper(registry, argv, log_path, cwd=cwd)
     daemon = Daemon(proc, state_dir, config, log_path, port, launched)
     if wait_ready:
         with trio.move_on_after(READY_TIMEOUT):
@@ -400,13 +421,14 @@ def start_helper(
     log_path: Path,
     *,
     env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start one of the bench's own helper processes (hammer, echo server)."""
     full_env = dict(os.environ)
     full_env.update(env or {})
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=full_env
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=full_env, cwd=cwd
         )
     registry.adopt(proc)
     return proc
@@ -486,7 +508,9 @@ def write_many_domains(state_dir: Path, sims: list[ManySim]) -> None:
     now = time.time()
     for sim in sims:
         for name in sim.names:
-            definition = trioctl.DomainDefinition(name=name, emulator="sim")
+            # With a uuid, as the daemon writes every definition (one without
+            # is a hand-written file, which the daemon gives a uuid at each load).
+            definition = trioctl.DomainDefinition(name=name, emulator="sim", uuid=str(uuid.uuid4()))
             (domains / f"{name}.json").write_text(json.dumps(cattrs.unstructure(definition)))
             # The daemon's runtime record (trioctl/_store.py's RuntimeRecord,
             # not public): the fields without a default, and ``shared``.

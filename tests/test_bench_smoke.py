@@ -147,6 +147,21 @@ async def test_restart(bench_tmp: Path) -> None:
         assert v["healthy_answered"] == 0
 
 
+async def test_startup(bench_tmp: Path) -> None:
+    # Against this same checkout: both sides of the alternation run.
+    with trio.fail_after(90):
+        data = await run_bench("startup", bench_tmp, "--against", str(REPO))
+    results = data["results"]
+    assert len(results["sides"]) == 2
+    spawns = results["spawns"]
+    assert len(spawns) == results["rounds"] * 4
+    for spawn in spawns:
+        assert spawn["first_call_s"] > 0 and spawn["cpu_s"] > 0 and spawn["rss_kib"] > 0, spawn
+        assert spawn["decoded_s"] >= spawn["first_call_s"]
+        assert spawn["listed"] == (0 if spawn["kind"] == "empty" else results["n"])
+    assert len(results["goals"]) == 1
+
+
 async def test_stop(bench_tmp: Path) -> None:
     with trio.fail_after(60):
         data = await run_bench("stop", bench_tmp)

@@ -87,3 +87,33 @@ def test_torn_and_foreign_runtime_records_are_set_aside(tmp_path: Path) -> None:
 def test_write_atomic_leaves_no_temporary_on_success(tmp_path: Path) -> None:
     write_atomic(tmp_path / "f.json", b"{}")
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+def test_load_scans_each_directory_once_and_keeps_every_check(tmp_path: Path) -> None:
+    # The one-scandir load (issue 14 goal 5) sees what the glob saw and
+    # refuses what it refused: a symlink, even to a directory, is set aside,
+    # never followed; a real directory named like a record is a domain's run
+    # directory, left alone; dead writers' temporaries go, other dot files stay.
+    store = Store(tmp_path, tmp_path / "run")
+    run, domains = tmp_path / "run", tmp_path / "domains"
+    for name in ("b", "a", "c"):
+        store.save_definition(DomainDefinition(name=name))
+        store.save_record(RuntimeRecord(name, 1, 2, "sim", 0.0))
+    (run / "x.json").mkdir()  # the run directory of a domain named "x.json"
+    (run / "y.json").symlink_to(run / "x.json")
+    (domains / "z.json").symlink_to(domains / "a.json")
+    (run / ".a.json.tmp-0123").write_text("{")
+    (domains / ".b.json.tmp-4567").write_text("{")
+    (domains / ".keep.tmp").write_text("not a writer's temporary")
+    definitions, problems = store.load_definitions()
+    assert [d.name for d in definitions] == ["a", "b", "c"]
+    assert [(Path(p.path).name, p.reason) for p in problems] == [("z.json", "is a symbolic link")]
+    records, record_problems = store.load_records()
+    assert list(records) == ["a", "b", "c"]
+    assert [(Path(p.path).name, p.reason) for p in record_problems] == [
+        ("y.json", "is a symbolic link")
+    ]
+    assert (run / "x.json").is_dir()
+    assert not (run / ".a.json.tmp-0123").exists()
+    assert not (domains / ".b.json.tmp-4567").exists()
+    assert (domains / ".keep.tmp").exists()

@@ -39,7 +39,6 @@ from typing import Any, Literal, TypeAlias, TypeVar
 
 import attrs
 import trio
-import trio.testing
 
 from . import _settings as checks, procfs
 from ._errors import (
@@ -108,7 +107,7 @@ from ._processes import ProcessTable
 from ._settings import setting
 from ._store import MAX_DEFINITION_BYTES, LoadProblem, RuntimeRecord, Store, encode_definition
 from ._supervisor import Domain, DomainRun
-from ._util import open_service_nursery
+from ._util import open_service_nursery, wait_all_tasks_blocked
 
 __all__ = ["Driver", "DriverConfig", "EventSubscription", "open_driver"]
 
@@ -1157,7 +1156,7 @@ class Driver:
         them (docs/benchmarks.md, restart). The jobs are held already."""
         for i in range(0, len(runs), _SUPERVISORS_PER_PASS):
             with trio.move_on_after(_SUPERVISORS_PATIENCE):
-                await trio.testing.wait_all_tasks_blocked()
+                await wait_all_tasks_blocked()
             for run in runs[i : i + _SUPERVISORS_PER_PASS]:
                 self._nursery.start_soon(run.supervise, True)
 

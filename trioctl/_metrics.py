@@ -26,6 +26,7 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from ._histogram import BUCKETS, Histogram
 from ._models import DomainState, MonitorState
 from ._version import __version__
 
@@ -35,36 +36,6 @@ if TYPE_CHECKING:
 __all__ = ["BUCKETS", "CONTENT_TYPE", "Histogram", "render"]
 
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
-
-BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-"""Upper bounds (seconds) of the call latency histograms."""
-
-
-class Histogram:
-    """Cumulative bucket counts and sum of one procedure's call durations."""
-
-    __slots__ = ("counts", "total")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(BUCKETS) + 1)  # the last: +Inf
-        self.total = 0.0
-
-    def observe(self, seconds: float) -> None:
-        for index, bound in enumerate(BUCKETS):
-            if seconds <= bound:
-                self.counts[index] += 1
-                break
-        else:
-            self.counts[-1] += 1
-        self.total += seconds
-
-    def buckets(self) -> list[tuple[str, float]]:
-        running = 0
-        out = []
-        for bound, count in zip((*(repr(b) for b in BUCKETS), "+Inf"), self.counts, strict=True):
-            running += count
-            out.append((bound, float(running)))
-        return out
 
 
 class _DaemonCollector(Collector):

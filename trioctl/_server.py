@@ -82,7 +82,6 @@ from typing import Any, Final
 
 import attrs
 import trio
-import trio.testing
 import trio_websocket
 from wsproto import ConnectionType, WSConnection
 from wsproto.handshake import H11Handshake
@@ -102,8 +101,8 @@ from ._errors import (
     TrioctlError,
 )
 from ._handlers import PROCEDURES, CallContext
+from ._histogram import Histogram
 from ._log import RefusalLog, log
-from ._metrics import Histogram
 from ._models import structure, unstructure
 from ._pools import Priority
 from ._procedures import (
@@ -124,7 +123,7 @@ from ._procedures import (
 )
 from ._sansio import rpc
 from ._tokens import Tokens
-from ._util import open_service_nursery
+from ._util import open_service_nursery, wait_all_tasks_blocked
 from ._version import __version__
 
 __all__ = ["BEARER_PREFIX", "SUBPROTOCOL", "Server", "Tokens", "serve"]
@@ -274,7 +273,7 @@ class _Turns:
         try:
             while self._waiting:
                 with trio.move_on_after(self.patience):
-                    await trio.testing.wait_all_tasks_blocked()
+                    await wait_all_tasks_blocked()
                 if self._waiting:
                     self._waiting.popleft().set()
                     self.waited += 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import json
 import logging
 import math
@@ -139,7 +140,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def read_regular(path: Path, limit: int) -> bytes:
+def read_regular(path: str | os.PathLike[str], limit: int) -> bytes:
     """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes.
 
     Never follows a symlink (``O_NOFOLLOW``), never blocks on a FIFO or device
@@ -226,13 +227,27 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _remove_stale_temporaries(directory: Path) -> None:
-    """Temporary files of writers that died before their rename: never valid
-    (names start with a letter or digit, so no definition looks like one)."""
-    for tmp in directory.glob(".*.tmp-*"):
-        logger.info("removing %s, left by an interrupted write", tmp)
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+def _scan(directory: Path) -> list[tuple[str, bool]]:
+    """The ``*.json`` entries of ``directory`` by name, sorted, each with
+    whether it is a directory (not a symlink to one); and, in the same pass,
+    remove the temporary files of writers that died before their rename:
+    never valid (names start with a letter or digit, so no definition looks
+    like one).
+
+    One ``scandir``: at start-up with 1,000 domains, globbing and sorting
+    ``Path`` objects took most of the load's time (issue 14 goal 5)."""
+    found: list[tuple[str, bool]] = []
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            name = entry.name
+            if name.startswith(".") and fnmatch.fnmatchcase(name, ".*.tmp-*"):
+                logger.info("removing %s, left by an interrupted write", entry.path)
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+            elif name.endswith(".json"):
+                found.append((name, entry.is_dir(follow_symlinks=False)))
+    found.sort()
+    return found
 
 
 def _encode(obj: Any) -> bytes:
@@ -336,17 +351,18 @@ class Store:
     def load_definitions(self) -> tuple[list[DomainDefinition], list[LoadProblem]]:
         """Every definition; a file that cannot be loaded, for ANY reason, is
         set aside with its reason and the others load."""
-        _remove_stale_temporaries(self.domains_dir)
         found: list[DomainDefinition] = []
         problems: list[LoadProblem] = []
-        for path in sorted(self.domains_dir.glob("*.json")):
+        directory = str(self.domains_dir)
+        for name, _ in _scan(self.domains_dir):
+            stem = name[: -len(".json")]
             try:
-                raw = json.loads(read_regular(path, MAX_DEFINITION_BYTES))
+                raw = json.loads(read_regular(os.path.join(directory, name), MAX_DEFINITION_BYTES))
                 definition = structure(raw, DomainDefinition)
-                if definition.name != path.stem:
-                    raise ValueError(f"holds domain {definition.name!r}, not {path.stem!r}")
+                if definition.name != stem:
+                    raise ValueError(f"holds domain {definition.name!r}, not {stem!r}")
             except Exception as exc:  # any bad file is set aside
-                problems.append(self._set_aside(path, exc))
+                problems.append(self._set_aside(self.domains_dir / name, exc))
                 continue
             found.append(definition)
         return found, problems
@@ -371,16 +387,17 @@ class Store:
     def load_records(self) -> tuple[dict[str, RuntimeRecord], list[LoadProblem]]:
         """Every runtime record; a file that cannot be loaded, for ANY reason
         (a pid of 2**70, a FIFO, a symlink), is set aside with its reason."""
-        _remove_stale_temporaries(self.run_dir)
         found: dict[str, RuntimeRecord] = {}
         problems: list[LoadProblem] = []
-        for path in sorted(self.run_dir.glob("*.json")):
-            if path.is_dir() and not path.is_symlink():
+        directory = str(self.run_dir)
+        for name, is_dir in _scan(self.run_dir):
+            if is_dir:
                 continue  # the run directory of a domain named "x.json"
             try:
-                record = _parse_record(json.loads(read_regular(path, MAX_RECORD_BYTES)), path.stem)
+                raw = json.loads(read_regular(os.path.join(directory, name), MAX_RECORD_BYTES))
+                record = _parse_record(raw, name[: -len(".json")])
             except Exception as exc:  # any bad file is set aside
-                problems.append(self._set_aside(path, exc))
+                problems.append(self._set_aside(self.run_dir / name, exc))
                 continue
             found[record.name] = record
         return found, problems

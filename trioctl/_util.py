@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager, asynccontextmanager
-from typing import Generic, NoReturn, TypeVar, cast
+from typing import TYPE_CHECKING, Generic, NoReturn, TypeVar, cast
 
 import trio
 
@@ -17,9 +17,20 @@ __all__ = [
     "open_service_nursery",
     "raise_unwrapped",
     "tune_gc",
+    "wait_all_tasks_blocked",
 ]
 
 R = TypeVar("R")
+
+# ``trio.testing.wait_all_tasks_blocked``, the same function, taken from where
+# trio defines it: importing ``trio.testing`` imports pytest whenever it is
+# installed (for ``RaisesGroup``), 35 ms of CPU and 7 MiB at every daemon start
+# (docs/benchmarks.md, restart). tests/test_startup_imports.py checks that it
+# is still trio's.
+if TYPE_CHECKING:
+    from trio.testing import wait_all_tasks_blocked as wait_all_tasks_blocked
+else:
+    from trio._core import wait_all_tasks_blocked
 
 GC_THRESHOLDS = (100_000, 50, 100)
 """Cyclic-GC thresholds of the daemon and the many-VMs simulator.

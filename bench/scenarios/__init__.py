@@ -15,6 +15,7 @@ SCENARIOS: Final[dict[str, Scenario]] = {
         storm.SCENARIO,
         destroy.SCENARIO,
         restart.SCENARIO,
+        restart.STARTUP,
         stop.SCENARIO,
         throughput.SCENARIO,
         scale.SCENARIO,

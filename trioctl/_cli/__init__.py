@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
-from ._main import main
+from ._imports import no_gc_while_importing
 
 __all__ = ["main"]
+
+
+def main() -> None:
+    """Run the ``trioctl`` command (the console script, ``python -m trioctl``)."""
+    with no_gc_while_importing():
+        from ._main import main as run
+    run()

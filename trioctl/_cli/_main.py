@@ -11,6 +11,7 @@ import click
 
 from .._client import DEFAULT_URL, TOKEN_ENV, URL_ENV
 from ._client_cmds import register
+from ._imports import no_gc_while_importing
 from ._output import CliGroup, Settings
 
 #: The environment variable for ``--tokens-file``.
@@ -118,7 +119,8 @@ def daemon(
     ready_file: Path | None,
 ) -> None:
     """Run the daemon until SIGTERM or SIGINT; SIGHUP re-reads the tokens file."""
-    from ._daemon_cmd import daemon_main
+    with no_gc_while_importing():
+        from ._daemon_cmd import daemon_main
 
     sys.exit(daemon_main(config_file, listen, state_dir, backend, mode, print_config, ready_file))
 
