@@ -23,7 +23,10 @@ Shape::
             │                               in the error lane (_Turns)
             ├── one task per message        a single call or a whole batch; each call
             │   └── one task per call       holds one of the session's
-            │                               max_client_requests call slots
+            │                               max_client_requests call slots (a
+            │                               call of an ``immediate`` procedure,
+            │                               which never waits, runs in the
+            │                               reader itself)
             ├── writer                      sends the outbox (bounded in bytes);
             │                               runs only while the outbox holds frames
             ├── watcher                     the peer went away: cancel the session
@@ -1032,7 +1035,35 @@ class Server:
             del message
             session.in_flight += 1
             self._messages += 1
-            nursery.start_soon(self._handle_message, session, incoming)
+            if self._immediate(incoming):
+                # A call that never waits (get_version, a cached read): run
+                # here, saving a task and its scheduler passes per call. It
+                # goes through the same path (slot, table, role, deadline,
+                # worker token); the next message is read once it is answered.
+                # Meanwhile the reader counts as stopped, as under
+                # backpressure (keepalive: see _ping): such a call waits only
+                # for a worker token, and at most its deadline.
+                session.reader_waiting = True
+                if session.reader_paused is not None:
+                    session.reader_paused.set()
+                try:
+                    await self._handle_message(session, incoming)
+                finally:
+                    session.reader_waiting = False
+                    session.reader_paused = None
+            else:
+                nursery.start_soon(self._handle_message, session, incoming)
+
+    def _immediate(self, incoming: rpc.Incoming) -> bool:
+        """Whether ``incoming`` is one call of an ``immediate`` procedure."""
+        items = incoming.items
+        if len(items) != 1:
+            return False
+        item = items[0]
+        if isinstance(item, rpc.Invalid):
+            return False
+        proc = self.table.get(item.method)
+        return proc is not None and proc.immediate
 
     async def _handle_message(self, session: _Session, incoming: rpc.Incoming) -> None:
         try:
@@ -1076,7 +1107,14 @@ class Server:
         index: int,
     ) -> None:
         call_id = item.id if isinstance(item, rpc.Request) else None
-        async with session.limiter:
+        limiter = session.limiter
+        try:
+            # A free slot is taken without a scheduler pass (the reply's send
+            # is this call's checkpoint); else wait for one.
+            limiter.acquire_nowait()
+        except trio.WouldBlock:
+            await limiter.acquire()
+        try:
             start = time.perf_counter()
             proc = None
             try:
@@ -1121,6 +1159,8 @@ class Server:
                 self._histograms[proc.name].observe(elapsed)
             if isinstance(item, rpc.Request):
                 replies[index] = response
+        finally:
+            limiter.release()
 
     def _discover(self, params: rpc.Params) -> Any:
         if params:
