@@ -339,7 +339,8 @@ READ, WRITE, ADMIN = Role.READ, Role.WRITE, Role.ADMIN
 PROCEDURES: Final = ProcedureTable(
     [
         Procedure("connect.get_version", NoParams, VersionInfo, HIGH, READ,
-                  deadline=5, immediate=True, doc="The daemon's version, protocol version and default backend."),
+                  deadline=5, immediate=True,
+                  doc="The daemon's version, protocol version and default backend."),
         Procedure("connect.list_domains", ListDomainsParams, DomainList, HIGH,
                   READ, deadline=5, immediate=True,
                   doc="Every domain (or those in `state`), from cached state: never waits."),

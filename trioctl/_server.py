@@ -79,15 +79,16 @@ import select
 import ssl
 import time
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Generator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import attrs
 import trio
 import trio.testing
 import trio_websocket
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
 from wsproto.handshake import H11Handshake
 
 from . import _http
@@ -126,6 +127,7 @@ from ._procedures import (
     VersionInfo,
 )
 from ._sansio import rpc
+from ._sansio.wsframes import MessageSizes
 from ._tokens import Tokens
 from ._util import open_service_nursery
 from ._version import __version__
@@ -133,6 +135,8 @@ from ._version import __version__
 __all__ = ["BEARER_PREFIX", "SUBPROTOCOL", "Server", "Tokens", "serve"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _LATENCY_WINDOW: Final = 10_000
 _CLOSE_GOING_AWAY: Final = 1001
@@ -658,17 +662,20 @@ class Server:
         host = (_http.header(http_request, b"host") or b"").decode("latin-1").strip().lower()
         # The parsed head is not kept for the session's lifetime.
         del http_request
+        wsconn = WSConnection(ConnectionType.SERVER)
+        edge = _EdgeStream(stream, head, peer, wsconn, self.config.max_message_size)
         ws = trio_websocket.WebSocketConnection(
-            _http.PrefixedStream(stream, head, peer),
-            WSConnection(ConnectionType.SERVER),
+            edge,
+            wsconn,
             message_queue_size=1,
             max_message_size=self.config.max_message_size,
         )
+        edge.ws = ws
         async with trio.open_nursery() as conn_nursery:
             # trio-websocket's reader for this connection: it runs until the
             # stream is closed, so the closing handshake completes in the session.
             conn_nursery.start_soon(ws._reader_task)
-            session = await self._open_session(ws, host, slot, deadline)
+            session = await self._open_session(ws, host, slot, deadline, edge)
             if session is not None:
                 # Nothing of the handshake is kept for the session's lifetime.
                 del head, head_scope
@@ -683,6 +690,7 @@ class Server:
         host: str,
         slot: _AnonymousSlot,
         deadline: float,
+        edge: _EdgeStream | None = None,
     ) -> _Session | None:
         """The WebSocket handshake (trio-websocket's reader runs): the session
         registered, or None if the connection was refused, left or ran out
@@ -699,6 +707,8 @@ class Server:
                     accepted = await self._handshake(request, host)
                     if accepted is not None:
                         session = self._register(accepted)
+                        if edge is not None:
+                            edge.client = session.id
                         slot.release()  # no longer anonymous: never evicted
                 except (trio_websocket.ConnectionClosed, trio_websocket.HandshakeError):
                     pass
@@ -1026,12 +1036,24 @@ class Server:
                 # idle time (see _Turns).
                 self._watch(session, nursery)
                 await self.turns.take()
-            incoming = rpc.parse_request_text(
-                message,
-                max_size=self.config.max_message_size,
-                max_batch=self.config.max_batch,
-                max_answers=self._max_answers,
-            )
+            if len(message) < _LARGE:
+                incoming = rpc.parse_request_text(
+                    message,
+                    max_size=self.config.max_message_size,
+                    max_batch=self.config.max_batch,
+                    max_answers=self._max_answers,
+                )
+            else:
+                # A large batch is decoded in steps, letting the other
+                # sessions run between them.
+                incoming = await _paused(
+                    rpc.parse_request_steps(
+                        message,
+                        max_size=self.config.max_message_size,
+                        max_batch=self.config.max_batch,
+                        max_answers=self._max_answers,
+                    )
+                )
             del message
             session.in_flight += 1
             self._messages += 1
@@ -1082,13 +1104,17 @@ class Server:
                             # all the same, so the error lane (_Turns).
                             session.failing += 1
                             replies[index] = item.response()
+                            if not (index + 1) % rpc.STEP:
+                                # (Tens of thousands of them: let others run.)
+                                await trio.lowlevel.checkpoint()
                         else:
                             calls.start_soon(self._call, session, item, replies, index)
             if incoming.expects_reply:
                 answers = [r for r in replies if r is not None]
-                text = rpc.encode_responses(
-                    answers if incoming.batch else (answers[0] if answers else None)
-                )
+                if not incoming.batch:
+                    text = rpc.encode_responses(answers[0] if answers else None)
+                else:
+                    text = await _paused(rpc.encode_responses_steps(answers))
                 if text is not None:
                     await self._send(session, text)
         finally:
@@ -1248,6 +1274,23 @@ class Server:
                 await self._quiet.wait()
 
 
+_LARGE: Final = 64 * 1024
+"""A message at least this long is decoded in steps (a batch of about 1,000
+short calls or more)."""
+
+
+async def _paused(steps: Generator[None, None, T]) -> T:
+    """Run a sans-I/O generator of pauses (see :data:`rpc.STEP`) to its end,
+    letting the other tasks run at each pause; its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+        await trio.lowlevel.checkpoint()
+
+
 def _percentiles(samples: Sequence[float]) -> LatencyPercentiles:
     if not samples:
         return LatencyPercentiles(0, 0.0, 0.0, 0.0)
@@ -1283,6 +1326,124 @@ def positional_params(proc: Procedure, values: list[Any]) -> dict[str, Any]:
             order=names,
         )
     return dict(zip(names, values, strict=False))
+
+
+_CLOSE_SEND: Final = 1.0
+"""How long a close frame for a protocol error may take to go out."""
+_UNSENDABLE: Final = frozenset({1005, 1006, 1015})
+"""Close codes a close frame must not carry (RFC 6455 section 7.4.1)."""
+
+
+def _close_frame(code: int, reason: str) -> bytes:
+    """A server's (unmasked) close frame: ``code`` and at most 123 bytes of
+    ``reason``, ASCII."""
+    payload = code.to_bytes(2, "big") + reason.encode("ascii", "replace")[:123]
+    return bytes([0x88, len(payload)]) + payload
+
+
+class _EdgeStream(_http.PrefixedStream):
+    """The connection's stream, as trio-websocket reads and writes it, with the
+    two protocol failures trio-websocket and wsproto leave silent answered
+    with a close frame and a log line.
+
+    * A frame header declaring a message over ``max_message_size`` (text or
+      binary frame and its continuations, in bytes): 1009 at the header
+      (:class:`~trioctl._sansio.wsframes.MessageSizes`), before any of its
+      payload is read or buffered; then trio-websocket sees the end of the
+      stream.
+    * A frame wsproto refuses (invalid UTF-8 in a text message: 1007; an
+      unmasked client frame, a bad opcode or close code: 1002): wsproto
+      reports it as a close from the peer, and trio-websocket closes the
+      stream without a close frame. :meth:`aclose` sees it (the connection
+      closed, wsproto's state still ``OPEN``: no close frame went either
+      way) and sends one with wsproto's code and reason first.
+
+    Only once the session is registered (``client`` set): a failure during
+    the handshake just ends the connection. While the close frame goes out,
+    any other send is refused (trio-websocket then reports the connection
+    closed), and a send in progress is waited for, so frames never interleave.
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        head: bytes,
+        peer: str,
+        wsconn: WSConnection,
+        max_message_size: int,
+    ) -> None:
+        super().__init__(stream, head, peer)
+        self.wsconn = wsconn
+        self.ws: trio_websocket.WebSocketConnection | None = None
+        self.client: str | None = None
+        """The session's id, once registered."""
+        self.refused: tuple[int, str] | None = None
+        """The close code and reason the connection was refused with."""
+        end = head.find(b"\r\n\r\n")
+        self.sizes = MessageSizes(max_message_size, skip=end + 4 if end >= 0 else len(head))
+        self._sending = False
+        self._sent: trio.Event | None = None
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        data = await super().receive_some(max_bytes)
+        if data and self.refused is None:
+            size = self.sizes.feed(data)
+            if size is not None:
+                limit = self.sizes.limit
+                await self.refuse(1009, f"message of {size} bytes over max_message_size {limit}")
+                return b""
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.refused is not None:
+            raise trio.ClosedResourceError("connection refused for a protocol error")
+        self._sending = True
+        try:
+            await self.stream.send_all(data)
+        finally:
+            self._sending = False
+            if self._sent is not None:
+                self._sent.set()
+                self._sent = None
+
+    async def aclose(self) -> None:
+        try:
+            ws = self.ws
+            closed = ws.closed if ws is not None else None
+            if (
+                self.refused is None
+                and self.client is not None
+                and closed is not None
+                and self.wsconn.state is ConnectionState.OPEN
+            ):
+                # wsproto refused a frame (it reports that as a close from
+                # the peer, but no close frame came, nor went).
+                await self.refuse(closed.code, closed.reason or "")
+        finally:
+            await super().aclose()
+
+    async def refuse(self, code: int, reason: str) -> None:
+        """Log, and send a close frame with ``code`` once no other frame is
+        being sent (at most :data:`_CLOSE_SEND` seconds); refuse other sends
+        from now on."""
+        self.refused = (code, reason)
+        log(
+            logger, logging.INFO, "client %s (%s): protocol error, closing with %d: %s",
+            self.client or "in handshake", repr(self), code, reason,
+            event="client_protocol_error", client=self.client, peer=repr(self),
+            code=code, reason=reason,
+        )  # fmt: skip
+        if self.client is None:
+            return
+        if code in _UNSENDABLE:
+            code = 1002
+        with trio.move_on_after(_CLOSE_SEND):
+            while self._sending:
+                if self._sent is None:
+                    self._sent = trio.Event()
+                await self._sent.wait()
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.stream.send_all(_close_frame(code, reason))
 
 
 class _AnonymousSlot:
