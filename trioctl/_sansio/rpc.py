@@ -625,10 +625,14 @@ def _parse_batch(
             raise _BadJson(f"invalid JSON: expected ',' or ']' at char {index}")
     except _BadJson as exc:
         return _single_invalid(ParseError(str(exc)))
+    items: list[IncomingItem] = []
     if over:
         error = _batch_limit(max_batch, answered=True)
-        return Incoming(tuple([Invalid(id_, error) for id_ in ids]), True)
-    items = []
+        for id_ in ids:
+            items.append(Invalid(id_, error))
+            if not len(items) % STEP:
+                yield
+        return Incoming(tuple(items), True)
     for element in elements:
         items.append(_parse_item(element))
         if not len(items) % STEP:
