@@ -755,7 +755,7 @@ async def test_a_frame_wsproto_refuses_gets_a_close_frame_and_a_log_line(
             assert int.from_bytes(received[2:4], "big") == code
             assert len(received) == 2 + received[1]
             [line] = _protocol_errors(caplog)
-            assert line["code"] == code and line["client"].startswith("c") and line["reason"]
+            assert line["code"] == code and line["client"].startswith("c") and line["detail"]
             assert (await other.get_version()).protocol == 1
 
 
@@ -779,7 +779,7 @@ async def test_a_frame_declaring_a_terabyte_is_closed_with_1009_at_its_header(
                 assert b"1099511627776" in received
             lines = _protocol_errors(caplog)
             assert [line["code"] for line in lines] == [1009, 1009]
-            assert all("max_message_size" in line["reason"] for line in lines)
+            assert all("max_message_size" in line["detail"] for line in lines)
             await wait_until(lambda: not daemon.server._sessions, 5)
 
 

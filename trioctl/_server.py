@@ -1431,7 +1431,7 @@ class _EdgeStream(_http.PrefixedStream):
             logger, logging.INFO, "client %s (%s): protocol error, closing with %d: %s",
             self.client or "in handshake", repr(self), code, reason,
             event="client_protocol_error", client=self.client, peer=repr(self),
-            code=code, reason=reason,
+            code=code, detail=reason,
         )  # fmt: skip
         if self.client is None:
             return
