@@ -183,6 +183,7 @@ async def test_throughput(bench_tmp: Path) -> None:
         for connections in ("1", "16"):
             assert default[server][connections]["calls_per_s"] > 0, (server, connections)
     assert default["daemon_raw"]["1"]["ratio_to_echo"] > 0
+    assert default["daemon_raw"]["1"]["server_cpu_us_per_call"] >= 0
 
 
 async def test_scale(bench_tmp: Path) -> None:

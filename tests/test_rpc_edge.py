@@ -693,3 +693,154 @@ async def test_a_frame_declaring_more_than_max_message_size_is_closed_with_1009(
                         received += chunk
                 assert received[0] == 0x88  # a close frame
                 assert int.from_bytes(received[2:4], "big") == 1009
+
+
+# -- frames wsproto refuses, and frames too big (issue 14's outside trial) -------------
+
+
+async def _open_raw(port: int, token: str | None) -> tuple[trio.SocketStream, bytes]:
+    """A raw TCP stream after a WebSocket handshake; the bytes read past it."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n" + f"Authorization: Bearer {token}\r\n\r\n".encode()
+    )
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        reply += await stream.receive_some()
+    assert reply.startswith(b"HTTP/1.1 101 ")
+    return stream, reply.split(b"\r\n\r\n", 1)[1]
+
+
+async def _until_eof(stream: trio.SocketStream, received: bytes) -> bytes:
+    """Everything the daemon sends until it closes the connection."""
+    with contextlib.suppress(trio.BrokenResourceError):
+        while chunk := await stream.receive_some():
+            received += chunk
+    return received
+
+
+def _protocol_errors(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [
+        r.fields  # type: ignore[attr-defined]
+        for r in caplog.records
+        if getattr(r, "fields", {}).get("event") == "client_protocol_error"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        # A masked text frame (mask 0) whose payload is not UTF-8.
+        (bytes([0x81, 0x84]) + b"\0\0\0\0" + b"\xff\xfe{}", 1007),
+        # A client frame without a mask (RFC 6455 section 5.1).
+        (bytes([0x81, 0x02]) + b"{}", 1002),
+    ],
+    ids=["invalid-utf8", "unmasked"],
+)
+async def test_a_frame_wsproto_refuses_gets_a_close_frame_and_a_log_line(
+    sock_dir: Path, caplog: pytest.LogCaptureFixture, frame: bytes, code: int
+) -> None:
+    """trio-websocket took wsproto's verdict for a close from the peer and
+    dropped the connection with no close frame, and nothing was logged."""
+    caplog.set_level(logging.INFO, logger="trioctl")
+    with trio.fail_after(30):
+        async with running_daemon(sock_dir) as daemon, connect(daemon.url, daemon.token) as other:
+            stream, received = await _open_raw(daemon.port, daemon.token)
+            async with stream:
+                await stream.send_all(frame)
+                received = await _until_eof(stream, received)
+            assert received[0] == 0x88  # a close frame, then the end
+            assert int.from_bytes(received[2:4], "big") == code
+            assert len(received) == 2 + received[1]
+            [line] = _protocol_errors(caplog)
+            assert line["code"] == code and line["client"].startswith("c") and line["detail"]
+            assert (await other.get_version()).protocol == 1
+
+
+async def test_a_frame_declaring_a_terabyte_is_closed_with_1009_at_its_header(
+    sock_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only the header is sent: the daemon answers at once with 1009 (it
+    used to wait for max_message_size bytes of payload, and an unmasked one
+    was dropped silently)."""
+    caplog.set_level(logging.INFO, logger="trioctl")
+    with trio.fail_after(30):
+        async with running_daemon(sock_dir) as daemon:
+            for mask in (0x80, 0):
+                stream, received = await _open_raw(daemon.port, daemon.token)
+                async with stream:
+                    header = bytes([0x81, mask | 127]) + (2**40).to_bytes(8, "big")
+                    await stream.send_all(header + (b"\0\0\0\0" if mask else b""))
+                    received = await _until_eof(stream, received)
+                assert received[0] == 0x88
+                assert int.from_bytes(received[2:4], "big") == 1009
+                assert b"1099511627776" in received
+            lines = _protocol_errors(caplog)
+            assert [line["code"] for line in lines] == [1009, 1009]
+            assert all("max_message_size" in line["detail"] for line in lines)
+            await wait_until(lambda: not daemon.server._sessions, 5)
+
+
+async def test_fragments_adding_up_past_max_message_size_are_closed_with_1009(
+    sock_dir: Path,
+) -> None:
+    with trio.fail_after(30):
+        async with running_daemon(sock_dir, server__max_message_size=1000) as daemon:
+            stream, received = await _open_raw(daemon.port, daemon.token)
+            async with stream:
+                # Text frame of 600 (not final), then a continuation of 600.
+                first = bytes([0x01, 0x80 | 126]) + (600).to_bytes(2, "big") + b"\0" * 4
+                more = bytes([0x80, 0x80 | 126]) + (600).to_bytes(2, "big") + b"\0" * 4
+                await stream.send_all(first + b"a" * 600 + more)
+                received = await _until_eof(stream, received)
+            assert int.from_bytes(received[2:4], "big") == 1009
+
+
+async def test_a_large_invalid_batch_never_holds_the_loop_for_all_its_items(
+    sock_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of 5,000 items over max_batch: still one answer per item (JSON-RPC
+    2.0 section 6), but decoded, answered and encoded a step of rpc.STEP
+    items at a time, other tasks running between the steps. Counted in work
+    done per task step (decoded elements, answers built, ids encoded), not
+    in time."""
+    from trioctl._sansio import rpc
+
+    work = 0
+
+    class Steps(trio.abc.Instrument):
+        most = 0
+        start = 0
+
+        def before_task_step(self, task: trio.lowlevel.Task) -> None:
+            self.start = work
+
+        def after_task_step(self, task: trio.lowlevel.Task) -> None:
+            self.most = max(self.most, work - self.start)
+
+    def counted(fn: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            nonlocal work
+            work += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(rpc._DECODER, "raw_decode", counted(rpc._DECODER.raw_decode))
+    monkeypatch.setattr(rpc._ENCODER, "encode", counted(rpc._ENCODER.encode))
+    monkeypatch.setattr(rpc.Invalid, "response", counted(rpc.Invalid.response))
+    batch = json.dumps([call("nope", id=i) for i in range(5000)])
+    with trio.fail_after(60):
+        async with running_daemon(sock_dir) as daemon, raw_ws(daemon.url, daemon.token) as ws:
+            steps = Steps()
+            trio.lowlevel.add_instrument(steps)
+            try:
+                replies = await exchange(ws, batch)
+            finally:
+                trio.lowlevel.remove_instrument(steps)
+            assert [r["id"] for r in replies] == list(range(5000))
+            assert {r["error"]["data"]["reason"] for r in replies} == {"LIMIT_EXCEEDED"}
+            assert work >= 15_000
+            assert steps.most <= 2_000  # rpc.STEP is 1,000

@@ -269,6 +269,10 @@ class Procedure:
     touches_monitor: bool = False
     """The handler may talk to the domain's monitor (and so block): LOW
     priority, under a domain job."""
+    immediate: bool = False
+    """The handler never waits (no job, no monitor, no I/O: it answers from
+    memory): the session's reader runs the call itself, with the same table,
+    role check, deadline and worker token, instead of a task of its own."""
     bound: Handler | None = None
     """The server's handler, bound by ``trioctl._handlers``."""
 
@@ -335,9 +339,10 @@ READ, WRITE, ADMIN = Role.READ, Role.WRITE, Role.ADMIN
 PROCEDURES: Final = ProcedureTable(
     [
         Procedure("connect.get_version", NoParams, VersionInfo, HIGH, READ,
-                  deadline=5, doc="The daemon's version, protocol version and default backend."),
+                  deadline=5, immediate=True,
+                  doc="The daemon's version, protocol version and default backend."),
         Procedure("connect.list_domains", ListDomainsParams, DomainList, HIGH,
-                  READ, deadline=5,
+                  READ, deadline=5, immediate=True,
                   doc="Every domain (or those in `state`), from cached state: never waits."),
         Procedure("connect.get_all_domain_stats", AllDomainStatsParams, AllDomainStats,
                   HIGH, READ, deadline=MAX_WAIT_SECONDS + 5,

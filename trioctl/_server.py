@@ -23,7 +23,10 @@ Shape::
             │                               in the error lane (_Turns)
             ├── one task per message        a single call or a whole batch; each call
             │   └── one task per call       holds one of the session's
-            │                               max_client_requests call slots
+            │                               max_client_requests call slots (a
+            │                               call of an ``immediate`` procedure,
+            │                               which never waits, runs in the
+            │                               reader itself)
             ├── writer                      sends the outbox (bounded in bytes);
             │                               runs only while the outbox holds frames
             ├── watcher                     the peer went away: cancel the session
@@ -76,14 +79,15 @@ import select
 import ssl
 import time
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Generator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import attrs
 import trio
 import trio_websocket
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
 from wsproto.handshake import H11Handshake
 
 from . import _http
@@ -122,6 +126,7 @@ from ._procedures import (
     VersionInfo,
 )
 from ._sansio import rpc
+from ._sansio.wsframes import MessageSizes
 from ._tokens import Tokens
 from ._util import open_service_nursery, wait_all_tasks_blocked
 from ._version import __version__
@@ -129,6 +134,8 @@ from ._version import __version__
 __all__ = ["BEARER_PREFIX", "SUBPROTOCOL", "Server", "Tokens", "serve"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _LATENCY_WINDOW: Final = 10_000
 _CLOSE_GOING_AWAY: Final = 1001
@@ -654,17 +661,20 @@ class Server:
         host = (_http.header(http_request, b"host") or b"").decode("latin-1").strip().lower()
         # The parsed head is not kept for the session's lifetime.
         del http_request
+        wsconn = WSConnection(ConnectionType.SERVER)
+        edge = _EdgeStream(stream, head, peer, wsconn, self.config.max_message_size)
         ws = trio_websocket.WebSocketConnection(
-            _http.PrefixedStream(stream, head, peer),
-            WSConnection(ConnectionType.SERVER),
+            edge,
+            wsconn,
             message_queue_size=1,
             max_message_size=self.config.max_message_size,
         )
+        edge.ws = ws
         async with trio.open_nursery() as conn_nursery:
             # trio-websocket's reader for this connection: it runs until the
             # stream is closed, so the closing handshake completes in the session.
             conn_nursery.start_soon(ws._reader_task)
-            session = await self._open_session(ws, host, slot, deadline)
+            session = await self._open_session(ws, host, slot, deadline, edge)
             if session is not None:
                 # Nothing of the handshake is kept for the session's lifetime.
                 del head, head_scope
@@ -679,6 +689,7 @@ class Server:
         host: str,
         slot: _AnonymousSlot,
         deadline: float,
+        edge: _EdgeStream | None = None,
     ) -> _Session | None:
         """The WebSocket handshake (trio-websocket's reader runs): the session
         registered, or None if the connection was refused, left or ran out
@@ -695,6 +706,8 @@ class Server:
                     accepted = await self._handshake(request, host)
                     if accepted is not None:
                         session = self._register(accepted)
+                        if edge is not None:
+                            edge.client = session.id
                         slot.release()  # no longer anonymous: never evicted
                 except (trio_websocket.ConnectionClosed, trio_websocket.HandshakeError):
                     pass
@@ -1022,16 +1035,56 @@ class Server:
                 # idle time (see _Turns).
                 self._watch(session, nursery)
                 await self.turns.take()
-            incoming = rpc.parse_request_text(
-                message,
-                max_size=self.config.max_message_size,
-                max_batch=self.config.max_batch,
-                max_answers=self._max_answers,
-            )
+            if len(message) < _LARGE:
+                incoming = rpc.parse_request_text(
+                    message,
+                    max_size=self.config.max_message_size,
+                    max_batch=self.config.max_batch,
+                    max_answers=self._max_answers,
+                )
+            else:
+                # A large batch is decoded in steps, letting the other
+                # sessions run between them.
+                incoming = await _paused(
+                    rpc.parse_request_steps(
+                        message,
+                        max_size=self.config.max_message_size,
+                        max_batch=self.config.max_batch,
+                        max_answers=self._max_answers,
+                    )
+                )
             del message
             session.in_flight += 1
             self._messages += 1
-            nursery.start_soon(self._handle_message, session, incoming)
+            if self._immediate(incoming):
+                # A call that never waits (get_version, a cached read): run
+                # here, saving a task and its scheduler passes per call. It
+                # goes through the same path (slot, table, role, deadline,
+                # worker token); the next message is read once it is answered.
+                # Meanwhile the reader counts as stopped, as under
+                # backpressure (keepalive: see _ping): such a call waits only
+                # for a worker token, and at most its deadline.
+                session.reader_waiting = True
+                if session.reader_paused is not None:
+                    session.reader_paused.set()
+                try:
+                    await self._handle_message(session, incoming)
+                finally:
+                    session.reader_waiting = False
+                    session.reader_paused = None
+            else:
+                nursery.start_soon(self._handle_message, session, incoming)
+
+    def _immediate(self, incoming: rpc.Incoming) -> bool:
+        """Whether ``incoming`` is one call of an ``immediate`` procedure."""
+        items = incoming.items
+        if len(items) != 1:
+            return False
+        item = items[0]
+        if isinstance(item, rpc.Invalid):
+            return False
+        proc = self.table.get(item.method)
+        return proc is not None and proc.immediate
 
     async def _handle_message(self, session: _Session, incoming: rpc.Incoming) -> None:
         try:
@@ -1050,13 +1103,17 @@ class Server:
                             # all the same, so the error lane (_Turns).
                             session.failing += 1
                             replies[index] = item.response()
+                            if not (index + 1) % rpc.STEP:
+                                # (Tens of thousands of them: let others run.)
+                                await trio.lowlevel.checkpoint()
                         else:
                             calls.start_soon(self._call, session, item, replies, index)
             if incoming.expects_reply:
                 answers = [r for r in replies if r is not None]
-                text = rpc.encode_responses(
-                    answers if incoming.batch else (answers[0] if answers else None)
-                )
+                if not incoming.batch:
+                    text = rpc.encode_responses(answers[0] if answers else None)
+                else:
+                    text = await _paused(rpc.encode_responses_steps(answers))
                 if text is not None:
                     await self._send(session, text)
         finally:
@@ -1075,7 +1132,14 @@ class Server:
         index: int,
     ) -> None:
         call_id = item.id if isinstance(item, rpc.Request) else None
-        async with session.limiter:
+        limiter = session.limiter
+        try:
+            # A free slot is taken without a scheduler pass (the reply's send
+            # is this call's checkpoint); else wait for one.
+            limiter.acquire_nowait()
+        except trio.WouldBlock:
+            await limiter.acquire()
+        try:
             start = time.perf_counter()
             proc = None
             try:
@@ -1120,6 +1184,8 @@ class Server:
                 self._histograms[proc.name].observe(elapsed)
             if isinstance(item, rpc.Request):
                 replies[index] = response
+        finally:
+            limiter.release()
 
     def _discover(self, params: rpc.Params) -> Any:
         if params:
@@ -1207,6 +1273,23 @@ class Server:
                 await self._quiet.wait()
 
 
+_LARGE: Final = 64 * 1024
+"""A message at least this long is decoded in steps (a batch of about 1,000
+short calls or more)."""
+
+
+async def _paused(steps: Generator[None, None, T]) -> T:
+    """Run a sans-I/O generator of pauses (see :data:`rpc.STEP`) to its end,
+    letting the other tasks run at each pause; its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+        await trio.lowlevel.checkpoint()
+
+
 def _percentiles(samples: Sequence[float]) -> LatencyPercentiles:
     if not samples:
         return LatencyPercentiles(0, 0.0, 0.0, 0.0)
@@ -1242,6 +1325,124 @@ def positional_params(proc: Procedure, values: list[Any]) -> dict[str, Any]:
             order=names,
         )
     return dict(zip(names, values, strict=False))
+
+
+_CLOSE_SEND: Final = 1.0
+"""How long a close frame for a protocol error may take to go out."""
+_UNSENDABLE: Final = frozenset({1005, 1006, 1015})
+"""Close codes a close frame must not carry (RFC 6455 section 7.4.1)."""
+
+
+def _close_frame(code: int, reason: str) -> bytes:
+    """A server's (unmasked) close frame: ``code`` and at most 123 bytes of
+    ``reason``, ASCII."""
+    payload = code.to_bytes(2, "big") + reason.encode("ascii", "replace")[:123]
+    return bytes([0x88, len(payload)]) + payload
+
+
+class _EdgeStream(_http.PrefixedStream):
+    """The connection's stream, as trio-websocket reads and writes it, with the
+    two protocol failures trio-websocket and wsproto leave silent answered
+    with a close frame and a log line.
+
+    * A frame header declaring a message over ``max_message_size`` (text or
+      binary frame and its continuations, in bytes): 1009 at the header
+      (:class:`~trioctl._sansio.wsframes.MessageSizes`), before any of its
+      payload is read or buffered; then trio-websocket sees the end of the
+      stream.
+    * A frame wsproto refuses (invalid UTF-8 in a text message: 1007; an
+      unmasked client frame, a bad opcode or close code: 1002): wsproto
+      reports it as a close from the peer, and trio-websocket closes the
+      stream without a close frame. :meth:`aclose` sees it (the connection
+      closed, wsproto's state still ``OPEN``: no close frame went either
+      way) and sends one with wsproto's code and reason first.
+
+    Only once the session is registered (``client`` set): a failure during
+    the handshake just ends the connection. While the close frame goes out,
+    any other send is refused (trio-websocket then reports the connection
+    closed), and a send in progress is waited for, so frames never interleave.
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        head: bytes,
+        peer: str,
+        wsconn: WSConnection,
+        max_message_size: int,
+    ) -> None:
+        super().__init__(stream, head, peer)
+        self.wsconn = wsconn
+        self.ws: trio_websocket.WebSocketConnection | None = None
+        self.client: str | None = None
+        """The session's id, once registered."""
+        self.refused: tuple[int, str] | None = None
+        """The close code and reason the connection was refused with."""
+        end = head.find(b"\r\n\r\n")
+        self.sizes = MessageSizes(max_message_size, skip=end + 4 if end >= 0 else len(head))
+        self._sending = False
+        self._sent: trio.Event | None = None
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        data = await super().receive_some(max_bytes)
+        if data and self.refused is None:
+            size = self.sizes.feed(data)
+            if size is not None:
+                limit = self.sizes.limit
+                await self.refuse(1009, f"message of {size} bytes over max_message_size {limit}")
+                return b""
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.refused is not None:
+            raise trio.ClosedResourceError("connection refused for a protocol error")
+        self._sending = True
+        try:
+            await self.stream.send_all(data)
+        finally:
+            self._sending = False
+            if self._sent is not None:
+                self._sent.set()
+                self._sent = None
+
+    async def aclose(self) -> None:
+        try:
+            ws = self.ws
+            closed = ws.closed if ws is not None else None
+            if (
+                self.refused is None
+                and self.client is not None
+                and closed is not None
+                and self.wsconn.state is ConnectionState.OPEN
+            ):
+                # wsproto refused a frame (it reports that as a close from
+                # the peer, but no close frame came, nor went).
+                await self.refuse(closed.code, closed.reason or "")
+        finally:
+            await super().aclose()
+
+    async def refuse(self, code: int, reason: str) -> None:
+        """Log, and send a close frame with ``code`` once no other frame is
+        being sent (at most :data:`_CLOSE_SEND` seconds); refuse other sends
+        from now on."""
+        self.refused = (code, reason)
+        log(
+            logger, logging.INFO, "client %s (%s): protocol error, closing with %d: %s",
+            self.client or "in handshake", repr(self), code, reason,
+            event="client_protocol_error", client=self.client, peer=repr(self),
+            code=code, detail=reason,
+        )  # fmt: skip
+        if self.client is None:
+            return
+        if code in _UNSENDABLE:
+            code = 1002
+        with trio.move_on_after(_CLOSE_SEND):
+            while self._sending:
+                if self._sent is None:
+                    self._sent = trio.Event()
+                await self._sent.wait()
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.stream.send_all(_close_frame(code, reason))
 
 
 class _AnonymousSlot:

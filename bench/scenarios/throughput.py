@@ -197,6 +197,13 @@ async def run(ctx: Context) -> dict[str, Any]:
                     "rounds": [round(i["calls_per_s"], 1) for i in items],
                     "server_cpu": round(statistics.median(i["server_cpu"] for i in items), 3),
                     "client_cpu": round(statistics.median(i["client_cpu"] for i in items), 3),
+                    # The figure the machine's load changes least.
+                    "server_cpu_us_per_call": round(
+                        statistics.median(
+                            1e6 * i["server_cpu"] / max(i["calls_per_s"], 1e-9) for i in items
+                        ),
+                        1,
+                    ),
                 }
         results["batch"] = {
             "size": BATCH,
@@ -209,6 +216,10 @@ async def run(ctx: Context) -> dict[str, Any]:
                 entry = results[server][str(c)]
                 echo_rate = results["echo"][str(c)]["calls_per_s"]
                 entry["ratio_to_echo"] = round(entry["calls_per_s"] / echo_rate, 3)
+                echo_cpu = results["echo"][str(c)]["server_cpu_us_per_call"]
+                entry["cpu_ratio_to_echo"] = (
+                    round(entry["server_cpu_us_per_call"] / echo_cpu, 3) if echo_cpu else None
+                )
         modes[mode.name] = results
     return {"sizes": sizes, "modes": modes}
 
@@ -223,6 +234,8 @@ def report(results: dict[str, Any]) -> Report:
                 e = data[server][str(c)]
                 ratio = fmt_ratio(e.get("ratio_to_echo", 1.0))
                 cpu = [f"{e['server_cpu']:.0%}", f"{e['client_cpu']:.0%}"]
+                per_call = e.get("server_cpu_us_per_call")
+                cpu.append("" if per_call is None else f"{per_call:.0f} us")
                 rows.append([mode, LABELS[server], c, f"{e['calls_per_s']:,.0f}", ratio, *cpu])
         if "batch" in data:
             b = data["batch"]
@@ -253,10 +266,20 @@ def report(results: dict[str, Any]) -> Report:
     return Report(
         f"Median of {sizes['rounds']} rounds of {sizes['seconds']:g} s; every connection has "
         "one call in flight at a time. CPU: share of one core used by the server process and "
-        "by the client (this process) during the round.",
+        "by the client (this process) during the round; server CPU per call, the figure the "
+        "load changes least (median of the rounds).",
         [
             Table(
-                ["mode", "server", "connections", "calls/s", "vs echo", "server CPU", "client CPU"],
+                [
+                    "mode",
+                    "server",
+                    "connections",
+                    "calls/s",
+                    "vs echo",
+                    "server CPU",
+                    "client CPU",
+                    "server CPU per call",
+                ],
                 rows,
             )
         ],

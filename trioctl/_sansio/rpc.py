@@ -88,8 +88,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
-from typing import Any, Final, NoReturn, TypeAlias
+from collections.abc import Generator, Sequence
+from typing import Any, Final, NoReturn, TypeAlias, TypeVar
 
 import attrs
 
@@ -109,6 +109,7 @@ __all__ = [
     "JSONRPC_VERSION",
     "RESERVED_METHOD_PREFIX",
     "RPC_EXTENSIONS",
+    "STEP",
     "Incoming",
     "IncomingItem",
     "Invalid",
@@ -122,12 +123,18 @@ __all__ = [
     "encode_notification",
     "encode_request",
     "encode_responses",
+    "encode_responses_steps",
     "error_from_wire",
     "error_to_wire",
     "is_reserved_method",
+    "parse_request_steps",
     "parse_request_text",
     "parse_response_text",
 ]
+
+STEP: Final = 1000
+"""Batch elements decoded (or answers encoded) between two pauses of
+:func:`parse_request_steps` and :func:`encode_responses_steps`."""
 
 RequestId: TypeAlias = str | int | float | None
 """A request id: a string, an integer, a finite number or null."""
@@ -472,6 +479,9 @@ def parse_request_text(
 ) -> Incoming:
     """Parse one message from a client: a call, a notification or a batch.
 
+    The whole message at once; :func:`parse_request_steps` is the same
+    parse in pauses, for a large batch.
+
     Never raises for any ``str`` or ``bytes``: everything the client got
     wrong becomes an :class:`Invalid` item carrying the error to answer.
 
@@ -490,6 +500,23 @@ def parse_request_text(
     Returns:
         The parsed message; see :class:`Incoming`.
     """
+    return _finish(
+        parse_request_steps(text, max_size=max_size, max_batch=max_batch, max_answers=max_answers)
+    )
+
+
+def parse_request_steps(
+    text: str | bytes,
+    *,
+    max_size: int | None = None,
+    max_batch: int | None = None,
+    max_answers: int | None = None,
+) -> Generator[None, None, Incoming]:
+    """:func:`parse_request_text` as a generator that pauses (yields None)
+    after every :data:`STEP` elements of a batch and returns the
+    :class:`Incoming`: the caller lets others run at each pause (a server's
+    event loop), so a batch of tens of thousands of elements never holds it
+    for more than :data:`STEP` of them."""
     if max_size is not None and len(text) > max_size:
         return _single_invalid(
             LimitExceeded(
@@ -509,7 +536,7 @@ def parse_request_text(
             )
         start = _skip_ws(text, 0)
         if start < len(text) and text[start] == "[":
-            return _parse_batch(text, start, max_batch, max_answers)
+            return (yield from _parse_batch(text, start, max_batch, max_answers))
     try:
         obj = _loads(text)
     except _BadJson as exc:
@@ -531,7 +558,22 @@ def _skip_ws(text: str, index: int) -> int:
     return index
 
 
-def _parse_batch(text: str, start: int, max_batch: int, max_answers: int | None) -> Incoming:
+T = TypeVar("T")
+
+
+def _finish(steps: Generator[None, None, T]) -> T:
+    """Run a generator of pauses to its end; its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+
+
+def _parse_batch(
+    text: str, start: int, max_batch: int, max_answers: int | None
+) -> Generator[None, None, Incoming]:
     """Decode a batch one element at a time.
 
     ``text[start]`` is ``[``. Within ``max_batch`` elements the result is the
@@ -544,6 +586,7 @@ def _parse_batch(text: str, start: int, max_batch: int, max_answers: int | None)
     elements: list[Any] = []
     ids: list[RequestId] = []
     over = False
+    count = 0
     index = _skip_ws(text, start + 1)
     try:
         if index < len(text) and text[index] == "]":
@@ -557,6 +600,9 @@ def _parse_batch(text: str, start: int, max_batch: int, max_answers: int | None)
                 raise _BadJson("JSON nested too deeply") from None
             except ValueError as exc:
                 raise _BadJson(f"invalid JSON: {exc}") from None
+            count += 1
+            if not count % STEP:
+                yield
             if over:
                 ids.append(_id_of(element))
             else:
@@ -579,10 +625,19 @@ def _parse_batch(text: str, start: int, max_batch: int, max_answers: int | None)
             raise _BadJson(f"invalid JSON: expected ',' or ']' at char {index}")
     except _BadJson as exc:
         return _single_invalid(ParseError(str(exc)))
+    items: list[IncomingItem] = []
     if over:
         error = _batch_limit(max_batch, answered=True)
-        return Incoming(tuple([Invalid(id_, error) for id_ in ids]), True)
-    return Incoming(tuple([_parse_item(element) for element in elements]), True)
+        for id_ in ids:
+            items.append(Invalid(id_, error))
+            if not len(items) % STEP:
+                yield
+        return Incoming(tuple(items), True)
+    for element in elements:
+        items.append(_parse_item(element))
+        if not len(items) % STEP:
+            yield
+    return Incoming(tuple(items), True)
 
 
 def _id_of(element: object) -> RequestId:
@@ -710,6 +765,22 @@ def encode_responses(responses: Response | Sequence[Response] | None) -> str | N
         return _ENCODER.encode([_response_to_wire(response) for response in responses])
     except _ENCODE_ERRORS:
         return "[" + ",".join([_encode_response(response) for response in responses]) + "]"
+
+
+def encode_responses_steps(
+    responses: Sequence[Response], step: int = STEP
+) -> Generator[None, None, str | None]:
+    """:func:`encode_responses` of a batch's responses as a generator that
+    pauses (yields None) after every ``step`` of them; the same text."""
+    if len(responses) <= step:
+        return encode_responses(responses)
+    parts: list[str] = []
+    for at in range(0, len(responses), step):
+        text = encode_responses(responses[at : at + step])
+        assert text is not None  # a non-empty sequence
+        parts.append(text[1:-1])
+        yield
+    return "[" + ",".join(parts) + "]"
 
 
 # -- client side ----------------------------------------------------------------------
