@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -121,6 +122,100 @@ class EventRateLimit:
 _RECEIVE_SIZE = 65536
 _CLOSE_TIMEOUT = 1.0
 
+_IN = select.EPOLLIN
+_OUT = select.EPOLLOUT
+
+
+class _Hub:
+    """One reader for every socket monitor of a Trio run: a nested
+    ``select.epoll`` on which the monitors' descriptors are registered, and
+    one task (a Trio system task, started with the first monitor and ending
+    with the run) that waits for that epoll with ``wait_readable`` and calls
+    each ready monitor synchronously: :meth:`Monitor._on_readable` (one read,
+    every whole message of it parsed, replies routed, events dispatched,
+    EOF or an error closes the monitor) and :meth:`Monitor._on_writable`
+    (what the socket did not take at once).
+
+    So an idle monitor costs no task, no nursery and no cancel scope: its
+    file descriptor in the epoll and its entry here. The task reads at most
+    one buffer per monitor per pass and waits again (a checkpoint) before
+    the next: one monitor flooding cannot hold the loop. It never raises:
+    a monitor whose handler fails is closed (ConnectionLost) and logged.
+    """
+
+    __slots__ = ("_epoll", "_monitors", "_running")
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._monitors: dict[int, Monitor] = {}
+        self._running = False
+
+    def __len__(self) -> int:
+        return len(self._monitors)
+
+    def register(self, fd: int, monitor: Monitor) -> None:
+        stale = self._monitors.get(fd)
+        if stale is not None and stale is not monitor:
+            # The descriptor was closed behind the hub's back (the kernel
+            # forgot it then) and its number is reused: that monitor is gone.
+            stale._close(ConnectionLost("the monitor's socket was closed"))
+        try:
+            self._epoll.register(fd, _IN)
+        except FileExistsError:
+            self._epoll.modify(fd, _IN)
+        self._monitors[fd] = monitor
+        if not self._running:
+            self._running = True
+            trio.lowlevel.spawn_system_task(self._run, name="trioctl monitor reader")
+
+    def unregister(self, fd: int, monitor: Monitor) -> None:
+        """Forget ``monitor`` (only if ``fd`` is still its own)."""
+        if self._monitors.get(fd) is monitor:
+            del self._monitors[fd]
+            try:
+                self._epoll.unregister(fd)
+            except OSError:
+                pass  # already closed: the kernel forgot it
+
+    def want_write(self, fd: int, monitor: Monitor, on: bool) -> None:
+        if self._monitors.get(fd) is monitor:
+            self._epoll.modify(fd, _IN | _OUT if on else _IN)
+
+    async def _run(self) -> None:
+        epoll, monitors = self._epoll, self._monitors
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(epoll)
+                for fd, mask in epoll.poll(0):
+                    monitor = monitors.get(fd)
+                    if monitor is None:
+                        continue
+                    try:
+                        if mask & _OUT:
+                            monitor._on_writable()
+                        if mask & ~_OUT:
+                            monitor._on_readable()
+                    except Exception as exc:
+                        logger.exception("the monitor reader failed")
+                        monitor._close(ConnectionLost(f"the monitor reader failed: {exc!r}"))
+        finally:
+            # The run ends (system tasks are cancelled last): nothing to read for.
+            self._running = False
+            for monitor in list(monitors.values()):
+                monitor._close(ConnectionLost("the monitor reader stopped"))
+            epoll.close()
+
+
+_hubs: trio.lowlevel.RunVar[_Hub] = trio.lowlevel.RunVar("trioctl_monitor_hub")
+
+
+def _hub() -> _Hub:
+    hub = _hubs.get(None)
+    if hub is None or hub._epoll.closed:
+        hub = _Hub()
+        _hubs.set(hub)
+    return hub
+
 
 @attrs.frozen
 class MonitorStatistics:
@@ -154,9 +249,10 @@ class Monitor:
         self._writing = False
         """The writer task runs (it sends ``_out``)."""
         self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
-        self._drained = False
-        """The last read from the socket returned less than asked (see
-        :meth:`_receive_socket`)."""
+        """A socket's descriptor: the hub reads and writes it (None: another
+        stream, served by a reader task and a writer task)."""
+        self._hub: _Hub | None = None
+        """The hub while the monitor is registered with it."""
         self._nursery: trio.Nursery | None = None
         self._subscribers = FanOut[Event]()
         self._handlers: list[Callable[[Event], None]] = []
@@ -270,53 +366,75 @@ class Monitor:
             return msg
 
     async def _reader(self) -> None:
-        receive = self._stream.receive_some if self._fd is None else self._receive_socket
+        """The reader task of a monitor over a stream that is not a socket."""
         try:
             while True:
-                msg = self._conn.next_event()
+                if self._parse():
+                    return
+                self._conn.receive_data(await self._stream.receive_some(_RECEIVE_SIZE))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._close(ConnectionLost(f"the monitor connection failed: {exc!r}"))
+
+    def _parse(self) -> bool:
+        """Handle every whole message received; True once the monitor is closed."""
+        conn = self._conn
+        try:
+            while self._closed is None:
+                msg = conn.next_event()
                 if msg is NEED_DATA:
-                    self._conn.receive_data(await receive(_RECEIVE_SIZE))
-                elif isinstance(msg, Return | ErrorReply):
+                    return False
+                if isinstance(msg, Return | ErrorReply):
                     self._route_reply(msg)
                 elif isinstance(msg, Event):
                     self._dispatch_event(msg)
                 elif isinstance(msg, Closed):
                     self._close(ConnectionLost("the monitor closed the connection (EOF)"))
-                    return
         except RemoteProtocolError as exc:
             self._close(ConnectionLost(f"the monitor broke the protocol: {exc}"))
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            self._close(ConnectionLost(f"the monitor connection failed: {exc!r}"))
+        return True
 
-    async def _receive_socket(self, size: int) -> bytes:
-        """``receive_some`` of the socket, without its costs that a monitor
-        does not need: when the last read returned less than ``size``, the
-        socket was drained then, so wait for it first instead of a ``recv``
-        that fails; and no scheduling pass after the data came (the reader
-        parses it at once). Every call still waits or checkpoints, so the
-        reader is cancellable and never holds the loop.
-        """
+    def _on_readable(self) -> None:
+        """The hub saw the socket readable: one read, and what it completes."""
         assert self._fd is not None
-        while True:
-            if self._drained:
-                await trio.lowlevel.wait_readable(self._fd)
-            else:
-                await trio.lowlevel.checkpoint()
-            try:
-                data = os.read(self._fd, size)
-            except BlockingIOError:
-                self._drained = True
-                continue
-            self._drained = len(data) < size
-            return data
+        try:
+            data = os.read(self._fd, _RECEIVE_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._close(ConnectionLost(f"the monitor connection failed: {exc!r}"))
+            return
+        self._conn.receive_data(data)
+        self._parse()
+
+    def _on_writable(self) -> None:
+        """The hub saw the full socket writable again: send what is queued."""
+        assert self._fd is not None
+        data = b"".join(self._out)
+        try:
+            sent = os.write(self._fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._close(ConnectionLost(f"writing to the monitor failed: {exc!r}"))
+            return
+        if sent < len(data):
+            self._out = [data[sent:]]
+            return
+        self._out = []
+        self._writing = False
+        if self._hub is not None:
+            self._hub.want_write(self._fd, self, False)
 
     def _write(self, wire: bytes) -> None:
         """Send ``wire`` after everything queued before it, without waiting.
 
         Synchronous: what the socket takes at once goes now; the rest is
-        queued for the writer task. A failure closes the monitor (the
+        queued, and the hub sends it when the socket is writable again (over
+        another stream: a writer task). A failure closes the monitor (the
         waiters get ConnectionLost).
         """
+        if self._closed is not None:
+            return
         if not self._writing and self._fd is not None:
             try:
                 sent = os.write(self._fd, wire)
@@ -329,7 +447,13 @@ class Monitor:
                 return
             wire = wire[sent:]
         self._out.append(wire)
-        if not self._writing and self._nursery is not None:
+        if self._writing:
+            return
+        if self._hub is not None:
+            assert self._fd is not None
+            self._writing = True
+            self._hub.want_write(self._fd, self, True)
+        elif self._nursery is not None:
             self._writing = True
             self._nursery.start_soon(self._writer)
 
@@ -363,6 +487,11 @@ class Monitor:
             self._closed = why
             self._closed_event.set()
             logger.debug("monitor closed: %s", why.message)
+        if self._hub is not None:
+            assert self._fd is not None
+            self._hub.unregister(self._fd, self)
+            self._hub = None
+            self._writing = False
         self._pending.fail(lambda: ConnectionLost(str(why)))
         self._subscribers.close()
         self._out.clear()
@@ -409,13 +538,21 @@ async def open_monitor_stream(
             raise MonitorTimeout(
                 f"no QMP handshake on {peer} within {handshake_timeout:g} s", peer=peer
             )
-        async with open_service_nursery() as nursery:
-            monitor._nursery = nursery
-            nursery.start_soon(monitor._reader)
-            try:
-                yield monitor
-            finally:
-                nursery.cancel_scope.cancel()
+        if monitor._fd is not None:
+            # A socket: no task of its own, the run's hub reads and writes it.
+            monitor._hub = _hub()
+            monitor._hub.register(monitor._fd, monitor)
+            # What came with the handshake's last read is handled now.
+            monitor._parse()
+            yield monitor
+        else:
+            async with open_service_nursery() as nursery:
+                monitor._nursery = nursery
+                nursery.start_soon(monitor._reader)
+                try:
+                    yield monitor
+                finally:
+                    nursery.cancel_scope.cancel()
     finally:
         monitor._close(ConnectionLost("the monitor was closed"))
         with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT):
