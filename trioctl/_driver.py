@@ -1274,6 +1274,10 @@ async def open_driver(config: DriverConfig) -> AsyncIterator[Driver]:
             finally:
                 nursery.cancel_scope.cancel()
     finally:
-        # Supervision has ended; the processes run on, unwatched.
+        # Supervision has ended; the processes run on, unwatched. An idle
+        # domain has no task that the cancellation ended: close its monitor.
         if driver is not None:
+            for dom in driver._domains.values():
+                if dom.run is not None:
+                    dom.run.detach()
             driver._processes.close()

@@ -69,13 +69,14 @@ from ._sansio.qmp import (
     QmpState,
     Return,
 )
-from ._util import ReplyWaiters, open_service_nursery
+from ._util import Reply, ReplyWaiters, open_service_nursery
 
 __all__ = [
     "EventRateLimit",
     "Monitor",
     "MonitorStatistics",
     "Subscription",
+    "connect_monitor",
     "open_monitor",
     "open_monitor_stream",
 ]
@@ -179,7 +180,17 @@ class _Hub:
 
     def want_write(self, fd: int, monitor: Monitor, on: bool) -> None:
         if self._monitors.get(fd) is monitor:
-            self._epoll.modify(fd, _IN | _OUT if on else _IN)
+            reading = 0 if monitor._direct else _IN
+            self._epoll.modify(fd, reading | _OUT if on else reading)
+
+    def pause(self, fd: int, monitor: Monitor, writing: bool) -> None:
+        """Stop reading ``fd`` (a caller reads it); still write if ``writing``."""
+        if self._monitors.get(fd) is monitor:
+            self._epoll.modify(fd, _OUT if writing else 0)
+
+    def resume(self, fd: int, monitor: Monitor, writing: bool) -> None:
+        if self._monitors.get(fd) is monitor:
+            self._epoll.modify(fd, _IN | _OUT if writing else _IN)
 
     async def _run(self) -> None:
         epoll, monitors = self._epoll, self._monitors
@@ -210,7 +221,10 @@ _hubs: trio.lowlevel.RunVar[_Hub] = trio.lowlevel.RunVar("trioctl_monitor_hub")
 
 
 def _hub() -> _Hub:
-    hub = _hubs.get(None)
+    try:
+        hub: _Hub | None = _hubs.get()
+    except LookupError:
+        hub = None
     if hub is None or hub._epoll.closed:
         hub = _Hub()
         _hubs.set(hub)
@@ -253,6 +267,12 @@ class Monitor:
         stream, served by a reader task and a writer task)."""
         self._hub: _Hub | None = None
         """The hub while the monitor is registered with it."""
+        self._direct = False
+        """A caller reads the socket itself (:meth:`_read_directly`)."""
+        self._on_close: Callable[[], None] | None = None
+        self._owns_socket = False
+        """Closing the monitor closes its socket (:func:`connect_monitor`; a
+        block of :func:`open_monitor` closes it as it ends)."""
         self._nursery: trio.Nursery | None = None
         self._subscribers = FanOut[Event]()
         self._handlers: list[Callable[[Event], None]] = []
@@ -295,11 +315,41 @@ class Monitor:
         with self._pending.expect(cmd_id) as waiter:
             self._write(wire)
             self._commands_sent += 1
-            reply = await waiter.wait()
+            if self._hub is not None and not self._direct and len(self._pending) == 1:
+                reply = await self._read_directly(waiter)
+            else:
+                reply = await waiter.wait()
         if isinstance(reply, ErrorReply):
             raise QmpCommandError(command, reply.error_class, reply.desc)
         assert isinstance(reply, Return)
         return reply.value
+
+    async def _read_directly(self, waiter: Reply[Return | ErrorReply]) -> Return | ErrorReply:
+        """Wait for the reply of the only caller waiting by reading the socket
+        in the caller's task: the hub lets go of the descriptor meanwhile, so
+        the reply costs one wake-up (this task's) instead of two (the hub's,
+        then the caller's). Whatever else comes meanwhile is handled as the
+        hub would (events, replies of callers that came since, EOF); when
+        the reply is here, or the caller is cancelled, the hub reads again.
+        """
+        assert self._hub is not None and self._fd is not None
+        fd, hub = self._fd, self._hub
+        self._direct = True
+        hub.pause(fd, self, self._writing)
+        try:
+            while not waiter.done:
+                try:
+                    await trio.lowlevel.wait_readable(fd)
+                except trio.ClosedResourceError:
+                    # _close woke this task (see there), or the socket closed.
+                    self._close(ConnectionLost("the monitor was closed"))
+                    break
+                self._on_readable()
+        finally:
+            self._direct = False
+            if self._hub is not None:
+                self._hub.resume(fd, self, self._writing)
+        return waiter.result()
 
     async def wait_closed(self) -> None:
         """Return once the connection is lost or the monitor closed."""
@@ -317,6 +367,30 @@ class Monitor:
                 yield sub
             finally:
                 sub.receive_channel.close()
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once, synchronously, when the monitor closes
+        (at once if it has): EOF, a reset, a protocol violation, or
+        :meth:`close`. It must not block; an exception it raises is logged."""
+        if self._closed is not None:
+            self._call_on_close(callback)
+        else:
+            self._on_close = callback
+
+    def close(self) -> None:
+        """Close the connection now (synchronous; for :func:`connect_monitor`).
+
+        Waiting commands get :class:`~trioctl.ConnectionLost`.
+        """
+        self._owns_socket = isinstance(self._stream, trio.SocketStream)
+        self._close(ConnectionLost("the monitor was closed"))
+
+    @staticmethod
+    def _call_on_close(callback: Callable[[], None]) -> None:
+        try:
+            callback()
+        except Exception:
+            logger.exception("a monitor close callback failed")
 
     def add_event_handler(self, handler: Callable[[Event], None]) -> None:
         """Call ``handler(event)`` synchronously from the reader for each event.
@@ -392,6 +466,14 @@ class Monitor:
         except RemoteProtocolError as exc:
             self._close(ConnectionLost(f"the monitor broke the protocol: {exc}"))
         return True
+
+    def _attach(self) -> None:
+        """A socket: no task of its own, the run's hub reads and writes it."""
+        assert self._fd is not None
+        self._hub = _hub()
+        self._hub.register(self._fd, self)
+        # What came with the handshake's last read is handled now.
+        self._parse()
 
     def _on_readable(self) -> None:
         """The hub saw the socket readable: one read, and what it completes."""
@@ -492,9 +574,18 @@ class Monitor:
             self._hub.unregister(self._fd, self)
             self._hub = None
             self._writing = False
+            if self._direct:
+                # The caller reading the socket waits for it, not its reply.
+                trio.lowlevel.notify_closing(self._fd)
         self._pending.fail(lambda: ConnectionLost(str(why)))
         self._subscribers.close()
         self._out.clear()
+        if self._owns_socket:
+            assert isinstance(self._stream, trio.SocketStream)
+            self._stream.socket.close()
+        callback, self._on_close = self._on_close, None
+        if callback is not None:
+            self._call_on_close(callback)
 
 
 @asynccontextmanager
@@ -522,6 +613,32 @@ async def open_monitor(path: str, *, handshake_timeout: float = 10.0) -> AsyncIt
         yield monitor
 
 
+async def connect_monitor(path: str, *, handshake_timeout: float = 10.0) -> Monitor:
+    """Like :func:`open_monitor`, without a block: the monitor stays open,
+    read by the run's hub (no task of its own), until it is lost or
+    :meth:`Monitor.close` closes it. Raises as :func:`open_monitor`.
+    """
+    stream = await trio.open_unix_socket(path)
+    monitor = Monitor(stream, QmpConnection())
+    monitor._owns_socket = True
+    try:
+        await _negotiate(monitor, handshake_timeout, path)
+    except BaseException:
+        monitor.close()
+        raise
+    monitor._attach()
+    return monitor
+
+
+async def _negotiate(monitor: Monitor, handshake_timeout: float, peer: str) -> None:
+    with trio.move_on_after(handshake_timeout) as scope:
+        await monitor._handshake()
+    if scope.cancelled_caught:
+        raise MonitorTimeout(
+            f"no QMP handshake on {peer} within {handshake_timeout:g} s", peer=peer
+        )
+
+
 @asynccontextmanager
 async def open_monitor_stream(
     stream: trio.abc.Stream, *, handshake_timeout: float = 10.0, peer: str = "stream"
@@ -532,18 +649,9 @@ async def open_monitor_stream(
     """
     monitor = Monitor(stream, QmpConnection())
     try:
-        with trio.move_on_after(handshake_timeout) as scope:
-            await monitor._handshake()
-        if scope.cancelled_caught:
-            raise MonitorTimeout(
-                f"no QMP handshake on {peer} within {handshake_timeout:g} s", peer=peer
-            )
+        await _negotiate(monitor, handshake_timeout, peer)
         if monitor._fd is not None:
-            # A socket: no task of its own, the run's hub reads and writes it.
-            monitor._hub = _hub()
-            monitor._hub.register(monitor._fd, monitor)
-            # What came with the handshake's last read is handled now.
-            monitor._parse()
+            monitor._attach()
             yield monitor
         else:
             async with open_service_nursery() as nursery:
