@@ -10,6 +10,7 @@ cancellation of a caller that reads, many monitors with no task each.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -26,14 +27,16 @@ import trio.testing
 from trioctl import ConnectionLost
 from trioctl._launcher import LaunchSpec, launch
 from trioctl._monitor import Monitor, _hub, connect_monitor, open_monitor, open_monitor_stream
-from trioctl._sansio.qmp import QmpConnection
+from trioctl._sansio.qmp import Event, QmpConnection
 
 from .test_monitor import FakeQemu, echo_status
 
 
 def _tasks() -> int:
     """Tasks of the run, system tasks included."""
-    count, stack = 0, [trio.lowlevel.current_root_task()]
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    count, stack = 0, [root]
     while stack:
         task = stack.pop()
         count += 1
@@ -75,8 +78,8 @@ async def test_many_monitors_have_no_task_and_get_their_own_replies_and_events()
             before = _tasks()
             assert len(_hub()) >= 50
             seen: list[list[str]] = [[] for _ in monitors]
-            for i, (monitor, _) in enumerate(monitors):
-                monitor.add_event_handler(lambda ev, i=i: seen[i].append(ev.name))
+            for names, (monitor, _) in zip(seen, monitors, strict=True):
+                monitor.add_event_handler(functools.partial(_record, names))
             # Events of idle monitors go to their own handlers, by the hub.
             for i, (_, fake) in enumerate(monitors):
                 await fake.send(
@@ -97,7 +100,12 @@ async def test_many_monitors_have_no_task_and_get_their_own_replies_and_events()
             assert _tasks() == before  # no task per monitor came or stayed
             nursery.cancel_scope.cancel()
         for fake in peers:
-            fake.stream.socket.close()
+            assert isinstance(fake.stream, trio.SocketStream)
+        fake.stream.socket.close()
+
+
+def _record(names: list[str], event: Event) -> None:
+    names.append(event.name)
 
 
 async def _hold(sock: trio.socket.SocketType, *, task_status: Any) -> None:
