@@ -99,9 +99,9 @@ async def test_many_monitors_have_no_task_and_get_their_own_replies_and_events()
             assert all(results[i]["cmd"] == f"cmd{i}" for i in range(50))
             assert _tasks() == before  # no task per monitor came or stayed
             nursery.cancel_scope.cancel()
-        for fake in peers:
-            assert isinstance(fake.stream, trio.SocketStream)
-        fake.stream.socket.close()
+        for peer in peers:
+            assert isinstance(peer.stream, trio.SocketStream)
+            peer.stream.socket.close()
 
 
 def _record(names: list[str], event: Event) -> None:
