@@ -1,8 +1,9 @@
 """The domain driver: the registry of domains, their operations, reconnect.
 
 The registry keeps each domain's definition and cached state; one running
-domain's supervision (its nursery: monitor loop, reconnect job holder,
-probe) is a :class:`~trioctl._supervisor.DomainRun`, started in the driver's
+domain's supervision (a task with its nursery only while there is work:
+monitor loop, reconnect job holder, probe; none while the domain is idle)
+is a :class:`~trioctl._supervisor.DomainRun`, its tasks in the driver's
 nursery; the processes' pidfds, and one exit watcher per process, are in a
 :class:`~trioctl._processes.ProcessTable`; every change of state is a row of
 :data:`trioctl._lifecycle.TRANSITIONS`; events reach subscribers through a

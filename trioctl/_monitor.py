@@ -1,25 +1,32 @@
 """The Trio shell around the sans-I/O QMP core: one monitor connection.
 
-:func:`open_monitor` connects to one QEMU's QMP socket, negotiates, and runs
-two service tasks in a nursery that it owns and that lives exactly as long as
-the ``async with`` block:
+:func:`open_monitor` connects to one QEMU's QMP socket and negotiates; the
+monitor lives exactly as long as the ``async with`` block
+(:func:`connect_monitor`: until it is lost or :meth:`Monitor.close`).
 
-* the **reader** feeds bytes to :class:`~trioctl._sansio.qmp.QmpConnection`
-  and routes each reply to the caller waiting for its id, and each event to
-  the subscribers; over a socket it reads the file descriptor itself (after
-  a read that drained the socket it waits for readability first, instead of
-  a ``recv`` that fails, and it parses what came without a scheduling pass
-  in between: a round trip is one wake-up of the reader and one of the
-  caller);
-* the **writer** runs only while the socket is full: a caller writes its
-  encoded command itself, synchronously (no checkpoint, so a cancellation
-  never leaves half a line on the wire), when nothing is queued and the
-  socket takes all of it; otherwise the rest is queued and a writer task,
-  started on demand, sends everything queued in order and ends when the
-  queue is empty. (Many tasks writing under a lock were 3.5-4x slower than
-  one writer task on this machine; the synchronous write costs neither a
-  task switch nor a task per idle monitor.) Over a stream that is not a
-  socket every write goes through the writer.
+A monitor over a socket has no task of its own. The run's **hub**
+(:class:`_Hub`: one Trio system task, a nested ``select.epoll`` holding every
+monitor's socket) reads each ready monitor: one read, every whole message of
+it fed to :class:`~trioctl._sansio.qmp.QmpConnection`, each reply routed to
+the caller waiting for its id and each event to the subscribers; EOF, a
+reset or a protocol violation closes the monitor. It reads one buffer per
+monitor per pass and waits again, so a monitor flooding cannot hold the
+loop.
+
+* **Reads.** The caller that is the only one waiting reads its reply itself
+  (:meth:`Monitor._read_directly`: ``wait_readable`` on the socket while the
+  hub's registration is paused): a round trip wakes one task, the caller.
+  Any other caller parks until its reply is routed to it.
+* **Writes.** A caller writes its encoded command itself, synchronously (no
+  checkpoint, so a cancellation never leaves half a line on the wire), when
+  nothing is queued and the socket takes all of it; otherwise the rest is
+  queued and the hub sends everything queued, in order, when the socket is
+  writable again. (Many tasks writing under a lock were 3.5-4x slower than
+  one writer on this machine.)
+
+Over a stream that is not a socket (tests' memory streams) a reader task
+and a writer task, started on demand, in a nursery of the block, do the
+same.
 
 :meth:`Monitor.execute` has no ``timeout=`` argument: callers put it under a
 cancel scope. A cancelled caller's id is dropped; QEMU may still run the

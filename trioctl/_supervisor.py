@@ -1,18 +1,24 @@
 """One domain's supervision: a run of its process, from start to exit.
 
-Shape (one :class:`DomainRun` per running domain, its task in the driver's
-nursery)::
+Shape (one :class:`DomainRun` per running domain)::
 
-    DomainRun.supervise()                 one task per running domain
+    DomainRun.supervise()                 while the domain starts or reconnects
     └── domain nursery                    cancelled when the process exits
-        ├── monitor loop                  in the supervisor's task: open_monitor(...);
-        │   │                             reconnect with backoff
-        │   └── monitor nursery           QMP reader (+ writer while the socket is full)
+        ├── monitor loop                  in the supervisor's task: connect_monitor(...);
+        │                                 reconnect with backoff; returns once `ok`
         ├── reconnect job holder          (after a daemon restart only)
         └── probe                         while the monitor is unresponsive
 
+An idle domain has no task: its supervision task ends once the monitor is
+`ok` and nothing else runs. The monitor stays open, read by the run's hub
+(:mod:`trioctl._monitor`); its close calls :meth:`DomainRun._on_monitor_closed`
+back, which starts a supervision task (:meth:`DomainRun._work`, in the
+driver's nursery, with a domain nursery of its own) to reconnect, as
+:meth:`DomainRun.mark_unresponsive` does for the probe.
+
 The exit watcher is the process table's (one task per process, see
-:mod:`trioctl._processes`): it calls :meth:`DomainRun._on_exit`.
+:mod:`trioctl._processes`): it calls :meth:`DomainRun._on_exit`, which
+closes the monitor and cancels the domain nursery if a task runs.
 
 A failure inside the domain nursery is logged and ends that domain's
 supervision; it never reaches the driver nursery. The registry (the driver)
