@@ -210,11 +210,13 @@ async def test_callers_that_come_while_one_reads_are_served() -> None:
                 await trio.testing.wait_all_tasks_blocked()
                 # Answered in reverse order: the first caller reads the
                 # others' replies, then leaves; the hub reads its own.
-                second, third = fake.held[1:]
-                await fake.send({"return": 3, "id": third["id"]}, {"return": 2, "id": second["id"]})
+                held = {cmd["execute"]: cmd["id"] for cmd in fake.held}
+                await fake.send(
+                    {"return": 3, "id": held["third"]}, {"return": 2, "id": held["second"]}
+                )
                 await trio.testing.wait_all_tasks_blocked()
                 assert results == {"second": 2, "third": 3}
-                await fake.send({"return": 1, "id": fake.held[0]["id"]})
+                await fake.send({"return": 1, "id": held["first"]})
             assert results == {"first": 1, "second": 2, "third": 3}
 
 
