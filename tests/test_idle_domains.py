@@ -63,6 +63,17 @@ async def test_idle_domains_have_no_task_and_reconnect_after_eof(sock_dir: Path)
                 await wait_until(lambda: driver.get_info("a").monitor is MonitorState.OK)
                 await wait_until(lambda: run.nursery is None and not run.probing)
 
+                # Work that comes before its supervision task runs joins it.
+                run.mark_unresponsive("the test says so again")
+                current = run.monitor
+                assert current is not None
+                current.close()  # its close callback asks for a reconnect
+                assert run.pending_work is not None and len(run.pending_work) == 2
+                await wait_until(lambda: run.monitor is not None and run.monitor is not current)
+                await wait_until(lambda: driver.get_info("a").monitor is MonitorState.OK)
+                await wait_until(lambda: run.nursery is None and not run.probing)
+                assert run.pending_work is None
+
                 # The process exits while idle: the exit callback closes the monitor.
                 monitor = run.monitor
                 assert monitor is not None

@@ -147,6 +147,9 @@ class DomainRun:
     """The run was adopted by a restarted daemon (not started by it)."""
     detached: bool = False
     """Supervision has ended (see :meth:`detach`); the process may run on."""
+    pending_work: list[Callable[[], Awaitable[None]]] | None = None
+    """Work for the supervision task that :meth:`_start_work` started and
+    that has not run yet."""
     reconnect_job: JobHandle | None = None
     """After a parallel reconnect: the domain's job, taken by the driver as it
     loaded the domain (:meth:`DomainJobs.claim`), held by the supervisor's
@@ -261,18 +264,26 @@ class DomainRun:
                 return True
             except RuntimeError:
                 pass  # that task is ending (its nursery takes no more): start another
-        self.host._nursery.start_soon(self._work, work)
+        if self.pending_work is not None:
+            self.pending_work.append(work)  # a supervision task is on its way
+        else:
+            self.pending_work = [work]
+            self.host._nursery.start_soon(self._work)
         return True
 
-    async def _work(self, work: Callable[[], Awaitable[None]]) -> None:
+    async def _work(self) -> None:
         """A supervision task for work that came while the domain was idle
         (a reconnect, a probe): the domain nursery while it lasts."""
+        works, self.pending_work = self.pending_work or [], None
+        if self.detached or self.exited.is_set():
+            return
         clean = False
         nursery: trio.Nursery | None = None
         try:
             async with open_service_nursery() as nursery:
                 self.nursery = nursery
-                await work()
+                for work in works:
+                    nursery.start_soon(work)
             clean = True
         except Exception:
             logger.exception("supervision of domain %s failed", self.name)
