@@ -1,8 +1,9 @@
 """The domain driver: the registry of domains, their operations, reconnect.
 
 The registry keeps each domain's definition and cached state; one running
-domain's supervision (its nursery: monitor loop, reconnect job holder,
-probe) is a :class:`~trioctl._supervisor.DomainRun`, started in the driver's
+domain's supervision (a task with its nursery only while there is work:
+monitor loop, reconnect job holder, probe; none while the domain is idle)
+is a :class:`~trioctl._supervisor.DomainRun`, its tasks in the driver's
 nursery; the processes' pidfds, and one exit watcher per process, are in a
 :class:`~trioctl._processes.ProcessTable`; every change of state is a row of
 :data:`trioctl._lifecycle.TRANSITIONS`; events reach subscribers through a
@@ -1273,6 +1274,10 @@ async def open_driver(config: DriverConfig) -> AsyncIterator[Driver]:
             finally:
                 nursery.cancel_scope.cancel()
     finally:
-        # Supervision has ended; the processes run on, unwatched.
+        # Supervision has ended; the processes run on, unwatched. An idle
+        # domain has no task that the cancellation ended: close its monitor.
         if driver is not None:
+            for dom in driver._domains.values():
+                if dom.run is not None:
+                    dom.run.detach()
             driver._processes.close()

@@ -1,25 +1,32 @@
 """The Trio shell around the sans-I/O QMP core: one monitor connection.
 
-:func:`open_monitor` connects to one QEMU's QMP socket, negotiates, and runs
-two service tasks in a nursery that it owns and that lives exactly as long as
-the ``async with`` block:
+:func:`open_monitor` connects to one QEMU's QMP socket and negotiates; the
+monitor lives exactly as long as the ``async with`` block
+(:func:`connect_monitor`: until it is lost or :meth:`Monitor.close`).
 
-* the **reader** feeds bytes to :class:`~trioctl._sansio.qmp.QmpConnection`
-  and routes each reply to the caller waiting for its id, and each event to
-  the subscribers; over a socket it reads the file descriptor itself (after
-  a read that drained the socket it waits for readability first, instead of
-  a ``recv`` that fails, and it parses what came without a scheduling pass
-  in between: a round trip is one wake-up of the reader and one of the
-  caller);
-* the **writer** runs only while the socket is full: a caller writes its
-  encoded command itself, synchronously (no checkpoint, so a cancellation
-  never leaves half a line on the wire), when nothing is queued and the
-  socket takes all of it; otherwise the rest is queued and a writer task,
-  started on demand, sends everything queued in order and ends when the
-  queue is empty. (Many tasks writing under a lock were 3.5-4x slower than
-  one writer task on this machine; the synchronous write costs neither a
-  task switch nor a task per idle monitor.) Over a stream that is not a
-  socket every write goes through the writer.
+A monitor over a socket has no task of its own. The run's **hub**
+(:class:`_Hub`: one Trio system task, a nested ``select.epoll`` holding every
+monitor's socket) reads each ready monitor: one read, every whole message of
+it fed to :class:`~trioctl._sansio.qmp.QmpConnection`, each reply routed to
+the caller waiting for its id and each event to the subscribers; EOF, a
+reset or a protocol violation closes the monitor. It reads one buffer per
+monitor per pass and waits again, so a monitor flooding cannot hold the
+loop.
+
+* **Reads.** The caller that is the only one waiting reads its reply itself
+  (:meth:`Monitor._read_directly`: ``wait_readable`` on the socket while the
+  hub's registration is paused): a round trip wakes one task, the caller.
+  Any other caller parks until its reply is routed to it.
+* **Writes.** A caller writes its encoded command itself, synchronously (no
+  checkpoint, so a cancellation never leaves half a line on the wire), when
+  nothing is queued and the socket takes all of it; otherwise the rest is
+  queued and the hub sends everything queued, in order, when the socket is
+  writable again. (Many tasks writing under a lock were 3.5-4x slower than
+  one writer on this machine.)
+
+Over a stream that is not a socket (tests' memory streams) a reader task
+and a writer task, started on demand, in a nursery of the block, do the
+same.
 
 :meth:`Monitor.execute` has no ``timeout=`` argument: callers put it under a
 cancel scope. A cancelled caller's id is dropped; QEMU may still run the
@@ -44,6 +51,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -68,13 +76,14 @@ from ._sansio.qmp import (
     QmpState,
     Return,
 )
-from ._util import ReplyWaiters, open_service_nursery
+from ._util import Reply, ReplyWaiters, open_service_nursery
 
 __all__ = [
     "EventRateLimit",
     "Monitor",
     "MonitorStatistics",
     "Subscription",
+    "connect_monitor",
     "open_monitor",
     "open_monitor_stream",
 ]
@@ -121,6 +130,113 @@ class EventRateLimit:
 _RECEIVE_SIZE = 65536
 _CLOSE_TIMEOUT = 1.0
 
+_IN = select.EPOLLIN
+_OUT = select.EPOLLOUT
+
+
+class _Hub:
+    """One reader for every socket monitor of a Trio run: a nested
+    ``select.epoll`` on which the monitors' descriptors are registered, and
+    one task (a Trio system task, started with the first monitor and ending
+    with the run) that waits for that epoll with ``wait_readable`` and calls
+    each ready monitor synchronously: :meth:`Monitor._on_readable` (one read,
+    every whole message of it parsed, replies routed, events dispatched,
+    EOF or an error closes the monitor) and :meth:`Monitor._on_writable`
+    (what the socket did not take at once).
+
+    So an idle monitor costs no task, no nursery and no cancel scope: its
+    file descriptor in the epoll and its entry here. The task reads at most
+    one buffer per monitor per pass and waits again (a checkpoint) before
+    the next: one monitor flooding cannot hold the loop. It never raises:
+    a monitor whose handler fails is closed (ConnectionLost) and logged.
+    """
+
+    __slots__ = ("_epoll", "_monitors", "_running")
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._monitors: dict[int, Monitor] = {}
+        self._running = False
+
+    def __len__(self) -> int:
+        return len(self._monitors)
+
+    def register(self, fd: int, monitor: Monitor) -> None:
+        stale = self._monitors.get(fd)
+        if stale is not None and stale is not monitor:
+            # The descriptor was closed behind the hub's back (the kernel
+            # forgot it then) and its number is reused: that monitor is gone.
+            stale._close(ConnectionLost("the monitor's socket was closed"))
+        try:
+            self._epoll.register(fd, _IN)
+        except FileExistsError:
+            self._epoll.modify(fd, _IN)
+        self._monitors[fd] = monitor
+        if not self._running:
+            self._running = True
+            trio.lowlevel.spawn_system_task(self._run, name="trioctl monitor reader")
+
+    def unregister(self, fd: int, monitor: Monitor) -> None:
+        """Forget ``monitor`` (only if ``fd`` is still its own)."""
+        if self._monitors.get(fd) is monitor:
+            del self._monitors[fd]
+            try:
+                self._epoll.unregister(fd)
+            except OSError:
+                pass  # already closed: the kernel forgot it
+
+    def want_write(self, fd: int, monitor: Monitor, on: bool) -> None:
+        if self._monitors.get(fd) is monitor:
+            reading = 0 if monitor._direct else _IN
+            self._epoll.modify(fd, reading | _OUT if on else reading)
+
+    def pause(self, fd: int, monitor: Monitor, writing: bool) -> None:
+        """Stop reading ``fd`` (a caller reads it); still write if ``writing``."""
+        if self._monitors.get(fd) is monitor:
+            self._epoll.modify(fd, _OUT if writing else 0)
+
+    def resume(self, fd: int, monitor: Monitor, writing: bool) -> None:
+        if self._monitors.get(fd) is monitor:
+            self._epoll.modify(fd, _IN | _OUT if writing else _IN)
+
+    async def _run(self) -> None:
+        epoll, monitors = self._epoll, self._monitors
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(epoll)
+                for fd, mask in epoll.poll(0):
+                    monitor = monitors.get(fd)
+                    if monitor is None:
+                        continue
+                    try:
+                        if mask & _OUT:
+                            monitor._on_writable()
+                        if mask & ~_OUT:
+                            monitor._on_readable()
+                    except Exception as exc:
+                        logger.exception("the monitor reader failed")
+                        monitor._close(ConnectionLost(f"the monitor reader failed: {exc!r}"))
+        finally:
+            # The run ends (system tasks are cancelled last): nothing to read for.
+            self._running = False
+            for monitor in list(monitors.values()):
+                monitor._close(ConnectionLost("the monitor reader stopped"))
+            epoll.close()
+
+
+_hubs: trio.lowlevel.RunVar[_Hub] = trio.lowlevel.RunVar("trioctl_monitor_hub")
+
+
+def _hub() -> _Hub:
+    try:
+        hub: _Hub | None = _hubs.get()
+    except LookupError:
+        hub = None
+    if hub is None or hub._epoll.closed:
+        hub = _Hub()
+        _hubs.set(hub)
+    return hub
+
 
 @attrs.frozen
 class MonitorStatistics:
@@ -154,9 +270,16 @@ class Monitor:
         self._writing = False
         """The writer task runs (it sends ``_out``)."""
         self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
-        self._drained = False
-        """The last read from the socket returned less than asked (see
-        :meth:`_receive_socket`)."""
+        """A socket's descriptor: the hub reads and writes it (None: another
+        stream, served by a reader task and a writer task)."""
+        self._hub: _Hub | None = None
+        """The hub while the monitor is registered with it."""
+        self._direct = False
+        """A caller reads the socket itself (:meth:`_read_directly`)."""
+        self._on_close: Callable[[], None] | None = None
+        self._owns_socket = False
+        """Closing the monitor closes its socket (:func:`connect_monitor`; a
+        block of :func:`open_monitor` closes it as it ends)."""
         self._nursery: trio.Nursery | None = None
         self._subscribers = FanOut[Event]()
         self._handlers: list[Callable[[Event], None]] = []
@@ -199,11 +322,41 @@ class Monitor:
         with self._pending.expect(cmd_id) as waiter:
             self._write(wire)
             self._commands_sent += 1
-            reply = await waiter.wait()
+            if self._hub is not None and not self._direct and len(self._pending) == 1:
+                reply = await self._read_directly(waiter)
+            else:
+                reply = await waiter.wait()
         if isinstance(reply, ErrorReply):
             raise QmpCommandError(command, reply.error_class, reply.desc)
         assert isinstance(reply, Return)
         return reply.value
+
+    async def _read_directly(self, waiter: Reply[Return | ErrorReply]) -> Return | ErrorReply:
+        """Wait for the reply of the only caller waiting by reading the socket
+        in the caller's task: the hub lets go of the descriptor meanwhile, so
+        the reply costs one wake-up (this task's) instead of two (the hub's,
+        then the caller's). Whatever else comes meanwhile is handled as the
+        hub would (events, replies of callers that came since, EOF); when
+        the reply is here, or the caller is cancelled, the hub reads again.
+        """
+        assert self._hub is not None and self._fd is not None
+        fd, hub = self._fd, self._hub
+        self._direct = True
+        hub.pause(fd, self, self._writing)
+        try:
+            while not waiter.done:
+                try:
+                    await trio.lowlevel.wait_readable(fd)
+                except trio.ClosedResourceError:
+                    # _close woke this task (see there), or the socket closed.
+                    self._close(ConnectionLost("the monitor was closed"))
+                    break
+                self._on_readable()
+        finally:
+            self._direct = False
+            if self._hub is not None:
+                self._hub.resume(fd, self, self._writing)
+        return waiter.result()
 
     async def wait_closed(self) -> None:
         """Return once the connection is lost or the monitor closed."""
@@ -221,6 +374,30 @@ class Monitor:
                 yield sub
             finally:
                 sub.receive_channel.close()
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once, synchronously, when the monitor closes
+        (at once if it has): EOF, a reset, a protocol violation, or
+        :meth:`close`. It must not block; an exception it raises is logged."""
+        if self._closed is not None:
+            self._call_on_close(callback)
+        else:
+            self._on_close = callback
+
+    def close(self) -> None:
+        """Close the connection now (synchronous; for :func:`connect_monitor`).
+
+        Waiting commands get :class:`~trioctl.ConnectionLost`.
+        """
+        self._owns_socket = isinstance(self._stream, trio.SocketStream)
+        self._close(ConnectionLost("the monitor was closed"))
+
+    @staticmethod
+    def _call_on_close(callback: Callable[[], None]) -> None:
+        try:
+            callback()
+        except Exception:
+            logger.exception("a monitor close callback failed")
 
     def add_event_handler(self, handler: Callable[[Event], None]) -> None:
         """Call ``handler(event)`` synchronously from the reader for each event.
@@ -270,53 +447,83 @@ class Monitor:
             return msg
 
     async def _reader(self) -> None:
-        receive = self._stream.receive_some if self._fd is None else self._receive_socket
+        """The reader task of a monitor over a stream that is not a socket."""
         try:
             while True:
-                msg = self._conn.next_event()
+                if self._parse():
+                    return
+                self._conn.receive_data(await self._stream.receive_some(_RECEIVE_SIZE))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._close(ConnectionLost(f"the monitor connection failed: {exc!r}"))
+
+    def _parse(self) -> bool:
+        """Handle every whole message received; True once the monitor is closed."""
+        conn = self._conn
+        try:
+            while self._closed is None:
+                msg = conn.next_event()
                 if msg is NEED_DATA:
-                    self._conn.receive_data(await receive(_RECEIVE_SIZE))
-                elif isinstance(msg, Return | ErrorReply):
+                    return False
+                if isinstance(msg, Return | ErrorReply):
                     self._route_reply(msg)
                 elif isinstance(msg, Event):
                     self._dispatch_event(msg)
                 elif isinstance(msg, Closed):
                     self._close(ConnectionLost("the monitor closed the connection (EOF)"))
-                    return
         except RemoteProtocolError as exc:
             self._close(ConnectionLost(f"the monitor broke the protocol: {exc}"))
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            self._close(ConnectionLost(f"the monitor connection failed: {exc!r}"))
+        return True
 
-    async def _receive_socket(self, size: int) -> bytes:
-        """``receive_some`` of the socket, without its costs that a monitor
-        does not need: when the last read returned less than ``size``, the
-        socket was drained then, so wait for it first instead of a ``recv``
-        that fails; and no scheduling pass after the data came (the reader
-        parses it at once). Every call still waits or checkpoints, so the
-        reader is cancellable and never holds the loop.
-        """
+    def _attach(self) -> None:
+        """A socket: no task of its own, the run's hub reads and writes it."""
         assert self._fd is not None
-        while True:
-            if self._drained:
-                await trio.lowlevel.wait_readable(self._fd)
-            else:
-                await trio.lowlevel.checkpoint()
-            try:
-                data = os.read(self._fd, size)
-            except BlockingIOError:
-                self._drained = True
-                continue
-            self._drained = len(data) < size
-            return data
+        self._hub = _hub()
+        self._hub.register(self._fd, self)
+        # What came with the handshake's last read is handled now.
+        self._parse()
+
+    def _on_readable(self) -> None:
+        """The hub saw the socket readable: one read, and what it completes."""
+        assert self._fd is not None
+        try:
+            data = os.read(self._fd, _RECEIVE_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._close(ConnectionLost(f"the monitor connection failed: {exc!r}"))
+            return
+        self._conn.receive_data(data)
+        self._parse()
+
+    def _on_writable(self) -> None:
+        """The hub saw the full socket writable again: send what is queued."""
+        assert self._fd is not None
+        data = b"".join(self._out)
+        try:
+            sent = os.write(self._fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._close(ConnectionLost(f"writing to the monitor failed: {exc!r}"))
+            return
+        if sent < len(data):
+            self._out = [data[sent:]]
+            return
+        self._out = []
+        self._writing = False
+        if self._hub is not None:
+            self._hub.want_write(self._fd, self, False)
 
     def _write(self, wire: bytes) -> None:
         """Send ``wire`` after everything queued before it, without waiting.
 
         Synchronous: what the socket takes at once goes now; the rest is
-        queued for the writer task. A failure closes the monitor (the
+        queued, and the hub sends it when the socket is writable again (over
+        another stream: a writer task). A failure closes the monitor (the
         waiters get ConnectionLost).
         """
+        if self._closed is not None:
+            return
         if not self._writing and self._fd is not None:
             try:
                 sent = os.write(self._fd, wire)
@@ -329,7 +536,13 @@ class Monitor:
                 return
             wire = wire[sent:]
         self._out.append(wire)
-        if not self._writing and self._nursery is not None:
+        if self._writing:
+            return
+        if self._hub is not None:
+            assert self._fd is not None
+            self._writing = True
+            self._hub.want_write(self._fd, self, True)
+        elif self._nursery is not None:
             self._writing = True
             self._nursery.start_soon(self._writer)
 
@@ -363,9 +576,23 @@ class Monitor:
             self._closed = why
             self._closed_event.set()
             logger.debug("monitor closed: %s", why.message)
+        if self._hub is not None:
+            assert self._fd is not None
+            self._hub.unregister(self._fd, self)
+            self._hub = None
+            self._writing = False
+            if self._direct:
+                # The caller reading the socket waits for it, not its reply.
+                trio.lowlevel.notify_closing(self._fd)
         self._pending.fail(lambda: ConnectionLost(str(why)))
         self._subscribers.close()
         self._out.clear()
+        if self._owns_socket:
+            assert isinstance(self._stream, trio.SocketStream)
+            self._stream.socket.close()
+        callback, self._on_close = self._on_close, None
+        if callback is not None:
+            self._call_on_close(callback)
 
 
 @asynccontextmanager
@@ -393,6 +620,32 @@ async def open_monitor(path: str, *, handshake_timeout: float = 10.0) -> AsyncIt
         yield monitor
 
 
+async def connect_monitor(path: str, *, handshake_timeout: float = 10.0) -> Monitor:
+    """Like :func:`open_monitor`, without a block: the monitor stays open,
+    read by the run's hub (no task of its own), until it is lost or
+    :meth:`Monitor.close` closes it. Raises as :func:`open_monitor`.
+    """
+    stream = await trio.open_unix_socket(path)
+    monitor = Monitor(stream, QmpConnection())
+    monitor._owns_socket = True
+    try:
+        await _negotiate(monitor, handshake_timeout, path)
+    except BaseException:
+        monitor.close()
+        raise
+    monitor._attach()
+    return monitor
+
+
+async def _negotiate(monitor: Monitor, handshake_timeout: float, peer: str) -> None:
+    with trio.move_on_after(handshake_timeout) as scope:
+        await monitor._handshake()
+    if scope.cancelled_caught:
+        raise MonitorTimeout(
+            f"no QMP handshake on {peer} within {handshake_timeout:g} s", peer=peer
+        )
+
+
 @asynccontextmanager
 async def open_monitor_stream(
     stream: trio.abc.Stream, *, handshake_timeout: float = 10.0, peer: str = "stream"
@@ -403,19 +656,18 @@ async def open_monitor_stream(
     """
     monitor = Monitor(stream, QmpConnection())
     try:
-        with trio.move_on_after(handshake_timeout) as scope:
-            await monitor._handshake()
-        if scope.cancelled_caught:
-            raise MonitorTimeout(
-                f"no QMP handshake on {peer} within {handshake_timeout:g} s", peer=peer
-            )
-        async with open_service_nursery() as nursery:
-            monitor._nursery = nursery
-            nursery.start_soon(monitor._reader)
-            try:
-                yield monitor
-            finally:
-                nursery.cancel_scope.cancel()
+        await _negotiate(monitor, handshake_timeout, peer)
+        if monitor._fd is not None:
+            monitor._attach()
+            yield monitor
+        else:
+            async with open_service_nursery() as nursery:
+                monitor._nursery = nursery
+                nursery.start_soon(monitor._reader)
+                try:
+                    yield monitor
+                finally:
+                    nursery.cancel_scope.cancel()
     finally:
         monitor._close(ConnectionLost("the monitor was closed"))
         with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_TIMEOUT):

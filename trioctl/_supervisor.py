@@ -1,18 +1,24 @@
 """One domain's supervision: a run of its process, from start to exit.
 
-Shape (one :class:`DomainRun` per running domain, its task in the driver's
-nursery)::
+Shape (one :class:`DomainRun` per running domain)::
 
-    DomainRun.supervise()                 one task per running domain
+    DomainRun.supervise()                 while the domain starts or reconnects
     └── domain nursery                    cancelled when the process exits
-        ├── monitor loop                  in the supervisor's task: open_monitor(...);
-        │   │                             reconnect with backoff
-        │   └── monitor nursery           QMP reader (+ writer while the socket is full)
+        ├── monitor loop                  in the supervisor's task: connect_monitor(...);
+        │                                 reconnect with backoff; returns once `ok`
         ├── reconnect job holder          (after a daemon restart only)
         └── probe                         while the monitor is unresponsive
 
+An idle domain has no task: its supervision task ends once the monitor is
+`ok` and nothing else runs. The monitor stays open, read by the run's hub
+(:mod:`trioctl._monitor`); its close calls :meth:`DomainRun._on_monitor_closed`
+back, which starts a supervision task (:meth:`DomainRun._work`, in the
+driver's nursery, with a domain nursery of its own) to reconnect, as
+:meth:`DomainRun.mark_unresponsive` does for the probe.
+
 The exit watcher is the process table's (one task per process, see
-:mod:`trioctl._processes`): it calls :meth:`DomainRun._on_exit`.
+:mod:`trioctl._processes`): it calls :meth:`DomainRun._on_exit`, which
+closes the monitor and cancels the domain nursery if a task runs.
 
 A failure inside the domain nursery is logged and ends that domain's
 supervision; it never reaches the driver nursery. The registry (the driver)
@@ -27,7 +33,7 @@ import logging
 import math
 import signal
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -45,7 +51,7 @@ from ._launcher import QemuProcess
 from ._lifecycle import EventKind, Lifecycle, Reason, Trigger
 from ._log import log
 from ._models import DomainDefinition, DomainState, MonitorState
-from ._monitor import EventRateLimit, Monitor, open_monitor
+from ._monitor import EventRateLimit, Monitor, connect_monitor
 from ._processes import ProcessTable
 from ._sansio.qmp import Event
 from ._store import RuntimeRecord
@@ -137,6 +143,13 @@ class DomainRun:
     """A report of dropped events is scheduled (see _report_drops)."""
     stopped_by: str = ""
     """The client whose destroy or shutdown ended the process (for the log)."""
+    reconnected: bool = False
+    """The run was adopted by a restarted daemon (not started by it)."""
+    detached: bool = False
+    """Supervision has ended (see :meth:`detach`); the process may run on."""
+    pending_work: list[Callable[[], Awaitable[None]]] | None = None
+    """Work for the supervision task that :meth:`_start_work` started and
+    that has not run yet."""
     reconnect_job: JobHandle | None = None
     """After a parallel reconnect: the domain's job, taken by the driver as it
     loaded the domain (:meth:`DomainJobs.claim`), held by the supervisor's
@@ -192,13 +205,15 @@ class DomainRun:
                 on_ready()
 
         name = self.name
-        processes = self.host._processes
+        self.reconnected = reconnecting
+        clean = False
+        nursery: trio.Nursery | None = None
         try:
             async with open_service_nursery() as nursery:
                 self.nursery = nursery
                 # The exit watcher: the process table's one task per process
                 # calls _on_exit, which cancels this nursery.
-                processes.watch(self.proc, self._on_exit)
+                self.host._processes.watch(self.proc, self._on_exit)
                 # The monitor loop runs in this task rather than a child of
                 # its own: one task fewer per domain to schedule, keep and
                 # cancel at stop.
@@ -210,6 +225,7 @@ class DomainRun:
                     # A fresh start (or a serial reconnect) reports back once
                     # the monitor is negotiated, or fails.
                     await self._monitor_loop(reconnecting, ready)
+            clean = True
         except Exception:
             if not started and not reconnecting:
                 raise
@@ -227,14 +243,100 @@ class DomainRun:
                 # checkpoint; the job must not stay held by nobody.
                 self.reconnect_job.discard()
                 self.reconnect_job = None
-            processes.unwatch(self.proc, self._on_exit)
-            self.nursery = None
-            self.monitor = None
+            self._end_work(nursery, clean)
         if not started:
             # The process exited before the monitor came up.
             if not reconnecting:
                 raise LaunchError(f"domain {name!r} exited while starting", domain=name)
             ready()
+
+    # -- work after idle ------------------------------------------------------------
+
+    def _start_work(self, work: Callable[[], Awaitable[None]]) -> bool:
+        """Run ``work()`` in the domain nursery, starting a supervision task
+        (:meth:`_work`) if none runs: an idle domain has none. False if the
+        run is no longer supervised (its process exited, or detached)."""
+        if self.detached or self.exited.is_set():
+            return False
+        if self.nursery is not None:
+            try:
+                self.nursery.start_soon(work)
+                return True
+            except RuntimeError:
+                pass  # that task is ending (its nursery takes no more): start another
+        if self.pending_work is not None:
+            self.pending_work.append(work)  # a supervision task is on its way
+        else:
+            self.pending_work = [work]
+            self.host._nursery.start_soon(self._work)
+        return True
+
+    async def _work(self) -> None:
+        """A supervision task for work that came while the domain was idle
+        (a reconnect, a probe): the domain nursery while it lasts."""
+        works, self.pending_work = self.pending_work or [], None
+        if self.detached or self.exited.is_set():
+            return
+        clean = False
+        nursery: trio.Nursery | None = None
+        try:
+            async with open_service_nursery() as nursery:
+                self.nursery = nursery
+                for work in works:
+                    nursery.start_soon(work)
+            clean = True
+        except Exception:
+            logger.exception("supervision of domain %s failed", self.name)
+        except BaseException as exc:
+            exc.__context__ = None  # as in supervise
+            raise
+        finally:
+            self._end_work(nursery, clean)
+
+    def _end_work(self, nursery: trio.Nursery | None, clean: bool) -> None:
+        """A supervision task ends. Done (``clean``), the domain is idle: its
+        monitor is read by the hub, its exit watched by the process table,
+        and either calls back. Failed or cancelled (the driver stops), the
+        run is no longer supervised (:meth:`detach`)."""
+        if self.nursery is nursery:
+            self.nursery = None
+        if not clean or self.exited.is_set():
+            self.detach()
+
+    def detach(self) -> None:
+        """End the run's supervision without a task: stop watching its
+        process and close its monitor (the process runs on)."""
+        self.detached = True
+        self.host._processes.unwatch(self.proc, self._on_exit)
+        monitor, self.monitor = self.monitor, None
+        if monitor is not None:
+            monitor.close()
+
+    def _on_monitor_closed(self) -> None:
+        """The idle monitor closed (EOF, reset, protocol violation, a call's
+        failed write): reconnect, unless the process exited."""
+        if self.monitor is None:
+            return  # closed by detach or _on_exit
+        self.monitor = None
+        if self.exited.is_set():
+            return
+        if self.dom.monitor_state is MonitorState.OK:
+            self.dom.monitor_state = MonitorState.CONNECTING
+        self._start_work(self._reconnect)
+
+    async def _reconnect(self) -> None:
+        await trio.sleep(_RECONNECT_BACKOFF_MIN)
+        if not (self.exited.is_set() or self.destroying or self.shutdown_reason):
+            # Said only now: a monitor closes as its process exits (destroy,
+            # shutdown, crash: _on_exit says which), and then this task
+            # is usually cancelled during the sleep above.
+            log(
+                logger, logging.WARNING,
+                "monitor of domain %s closed while its process runs; reconnecting", self.name,
+                event="monitor_closed", domain=self.name,
+            )  # fmt: skip
+        backoff = min(_RECONNECT_BACKOFF_MIN * 2, self.host.config.probe_interval)
+        await self._monitor_loop(self.reconnected, first=False, backoff=backoff)
 
     def _on_exit(self) -> None:
         """The process exited: say how, forget the run, end its supervision."""
@@ -254,6 +356,9 @@ class DomainRun:
         self.exited.set()
         if self.nursery is not None:
             self.nursery.cancel_scope.cancel()
+        monitor, self.monitor = self.monitor, None
+        if monitor is not None:
+            monitor.close()
 
     def _log_exit(self, trigger: Trigger) -> None:
         name = self.name
@@ -306,16 +411,20 @@ class DomainRun:
             pass
 
     async def _monitor_loop(
-        self, reconnecting: bool, on_first: Callable[[], None] | None = None
+        self,
+        reconnecting: bool,
+        on_first: Callable[[], None] | None = None,
+        *,
+        first: bool = True,
+        backoff: float = _RECONNECT_BACKOFF_MIN,
     ) -> None:
-        """Keep a monitor connected for as long as the process lives; call
-        ``on_first()`` once the first monitor is negotiated."""
+        """Connect a monitor, and reconnect with backoff until one is `ok`
+        (or the process exited); call ``on_first()`` once the first monitor
+        is negotiated. Returns with the monitor open: the hub reads it, and
+        its close calls :meth:`_on_monitor_closed` back."""
         dom, config, name = self.dom, self.host.config, self.name
-        first = True
-        backoff = _RECONNECT_BACKOFF_MIN
         serial = reconnecting and config.reconnect == "serial"
         while not self.exited.is_set():
-            closed = False
             if serial or config.monitor_timeout is None:
                 handshake = math.inf  # pre-patch libvirt: wait as long as it takes
             elif first and not reconnecting:
@@ -323,23 +432,26 @@ class DomainRun:
             else:
                 handshake = config.monitor_timeout
             try:
-                async with open_monitor(self.qmp_path, handshake_timeout=handshake) as mon:
-                    self.monitor = mon
+                mon = await connect_monitor(self.qmp_path, handshake_timeout=handshake)
+                self.monitor = mon
+                try:
                     mon.add_event_handler(functools.partial(DomainRun.on_qmp_event, self))
                     if reconnecting or not first:
                         await self._sync_state(mon)
-                    self.set_monitor(MonitorState.OK)
-                    self.connected.set()
-                    if first:
-                        if on_first is not None:
-                            on_first()
-                        first = False
-                    backoff = _RECONNECT_BACKOFF_MIN
-                    await mon.wait_closed()
-                self.monitor = None
-                if not self.exited.is_set() and dom.monitor_state is MonitorState.OK:
-                    dom.monitor_state = MonitorState.CONNECTING
-                closed = True
+                except BaseException:
+                    self.monitor = None
+                    mon.close()
+                    raise
+                self.set_monitor(MonitorState.OK)
+                self.connected.set()
+                if first:
+                    if on_first is not None:
+                        on_first()
+                    first = False
+                # Idle from here: no task waits for the monitor (if it closed
+                # already, the callback comes at once and reconnects).
+                mon.on_close(self._on_monitor_closed)
+                return
             except Exception as exc:
                 # Whatever the peer did, this loop must not end the domain's
                 # supervision (and with it the exit watcher).
@@ -365,15 +477,6 @@ class DomainRun:
                     self.mark_unresponsive(f"cannot connect the monitor: {exc}")
                 logger.debug("monitor of %s: %s; retrying in %.2f s", name, exc, backoff)
             await trio.sleep(backoff)
-            if closed and not (self.exited.is_set() or self.destroying or self.shutdown_reason):
-                # Said only now: a monitor closes as its process exits (destroy,
-                # shutdown, crash: _on_exit says which), and then this task
-                # is usually cancelled during the sleep above.
-                log(
-                    logger, logging.WARNING,
-                    "monitor of domain %s closed while its process runs; reconnecting", name,
-                    event="monitor_closed", domain=name,
-                )  # fmt: skip
             backoff = min(backoff * 2, config.probe_interval)
 
     async def _sync_state(self, mon: Monitor) -> None:
@@ -415,9 +518,8 @@ class DomainRun:
     def mark_unresponsive(self, why: str) -> None:
         """Mark the monitor unresponsive, and probe it until it answers."""
         self.set_monitor(MonitorState.UNRESPONSIVE, why)
-        if not self.probing and self.nursery is not None and not self.exited.is_set():
-            self.probing = True
-            self.nursery.start_soon(self._probe)
+        if not self.probing:
+            self.probing = self._start_work(self._probe)
 
     async def _probe(self) -> None:
         """Send ``query-status`` every probe_interval until the monitor answers."""

@@ -142,6 +142,22 @@ class Reply(Generic[R]):
             raise self._error()
         return cast(R, self._value)
 
+    @property
+    def done(self) -> bool:
+        """The reply (or the failure) is here."""
+        return self._done
+
+    def result(self) -> R:
+        """The reply, which is here (:attr:`done`), without a checkpoint.
+
+        Raises:
+            BaseException: a fresh ``error()`` of :meth:`ReplyWaiters.fail`.
+        """
+        assert self._done
+        if self._error is not None:
+            raise self._error()
+        return cast(R, self._value)
+
     def _abort(self, _: object) -> trio.lowlevel.Abort:
         self._task = None
         return trio.lowlevel.Abort.SUCCEEDED
