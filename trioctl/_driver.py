@@ -342,6 +342,12 @@ class Driver:
             wait_timeout=config.job_wait_timeout,
         )
         self.load_problems: list[LoadProblem] = []
+        self.loaded = trio.Event()
+        """Set once the definitions and records are loaded (:meth:`load`)."""
+        self.serve_first: trio.Event | None = None
+        """When given (``open_daemon`` gives the server's first answer), a
+        parallel reconnect starts no supervisor before it is set, or
+        _SERVE_FIRST_PATIENCE seconds have passed."""
         self._nursery = nursery
         self._domains: dict[str, _Domain] = {}
         self._events = FanOut[DomainEvent]()
@@ -1045,6 +1051,14 @@ class Driver:
 
     # -- open/close --------------------------------------------------------------------
 
+    async def load(self) -> None:
+        """Load the definitions and records (once), then set :attr:`loaded`
+        and start the autostarts. :func:`open_driver` calls it unless told
+        not to; the caller then must, before anything uses the driver."""
+        await self._load()
+        self.loaded.set()
+        self._nursery.start_soon(self._autostart)
+
     async def _load(self) -> None:
         definitions, problems = await trio.to_thread.run_sync(self.store.load_definitions)
         records, record_problems = await trio.to_thread.run_sync(self.store.load_records)
@@ -1153,7 +1167,13 @@ class Driver:
         latest): serving comes first. A thousand reconnects started at once
         fill every pass of Trio's scheduler with their steps, and a client's
         first call, a dozen steps, waited hundreds of milliseconds behind
-        them (docs/benchmarks.md, restart). The jobs are held already."""
+        them (docs/benchmarks.md, restart). With :attr:`serve_first`, none
+        starts before the first call is answered (or a short patience): the
+        batches that started while the loop waited for the client's request
+        were on that call's path. The jobs are held already."""
+        if self.serve_first is not None:
+            with trio.move_on_after(_SERVE_FIRST_PATIENCE):
+                await self.serve_first.wait()
         for i in range(0, len(runs), _SUPERVISORS_PER_PASS):
             with trio.move_on_after(_SUPERVISORS_PATIENCE):
                 await wait_all_tasks_blocked()
@@ -1207,6 +1227,8 @@ class Driver:
 #: idle, or after _SUPERVISORS_PATIENCE seconds at the latest.
 _SUPERVISORS_PER_PASS = 32
 _SUPERVISORS_PATIENCE = 0.05
+#: How long a parallel reconnect's supervisors wait for Driver.serve_first.
+_SERVE_FIRST_PATIENCE = 0.25
 
 
 def _running_definition(record: RuntimeRecord) -> DomainDefinition | None:
@@ -1254,8 +1276,12 @@ def _proc_usage(pid: int) -> tuple[float, int]:
 
 
 @asynccontextmanager
-async def open_driver(config: DriverConfig) -> AsyncIterator[Driver]:
+async def open_driver(config: DriverConfig, *, load: bool = True) -> AsyncIterator[Driver]:
     """Load the domains and run the driver while the block lasts.
+
+    With ``load=False`` the block starts before anything is loaded, and must
+    call :meth:`Driver.load` before it uses the driver (``open_daemon``
+    listens meanwhile; calls wait for :attr:`Driver.loaded`).
 
     Returns at once: each running domain found in the runtime records
     reconnects in its own task, holding its job until its monitor answers
@@ -1266,8 +1292,8 @@ async def open_driver(config: DriverConfig) -> AsyncIterator[Driver]:
     try:
         async with open_service_nursery() as nursery:
             driver = Driver(config, nursery)
-            await driver._load()
-            nursery.start_soon(driver._autostart)
+            if load:
+                await driver.load()
             try:
                 yield driver
             finally:
