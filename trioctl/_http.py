@@ -237,13 +237,9 @@ async def serve_http(
                 headers=[(b"WWW-Authenticate", b'Bearer realm="trioctl"')],
             )
             return
-        if not server.driver.loaded.is_set():
-            # Listening while the domains load: no half-loaded registry shows.
-            with trio.move_on_after(server.config.handshake_timeout):
-                await server.driver.loaded.wait()
-            if not server.driver.loaded.is_set():
-                await respond(stream, 503, b"the daemon is still loading its domains\n")
-                return
+        # Listening while the domains load: no half-loaded registry shows
+        # (the connection's handshake deadline bounds the wait).
+        await server.driver.loaded.wait()
         from ._metrics import CONTENT_TYPE, render
 
         await respond(stream, 200, render(server), CONTENT_TYPE.encode())
