@@ -10,6 +10,7 @@ first answer (or a patience)."""
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import math
 import socket
@@ -25,13 +26,14 @@ import pytest
 import trio
 import trio.testing
 import trio_websocket
+from hypothesis import given, strategies as st
 
 from trioctl import _driver
 from trioctl._config import load_config
 from trioctl._daemon import open_daemon
 from trioctl._dispatch import Dispatcher
 from trioctl._driver import DriverConfig, open_driver
-from trioctl._launcher import QemuProcess
+from trioctl._launcher import MONITOR_SOCKET, QemuProcess, monitor_matcher, names_monitor
 from trioctl._models import DomainDefinition
 from trioctl._pools import open_worker_pools
 from trioctl._server import Server
@@ -273,3 +275,50 @@ async def test_supervisors_start_after_the_first_answer_or_the_patience(
     first = min(started) - start
     expected = answered_at if answered_at is not None else _driver._SERVE_FIRST_PATIENCE
     assert first == pytest.approx(expected, abs=1e-6)
+
+
+# -- the records' loop reads a shared process's command line once ---------------------------
+
+
+def _names_monitor_before(argv: list[str], qmp_path: str) -> bool:
+    """names_monitor as it was before monitor_matcher (the reference)."""
+    prefix = f"unix:{qmp_path},"
+    if any(arg.startswith(prefix) for arg in argv):
+        return True
+    if "many" not in argv or "--vm-dirs" not in argv:
+        return False
+    options = dict(itertools.pairwise(argv))
+    path = Path(qmp_path)
+    if path.name != MONITOR_SOCKET or options.get("--dir") != str(path.parent.parent):
+        return False
+    name, prefix_opt, count = (
+        path.parent.name,
+        options.get("--prefix", "vm"),
+        options.get("--count"),
+    )
+    index = name[len(prefix_opt) :] if name.startswith(prefix_opt) else ""
+    return index.isdigit() and count is not None and count.isdigit() and int(index) < int(count)
+
+
+_WORDS = st.sampled_from(
+    ["many", "--vm-dirs", "--dir", "--count", "--prefix", "/run/t", "/run", "vm", "h", "3", "10",
+     "0", "-qmp", "unix:/run/t/vm1/qmp.sock,server=on", "unix:/run/t/vm1/qmp.sock", "unix:/a,b,c",
+     "unix:", "unix:,", "x,y"]
+)  # fmt: skip
+_PATHS = st.sampled_from(
+    ["/run/t/vm1/qmp.sock", "/run/t/vm2/qmp.sock", "/run/t/h1/qmp.sock", "/run/t/vm10/qmp.sock",
+     "/run/t/vm/qmp.sock", "/run/t/vm1/other.sock", "/run/vm1/qmp.sock", "/a", "/a,b", "",
+     "qmp.sock", "/run/t/vm01/qmp.sock", "/run/t/h0/qmp.sock"]
+)  # fmt: skip
+
+
+@given(argv=st.lists(_WORDS | st.text(max_size=8), max_size=12), paths=st.lists(_PATHS, max_size=6))
+def test_monitor_matcher_answers_as_names_monitor_did(argv: list[str], paths: list[str]) -> None:
+    matches = monitor_matcher(argv)
+    for path in paths:
+        try:
+            expected = _names_monitor_before(argv, path)
+        except ValueError:  # int() of a digit that is not decimal ("²")
+            expected = False
+        assert matches(path) is expected
+        assert names_monitor(argv, path) is expected

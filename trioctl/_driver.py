@@ -71,6 +71,7 @@ from ._launcher import (
     cmdline,
     find_processes,
     launch,
+    monitor_matcher,
     names_monitor,
     prepare_domain_dir,
     resolve_qemu_user,
@@ -1074,10 +1075,15 @@ class Driver:
                 state_value, loaded.reason = exits[d.name]
                 loaded.state = DomainState(state_value)
         reconnecting: list[DomainRun] = []
-        argv_cache: dict[int, list[str] | None] = {}
+        # Each shared process's command line, read once (monitor_matcher).
+        matchers: dict[int, Callable[[str], bool] | None] = {}
+        run_dir = str(self.store.run_dir)
         for name, record in records.items():
             dom = self._domains.get(name)
-            qmp_path = str(self.store.domain_run_dir(name) / MONITOR_SOCKET)
+            if dom is not None:  # a defined name is one plain path component
+                qmp_path = os.path.join(run_dir, name, MONITOR_SOCKET)
+            else:
+                qmp_path = str(self.store.domain_run_dir(name) / MONITOR_SOCKET)
             if record.state == "starting":
                 # A start the previous daemon never finished: kill what it
                 # launched (found by its command line, even if the pid was
@@ -1098,8 +1104,8 @@ class Driver:
             try:
                 shared = self._processes.get(record.pid, record.start_ticks)
                 if shared is not None:
-                    argv = argv_cache.get(record.pid)
-                    if argv is None or not names_monitor(argv, qmp_path):
+                    matches = matchers.get(record.pid)
+                    if matches is None or not matches(qmp_path):
                         raise PermissionError(f"pid {record.pid} does not serve {qmp_path}")
                     proc = self._processes.hold(shared)
                 else:
@@ -1111,7 +1117,8 @@ class Driver:
                         qmp_path = str(self.config.runtime_dir / f"{name}.qmp")
                         found = verify_process(record.pid, record.start_ticks, qmp_path)
                     proc = self._processes.hold(found)
-                    argv_cache[record.pid] = cmdline(record.pid)
+                    argv = cmdline(record.pid)
+                    matchers[record.pid] = None if argv is None else monitor_matcher(argv)
             except PermissionError as exc:
                 # A record naming a process that is not this domain's emulator:
                 # never signal it; forget the record.
