@@ -34,7 +34,7 @@ from trioctl._daemon import open_daemon
 from trioctl._dispatch import Dispatcher
 from trioctl._driver import DriverConfig, open_driver
 from trioctl._launcher import MONITOR_SOCKET, QemuProcess, monitor_matcher, names_monitor
-from trioctl._models import DomainDefinition
+from trioctl._models import DomainDefinition, JobKind
 from trioctl._pools import open_worker_pools
 from trioctl._server import Server
 from trioctl._store import RuntimeRecord, Store
@@ -322,3 +322,32 @@ def test_monitor_matcher_answers_as_names_monitor_did(argv: list[str], paths: li
             expected = False
         assert matches(path) is expected
         assert names_monitor(argv, path) is expected
+
+
+async def test_a_call_that_needs_a_domain_job_releases_the_supervisors(
+    autojump_clock: trio.testing.MockClock, sock_dir: Path
+) -> None:
+    """A first call queued behind a reconnect job must not wait for the
+    patience: the supervisors that end the reconnect start at once."""
+    Store(sock_dir, sock_dir / "run").save_definition(DomainDefinition(name="a", emulator="sim"))
+    config = load_config(None, overrides={"driver.state_dir": str(sock_dir)})
+    listener = MemoryListener()
+    async with (
+        open_driver(config.driver_config()) as driver,
+        open_worker_pools(config.pools) as pools,
+        trio.open_nursery() as nursery,
+    ):
+        server = Server(config.server, driver, Dispatcher(pools, driver.jobs), tokens=None)
+        await nursery.start(server.run, [listener])
+        held = driver.jobs.claim("a", JobKind.RECONNECT, procedure="reconnect", client="daemon")
+        ws = await trio_websocket.wrap_client_stream(nursery, await listener.connect(), "x", "/")  # type: ignore[arg-type]
+        await ws.send_message(
+            '{"jsonrpc": "2.0", "id": 1, "method": "domain.get_stats", "params": {"name": "a"}}'
+        )
+        with trio.fail_after(1):
+            await server.first_served.wait()
+        held.discard()
+        reply = json.loads(await ws.get_message())
+        assert reply["error"]["data"]["reason"] != "DEADLINE_EXCEEDED", reply
+        await ws.aclose()
+        nursery.cancel_scope.cancel()

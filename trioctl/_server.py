@@ -418,7 +418,8 @@ class Server:
         closes (what :meth:`drain` waits for)."""
         self.first_served = trio.Event()
         """Set when no message is in flight any more for the first time (the
-        first call answered): a reconnect's supervisors wait for it."""
+        first call answered), or a call needs a domain's job (it may wait for
+        a reconnect): a reconnect's supervisors wait for it."""
         self.close_by = math.inf
         """When closing handshakes are cut short (set by :meth:`drain`)."""
         """The loop's share among the sessions' readers."""
@@ -1161,6 +1162,8 @@ class Server:
             if proc.job is not None:
                 name = params.name
                 self.driver.get_info(name)  # NO_DOMAIN before queueing for a job
+                # It may wait for a reconnect: supervisors no longer wait.
+                self.first_served.set()
                 result = await self.dispatcher.call(
                     proc.priority,
                     proc.handler,
