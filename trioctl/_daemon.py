@@ -174,8 +174,13 @@ async def open_daemon(config: DaemonConfig) -> AsyncIterator[DaemonHandle]:
             tokens = load_tokens_file(tokens_file)
             token = tokens.admin_token()
         mode = DispatchMode.LEGACY if config.mode == "legacy" else DispatchMode.DEFAULT
+        # A parallel reconnect listens while the definitions and records load
+        # (the client's connection and handshake overlap the load; calls wait
+        # for it within their deadline). A serial one, as libvirt's, loads
+        # first: nothing is served before every domain is reconnected.
+        early = driver_config.reconnect == "parallel"
         async with (
-            open_driver(driver_config) as driver,
+            open_driver(driver_config, load=not early) as driver,
             open_worker_pools(config.pools) as pools,
         ):
             dispatcher = Dispatcher(pools, driver.jobs, mode=mode)
@@ -189,6 +194,10 @@ async def open_daemon(config: DaemonConfig) -> AsyncIterator[DaemonHandle]:
                 ssl_context=config.tls.server_context(),
                 backend=config.driver.backend,
             ) as server:
+                if early:
+                    # Supervisors start after the first answer (or a patience).
+                    driver.serve_first = server.first_served
+                    await driver.load()
                 scheme = "wss" if config.tls.enabled else "ws"
                 shown = f"[{host}]" if ":" in host else host
                 url = f"{scheme}://{shown}:{server.port}/"

@@ -72,6 +72,7 @@ from ._launcher import (
     cmdline,
     find_processes,
     launch,
+    monitor_matcher,
     names_monitor,
     prepare_domain_dir,
     resolve_qemu_user,
@@ -343,6 +344,12 @@ class Driver:
             wait_timeout=config.job_wait_timeout,
         )
         self.load_problems: list[LoadProblem] = []
+        self.loaded = trio.Event()
+        """Set once the definitions and records are loaded (:meth:`load`)."""
+        self.serve_first: trio.Event | None = None
+        """When given (``open_daemon`` gives the server's first answer), a
+        parallel reconnect starts no supervisor before it is set, or
+        _SERVE_FIRST_PATIENCE seconds have passed."""
         self._nursery = nursery
         self._domains: dict[str, _Domain] = {}
         self._events = FanOut[DomainEvent]()
@@ -1046,6 +1053,14 @@ class Driver:
 
     # -- open/close --------------------------------------------------------------------
 
+    async def load(self) -> None:
+        """Load the definitions and records (once), then set :attr:`loaded`
+        and start the autostarts. :func:`open_driver` calls it unless told
+        not to; the caller then must, before anything uses the driver."""
+        await self._load()
+        self.loaded.set()
+        self._nursery.start_soon(self._autostart)
+
     async def _load(self) -> None:
         definitions, problems = await trio.to_thread.run_sync(self.store.load_definitions)
         records, record_problems = await trio.to_thread.run_sync(self.store.load_records)
@@ -1061,10 +1076,15 @@ class Driver:
                 state_value, loaded.reason = exits[d.name]
                 loaded.state = DomainState(state_value)
         reconnecting: list[DomainRun] = []
-        argv_cache: dict[int, list[str] | None] = {}
+        # Each shared process's command line, read once (monitor_matcher).
+        matchers: dict[int, Callable[[str], bool] | None] = {}
+        run_dir = str(self.store.run_dir)
         for name, record in records.items():
             dom = self._domains.get(name)
-            qmp_path = str(self.store.domain_run_dir(name) / MONITOR_SOCKET)
+            if dom is not None:  # a defined name is one plain path component
+                qmp_path = os.path.join(run_dir, name, MONITOR_SOCKET)
+            else:
+                qmp_path = str(self.store.domain_run_dir(name) / MONITOR_SOCKET)
             if record.state == "starting":
                 # A start the previous daemon never finished: kill what it
                 # launched (found by its command line, even if the pid was
@@ -1085,8 +1105,8 @@ class Driver:
             try:
                 shared = self._processes.get(record.pid, record.start_ticks)
                 if shared is not None:
-                    argv = argv_cache.get(record.pid)
-                    if argv is None or not names_monitor(argv, qmp_path):
+                    matches = matchers.get(record.pid)
+                    if matches is None or not matches(qmp_path):
                         raise PermissionError(f"pid {record.pid} does not serve {qmp_path}")
                     proc = self._processes.hold(shared)
                 else:
@@ -1098,7 +1118,8 @@ class Driver:
                         qmp_path = str(self.config.runtime_dir / f"{name}.qmp")
                         found = verify_process(record.pid, record.start_ticks, qmp_path)
                     proc = self._processes.hold(found)
-                    argv_cache[record.pid] = cmdline(record.pid)
+                    argv = cmdline(record.pid)
+                    matchers[record.pid] = None if argv is None else monitor_matcher(argv)
             except PermissionError as exc:
                 # A record naming a process that is not this domain's emulator:
                 # never signal it; forget the record.
@@ -1154,7 +1175,13 @@ class Driver:
         latest): serving comes first. A thousand reconnects started at once
         fill every pass of Trio's scheduler with their steps, and a client's
         first call, a dozen steps, waited hundreds of milliseconds behind
-        them (docs/benchmarks.md, restart). The jobs are held already."""
+        them (docs/benchmarks.md, restart). With :attr:`serve_first`, none
+        starts before the first call is answered (or a short patience): the
+        batches that started while the loop waited for the client's request
+        were on that call's path. The jobs are held already."""
+        if self.serve_first is not None:
+            with trio.move_on_after(_SERVE_FIRST_PATIENCE):
+                await self.serve_first.wait()
         for i in range(0, len(runs), _SUPERVISORS_PER_PASS):
             with trio.move_on_after(_SUPERVISORS_PATIENCE):
                 await wait_all_tasks_blocked()
@@ -1208,6 +1235,8 @@ class Driver:
 #: idle, or after _SUPERVISORS_PATIENCE seconds at the latest.
 _SUPERVISORS_PER_PASS = 32
 _SUPERVISORS_PATIENCE = 0.05
+#: How long a parallel reconnect's supervisors wait for Driver.serve_first.
+_SERVE_FIRST_PATIENCE = 0.25
 
 
 def _running_definition(record: RuntimeRecord) -> DomainDefinition | None:
@@ -1255,8 +1284,12 @@ def _proc_usage(pid: int) -> tuple[float, int]:
 
 
 @asynccontextmanager
-async def open_driver(config: DriverConfig) -> AsyncIterator[Driver]:
+async def open_driver(config: DriverConfig, *, load: bool = True) -> AsyncIterator[Driver]:
     """Load the domains and run the driver while the block lasts.
+
+    With ``load=False`` the block starts before anything is loaded, and must
+    call :meth:`Driver.load` before it uses the driver (``open_daemon``
+    listens meanwhile; calls wait for :attr:`Driver.loaded`).
 
     Returns at once: each running domain found in the runtime records
     reconnects in its own task, holding its job until its monitor answers
@@ -1267,8 +1300,8 @@ async def open_driver(config: DriverConfig) -> AsyncIterator[Driver]:
     try:
         async with open_service_nursery() as nursery:
             driver = Driver(config, nursery)
-            await driver._load()
-            nursery.start_soon(driver._autostart)
+            if load:
+                await driver.load()
             try:
                 yield driver
             finally:

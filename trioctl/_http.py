@@ -237,6 +237,9 @@ async def serve_http(
                 headers=[(b"WWW-Authenticate", b'Bearer realm="trioctl"')],
             )
             return
+        # Listening while the domains load: no half-loaded registry shows
+        # (the connection's handshake deadline bounds the wait).
+        await server.driver.loaded.wait()
         from ._metrics import CONTENT_TYPE, render
 
         await respond(stream, 200, render(server), CONTENT_TYPE.encode())

@@ -55,6 +55,7 @@ __all__ = [
     "emulator_argv",
     "find_processes",
     "launch",
+    "monitor_matcher",
     "names_monitor",
     "prepare_domain_dir",
     "qemu_opt",
@@ -407,22 +408,37 @@ def names_monitor(argv: list[str], qmp_path: str) -> bool:
     """True if the command line ``argv`` serves its QMP monitor at ``qmp_path``
     (QEMU and the simulator), or is the simulator's ``many`` mode serving
     ``qmp_path`` in its ``--vm-dirs`` layout."""
-    prefix = f"unix:{qmp_path},"
-    if any(arg.startswith(prefix) for arg in argv):
-        return True
-    if "many" not in argv or "--vm-dirs" not in argv:
-        return False
-    options = dict(itertools.pairwise(argv))
-    path = Path(qmp_path)
-    if path.name != MONITOR_SOCKET or options.get("--dir") != str(path.parent.parent):
-        return False
-    name, prefix_opt, count = (
-        path.parent.name,
-        options.get("--prefix", "vm"),
-        options.get("--count"),
-    )
-    index = name[len(prefix_opt) :] if name.startswith(prefix_opt) else ""
-    return index.isdigit() and count is not None and count.isdigit() and int(index) < int(count)
+    return monitor_matcher(argv)(qmp_path)
+
+
+def monitor_matcher(argv: list[str]) -> Callable[[str], bool]:
+    """:func:`names_monitor` for one command line and many paths: the line
+    is read once (at start-up, a thousand records of one simulator process
+    were about 9 us each, reading it again every time). The paths asked
+    about are normalized, as ``str()`` of a :class:`~pathlib.Path` is."""
+    sockets = [arg for arg in argv if arg.startswith("unix:")]
+    directory = count = prefix = None
+    if "many" in argv and "--vm-dirs" in argv:
+        options = dict(itertools.pairwise(argv))
+        directory, count = options.get("--dir"), options.get("--count")
+        prefix = options.get("--prefix", "vm")
+    limit = int(count) if count is not None and count.isdecimal() else None
+
+    def matches(qmp_path: str) -> bool:
+        if sockets:
+            wanted = f"unix:{qmp_path},"
+            if any(arg.startswith(wanted) for arg in sockets):
+                return True
+        if limit is None or prefix is None:
+            return False
+        parent, socket_name = os.path.split(qmp_path)
+        top, name = os.path.split(parent)
+        if socket_name != MONITOR_SOCKET or directory != top:
+            return False
+        index = name[len(prefix) :] if name.startswith(prefix) else ""
+        return index.isdecimal() and int(index) < limit
+
+    return matches
 
 
 def cmdline(pid: int) -> list[str] | None:

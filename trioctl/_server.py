@@ -423,6 +423,10 @@ class Server:
         self._quiet = trio.Event()
         """Set when the last message in flight ends or the last session
         closes (what :meth:`drain` waits for)."""
+        self.first_served = trio.Event()
+        """Set when no message is in flight any more for the first time (the
+        first call answered), or a call needs a domain's job (it may wait for
+        a reconnect): a reconnect's supervisors wait for it."""
         self.close_by = math.inf
         """When closing handshakes are cut short (set by :meth:`drain`)."""
         """The loop's share among the sessions' readers."""
@@ -1123,6 +1127,7 @@ class Server:
             self._messages -= 1
             if not self._messages:
                 self._quiet.set()
+                self.first_served.set()
 
     async def _call(
         self,
@@ -1217,9 +1222,14 @@ class Server:
         params: Any = structure(raw if raw is not None else {}, proc.params)
         ctx = CallContext(self, session)
         with trio.move_on_after(proc.deadline) as scope:
+            if not self.driver.loaded.is_set():
+                # open_daemon listens while the domains load: wait for them.
+                await self.driver.loaded.wait()
             if proc.job is not None:
                 name = params.name
                 self.driver.get_info(name)  # NO_DOMAIN before queueing for a job
+                # It may wait for a reconnect: supervisors no longer wait.
+                self.first_served.set()
                 result = await self.dispatcher.call(
                     proc.priority,
                     proc.handler,
