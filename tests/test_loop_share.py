@@ -12,6 +12,7 @@ streams under ``autojump_clock``.
 
 from __future__ import annotations
 
+import gc
 import json
 from functools import partial
 from pathlib import Path
@@ -217,3 +218,41 @@ async def test_one_failure_does_not_put_a_client_in_the_lane_two_in_a_row_do(
             assert '"domains"' in await call(PROBE_CALL)
             assert server.turns.waited == 2
             nursery.cancel_scope.cancel()
+
+
+async def _garbage_after(sock_dir: Path, text: str, calls: int) -> int:
+    """Objects the cyclic collector finds after ``calls`` calls of ``text``
+    (reference counting alone frees everything else)."""
+    async with memory_server(sock_dir, keepalive_interval=0) as (_server, listener):
+        async with trio.open_nursery() as nursery:
+            stream = await listener.connect()
+            ws = await trio_websocket.wrap_client_stream(nursery, stream, "x", "/")  # type: ignore[arg-type]
+            await ws.send_message(text)  # warm up (first-use caches)
+            await ws.get_message()
+            gc.collect()
+            gc.disable()
+            try:
+                for _ in range(calls):
+                    await ws.send_message(text)
+                    await ws.get_message()
+                found = gc.collect()
+            finally:
+                gc.enable()
+            nursery.cancel_scope.cancel()
+    return found
+
+
+async def test_a_failed_call_leaves_no_reference_cycle(
+    autojump_clock: trio.testing.MockClock, sock_dir: Path
+) -> None:
+    """A failed call's error kept its traceback in the reply, and the
+    traceback the frame that held the reply: a cycle of about 45 objects per
+    failed call. Under a flood of failing calls those filled the collector's
+    young generation every half second, and each collection (tens of
+    milliseconds) stalled every client: the storm's p99 (docs/benchmarks.md,
+    storm). Now a failure is freed like a success, by reference counting."""
+    calls = 50
+    ok = await _garbage_after(sock_dir, PROBE_CALL, calls)
+    failed = await _garbage_after(sock_dir, FAILING_CALL, calls)
+    # Not one object per call (before: about 45 per call).
+    assert failed - ok < calls, (failed, ok)

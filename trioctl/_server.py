@@ -1100,7 +1100,15 @@ class Server:
                         domain=exc.data.get("domain"),
                         reason=exc.reason,
                     )
-                response = rpc.Response.error(call_id, exc)
+                # Without its traceback: the reply needs the error's reason,
+                # message and data, and a traceback kept by the reply would
+                # hold this frame, which holds the reply: a reference cycle
+                # per failed call (traceback, frames, cancel scopes, the job's
+                # objects: about 45 objects), left for the cyclic collector.
+                # A flood of failing calls made its young collections, each
+                # tens of milliseconds, the storm's p99 (docs/benchmarks.md,
+                # storm).
+                response = rpc.Response.error(call_id, exc.with_traceback(None))
             except Exception as exc:
                 log(
                     logger, logging.ERROR, "internal error in %s", item.method, exc_info=True,
