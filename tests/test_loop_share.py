@@ -13,6 +13,7 @@ streams under ``autojump_clock``.
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 from functools import partial
 from pathlib import Path
@@ -22,7 +23,7 @@ import trio
 import trio.testing
 import trio_websocket
 
-from trioctl._server import _Turns
+from trioctl._server import _LANE_SHARE, _Turns
 
 from .test_server_virtual_time import memory_server
 
@@ -182,6 +183,55 @@ async def test_a_turn_waits_for_the_loop_to_idle_or_for_the_patience() -> None:
             await turns.take()  # never idle: after the patience
         assert trio.current_time() - start >= 0.05
         nursery.cancel_scope.cancel()
+
+
+async def test_turns_take_at_most_their_share_of_the_loop(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Each turn keeps the loop busy for 1 ms (the clock jumps while it runs,
+    nothing idles): the next turn comes 1 ms * (1 - share) / share after it
+    ended, so three flooders together get the lane's share of the loop's
+    time, not every idle moment of it (which kept the daemon's process busy
+    all the time, and so scheduled by the host as a busy one)."""
+    turns = _Turns()
+    granted: list[float] = []
+    async with trio.open_nursery() as nursery:
+        turns.nursery = nursery
+
+        async def flooder() -> None:
+            for _ in range(5):
+                await turns.take()
+                granted.append(trio.current_time())
+                autojump_clock.jump(0.001)  # the turn's call: 1 ms of the loop
+
+        for _ in range(3):
+            nursery.start_soon(flooder)
+    assert len(granted) == 15 and turns.waited == 15
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(granted)]
+    rest = 0.001 * (1 - _LANE_SHARE) / _LANE_SHARE  # 3 ms
+    assert min(gaps) >= round(0.001 + rest, 6), gaps
+
+
+async def test_a_rest_is_at_most_the_patience(autojump_clock: trio.testing.MockClock) -> None:
+    """A turn that kept the loop busy a long time does not make the next
+    failing message wait more than the patience for its rest."""
+    turns = _Turns(patience=0.05, share=0.25)
+    granted: list[float] = []
+    async with trio.open_nursery() as nursery:
+        turns.nursery = nursery
+        for _ in range(2):
+            await turns.take()
+            granted.append(trio.current_time())
+            autojump_clock.jump(1.0)  # far longer than the patience
+        nursery.cancel_scope.cancel()
+    # The measurement stops at the patience: the rest is capped at it too.
+    assert granted[1] - granted[0] <= 1.0 + 0.05 + 1e-6
+
+
+def test_the_share_is_checked() -> None:
+    for share in (0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="share"):
+            _Turns(share=share)
 
 
 async def test_turns_are_free_outside_a_server() -> None:
