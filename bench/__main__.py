@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, help="hung domains")
     p.add_argument("--clients", type=int, help="hammer clients")
     p.add_argument("--rounds", type=int, help="repetitions (destroy, stop, throughput)")
-    p.add_argument("--interval", type=float, default=0.2, help="probe interval, s (0.2)")
+    p.add_argument("--interval", type=float, default=0.05, help="probe interval, s (0.05)")
     p.add_argument(
         "--give-up", type=float, default=60.0, help="a probe abandons a call after this, s (60)"
     )

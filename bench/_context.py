@@ -30,7 +30,7 @@ class Options:
     k: int | None = None
     clients: int | None = None
     rounds: int | None = None
-    interval: float = 0.2
+    interval: float = 0.05
     give_up: float = 60.0
     hammer_call: str = "monitor"
     hammer_pause: float = 0.0

@@ -5,8 +5,8 @@ Every probe has a connection of its own, calls once per ``interval`` (the
 next call starts ``interval`` after the previous one started, or at once if
 that one took longer; the probes are staggered over the interval so that they
 do not queue behind one another), and gives up after its own ``give_up``
-(``PROBE_TIMEOUT``). A call still running when the window closes is recorded
-as ``UNFINISHED`` with the time it had waited. A probe that gave up or lost its
+(``PROBE_TIMEOUT``). A call still running :data:`FINISH_GRACE` after the window
+closed is recorded as ``UNFINISHED`` with the time it had waited. A probe that gave up or lost its
 connection reconnects, so a call the daemon is still working on never holds
 one of the connection's ``max_client_requests`` slots.
 """
@@ -58,6 +58,8 @@ __all__ = [
 ]
 
 CONNECT_TIMEOUT = 10.0
+FINISH_GRACE = 1.0
+"""Seconds a probe call started in the window may run past its end."""
 
 
 def outcome_of(exc: BaseException) -> str:
@@ -151,7 +153,10 @@ async def _probe_calls(
         if t0 >= window.end:
             return next_at
         next_at = t0 + interval
-        budget = min(give_up, window.end - t0)
+        # A call started in the window may finish up to FINISH_GRACE after its
+        # end: with probes every 0.05 s, a call cut by the end after a
+        # millisecond would otherwise count as UNFINISHED.
+        budget = min(give_up, window.end + FINISH_GRACE - t0)
         outcome = OK
         with trio.move_on_after(budget) as scope:
             try:

@@ -49,7 +49,7 @@ def percentile(ordered: Sequence[float], q: float) -> float:
 
 
 def summarize(samples: Iterable[Sample]) -> dict[str, Any]:
-    """Count, successes, p50/p99/max in ms and the outcomes that were not ok."""
+    """Count, successes, p50/p90/p99/max in ms and the outcomes that were not ok."""
     items = list(samples)
     ordered = sorted(s.latency for s in items)
     outcomes = Counter(s.outcome for s in items if s.outcome != OK)
@@ -57,6 +57,7 @@ def summarize(samples: Iterable[Sample]) -> dict[str, Any]:
         "count": len(items),
         "ok": sum(1 for s in items if s.outcome == OK),
         "p50_ms": _ms(percentile(ordered, 0.50)),
+        "p90_ms": _ms(percentile(ordered, 0.90)),
         "p99_ms": _ms(percentile(ordered, 0.99)),
         "max_ms": _ms(ordered[-1]) if ordered else None,
         "errors": dict(sorted(outcomes.items())),

@@ -12,6 +12,8 @@ streams under ``autojump_clock``.
 
 from __future__ import annotations
 
+import gc
+import itertools
 import json
 from functools import partial
 from pathlib import Path
@@ -21,7 +23,7 @@ import trio
 import trio.testing
 import trio_websocket
 
-from trioctl._server import _Turns
+from trioctl._server import _LANE_SHARE, _Turns
 
 from .test_server_virtual_time import memory_server
 
@@ -183,6 +185,55 @@ async def test_a_turn_waits_for_the_loop_to_idle_or_for_the_patience() -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_turns_take_at_most_their_share_of_the_loop(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Each turn keeps the loop busy for 1 ms (the clock jumps while it runs,
+    nothing idles): the next turn comes 1 ms * (1 - share) / share after it
+    ended, so three flooders together get the lane's share of the loop's
+    time, not every idle moment of it (which kept the daemon's process busy
+    all the time, and so scheduled by the host as a busy one)."""
+    turns = _Turns()
+    granted: list[float] = []
+    async with trio.open_nursery() as nursery:
+        turns.nursery = nursery
+
+        async def flooder() -> None:
+            for _ in range(5):
+                await turns.take()
+                granted.append(trio.current_time())
+                autojump_clock.jump(0.001)  # the turn's call: 1 ms of the loop
+
+        for _ in range(3):
+            nursery.start_soon(flooder)
+    assert len(granted) == 15 and turns.waited == 15
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(granted)]
+    rest = 0.001 * (1 - _LANE_SHARE) / _LANE_SHARE  # 3 ms
+    assert min(gaps) >= round(0.001 + rest, 6), gaps
+
+
+async def test_a_rest_is_at_most_the_patience(autojump_clock: trio.testing.MockClock) -> None:
+    """A turn that kept the loop busy a long time does not make the next
+    failing message wait more than the patience for its rest."""
+    turns = _Turns(patience=0.05, share=0.25)
+    granted: list[float] = []
+    async with trio.open_nursery() as nursery:
+        turns.nursery = nursery
+        for _ in range(2):
+            await turns.take()
+            granted.append(trio.current_time())
+            autojump_clock.jump(1.0)  # far longer than the patience
+        nursery.cancel_scope.cancel()
+    # The measurement stops at the patience: the rest is capped at it too.
+    assert granted[1] - granted[0] <= 1.0 + 0.05 + 1e-6
+
+
+def test_the_share_is_checked() -> None:
+    for share in (0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="share"):
+            _Turns(share=share)
+
+
 async def test_turns_are_free_outside_a_server() -> None:
     turns = _Turns()
     for _ in range(5):
@@ -217,3 +268,41 @@ async def test_one_failure_does_not_put_a_client_in_the_lane_two_in_a_row_do(
             assert '"domains"' in await call(PROBE_CALL)
             assert server.turns.waited == 2
             nursery.cancel_scope.cancel()
+
+
+async def _garbage_after(sock_dir: Path, text: str, calls: int) -> int:
+    """Objects the cyclic collector finds after ``calls`` calls of ``text``
+    (reference counting alone frees everything else)."""
+    async with memory_server(sock_dir, keepalive_interval=0) as (_server, listener):
+        async with trio.open_nursery() as nursery:
+            stream = await listener.connect()
+            ws = await trio_websocket.wrap_client_stream(nursery, stream, "x", "/")  # type: ignore[arg-type]
+            await ws.send_message(text)  # warm up (first-use caches)
+            await ws.get_message()
+            gc.collect()
+            gc.disable()
+            try:
+                for _ in range(calls):
+                    await ws.send_message(text)
+                    await ws.get_message()
+                found = gc.collect()
+            finally:
+                gc.enable()
+            nursery.cancel_scope.cancel()
+    return found
+
+
+async def test_a_failed_call_leaves_no_reference_cycle(
+    autojump_clock: trio.testing.MockClock, sock_dir: Path
+) -> None:
+    """A failed call's error kept its traceback in the reply, and the
+    traceback the frame that held the reply: a cycle of about 45 objects per
+    failed call. Under a flood of failing calls those filled the collector's
+    young generation every half second, and each collection (tens of
+    milliseconds) stalled every client: the storm's p99 (docs/benchmarks.md,
+    storm). Now a failure is freed like a success, by reference counting."""
+    calls = 50
+    ok = await _garbage_after(sock_dir, PROBE_CALL, calls)
+    failed = await _garbage_after(sock_dir, FAILING_CALL, calls)
+    # Not one object per call (before: about 45 per call).
+    assert failed - ok < calls, (failed, ok)

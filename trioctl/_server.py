@@ -216,6 +216,13 @@ _LANE_PATIENCE: Final = 0.05
 (see :class:`_Turns`)."""
 
 
+_LANE_SHARE: Final = 0.25
+"""The error lane's turns take at most about this share of the loop's time:
+after a turn that kept the loop busy ``t`` seconds, the next waits
+``t * (1 - share) / share`` (at most :data:`_LANE_PATIENCE`); see
+:class:`_Turns`."""
+
+
 _LANE_AFTER: Final = 2
 """Failed calls in a row that put a session in the error lane: a client whose
 one call failed (a typo, a domain just undefined) goes on at once; a client
@@ -239,6 +246,15 @@ class _Turns:
     :data:`_LANE_PATIENCE` seconds at the latest. The failing clients then
     get the loop's idle time, one call at a time, whatever their number, and
     every other session's steps come round at the pace of an idle daemon.
+
+    Idle time alone is not a share, though: given every idle moment, the
+    flood keeps the daemon's process busy all the time, and the host then
+    schedules it as a busy process (a probe's message waits for the process
+    to get a core back, not for the loop; measured in docs/benchmarks.md,
+    storm). So the turns are paced too: a turn lasts until the loop is idle
+    again, and the next one waits in proportion, so that the lane takes at
+    most about :data:`_LANE_SHARE` of the loop's time, and the daemon sleeps
+    between turns like an idle one.
     Nothing is refused: a failing client's next call starts once the loop
     is idle (at once on an idle daemon), and its reader reads later
     (``max_client_requests`` backpressure as before). A session leaves the
@@ -248,10 +264,15 @@ class _Turns:
     It never spins: it sleeps until the loop is idle.
     """
 
-    def __init__(self, patience: float = _LANE_PATIENCE) -> None:
+    def __init__(self, patience: float = _LANE_PATIENCE, share: float = _LANE_SHARE) -> None:
+        if not 0 < share <= 1:
+            raise ValueError(f"the lane's share must be in (0, 1], not {share!r}")
         self.patience = patience
+        self.share = share
         self.waited = 0
         """Turns given (statistics)."""
+        self._rested_at = -math.inf
+        """No turn before this time (trio clock): the rest after the last one."""
         self.nursery: trio.Nursery | None = None
         self._waiting: collections.deque[trio.Event] = collections.deque()
         self._keeping = False
@@ -280,10 +301,20 @@ class _Turns:
         try:
             while self._waiting:
                 with trio.move_on_after(self.patience):
+                    await trio.sleep_until(self._rested_at)
                     await wait_all_tasks_blocked()
-                if self._waiting:
-                    self._waiting.popleft().set()
-                    self.waited += 1
+                if not self._waiting:
+                    break
+                started = trio.current_time()
+                self._waiting.popleft().set()
+                self.waited += 1
+                # The turn lasts until the loop is idle again (its call
+                # answered, or waiting for something); then rest in proportion.
+                with trio.move_on_after(self.patience):
+                    await wait_all_tasks_blocked()
+                spent = trio.current_time() - started
+                rest = min(self.patience, spent * (1 - self.share) / self.share)
+                self._rested_at = trio.current_time() + rest
         finally:
             self._keeping = False
 
@@ -1168,7 +1199,15 @@ class Server:
                         domain=exc.data.get("domain"),
                         reason=exc.reason,
                     )
-                response = rpc.Response.error(call_id, exc)
+                # Without its traceback: the reply needs the error's reason,
+                # message and data, and a traceback kept by the reply would
+                # hold this frame, which holds the reply: a reference cycle
+                # per failed call (traceback, frames, cancel scopes, the job's
+                # objects: about 45 objects), left for the cyclic collector.
+                # A flood of failing calls made its young collections, each
+                # tens of milliseconds, the storm's p99 (docs/benchmarks.md,
+                # storm).
+                response = rpc.Response.error(call_id, exc.with_traceback(None))
             except Exception as exc:
                 log(
                     logger, logging.ERROR, "internal error in %s", item.method, exc_info=True,
