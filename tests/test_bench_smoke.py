@@ -114,7 +114,9 @@ async def test_storm(bench_tmp: Path) -> None:
     # The hammer's clients were all busy on the hung domains.
     assert default["hammer"]["calls"] + default["hammer"]["in_flight_at_end"] >= 6
     assert len(default["samples"]["storm"]["list"]) == default["storm"]["list"]["count"]
-    assert len(data["results"]["goals"]) == 4
+    # Four probes against the first issue's targets and against issue 14's.
+    goals = [g["goal"] for g in data["results"]["goals"]]
+    assert len(goals) == 8 and sum(g.startswith("issue 14: ") for g in goals) == 4, goals
 
 
 async def test_destroy(bench_tmp: Path) -> None:

@@ -23,6 +23,8 @@ import trio
 import trio.testing
 import trio_websocket
 
+from trioctl._client import Client
+from trioctl._errors import TrioctlError
 from trioctl._server import _LANE_SHARE, _Turns
 
 from .test_server_virtual_time import memory_server
@@ -305,4 +307,47 @@ async def test_a_failed_call_leaves_no_reference_cycle(
     ok = await _garbage_after(sock_dir, PROBE_CALL, calls)
     failed = await _garbage_after(sock_dir, FAILING_CALL, calls)
     # Not one object per call (before: about 45 per call).
+    assert failed - ok < calls, (failed, ok)
+
+
+async def _client_garbage_after(
+    sock_dir: Path, method: str, params: dict[str, str], calls: int
+) -> int:
+    """As :func:`_garbage_after`, through trioctl's own client."""
+    async with memory_server(sock_dir, keepalive_interval=0) as (_server, listener):
+        async with trio.open_nursery() as nursery:
+            stream = await listener.connect()
+            ws = await trio_websocket.wrap_client_stream(nursery, stream, "x", "/")  # type: ignore[arg-type]
+            client = Client(ws, 16)
+            nursery.start_soon(client._reader)
+
+            async def one() -> None:
+                try:
+                    await client.call(method, params)
+                except TrioctlError:
+                    pass
+
+            await one()  # warm up (first-use caches)
+            gc.collect()
+            gc.disable()
+            try:
+                for _ in range(calls):
+                    await one()
+                found = gc.collect()
+            finally:
+                gc.enable()
+            nursery.cancel_scope.cancel()
+    return found
+
+
+async def test_a_failed_call_leaves_no_reference_cycle_in_the_client(
+    autojump_clock: trio.testing.MockClock, sock_dir: Path
+) -> None:
+    """The client's side of the same: the error a reply carries was raised
+    from the response that held it, whose frame the traceback kept: a cycle
+    per failed call in every client (the bench's hammer, an embedding
+    application retrying)."""
+    calls = 50
+    ok = await _client_garbage_after(sock_dir, "connect.list_domains", {}, calls)
+    failed = await _client_garbage_after(sock_dir, "domain.get_info", {"name": "nope"}, calls)
     assert failed - ok < calls, (failed, ok)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import gc
 import json
 import math
 from pathlib import Path
@@ -586,6 +587,27 @@ def test_response_unwrap() -> None:
     assert response.is_error
     with pytest.raises(NoDomain, match="nope"):
         response.unwrap()
+
+
+def test_response_unwrap_leaves_no_reference_cycle() -> None:
+    """Raising the error from the frame that holds the response would make a
+    cycle (response, error, traceback, frame): freed only by the collector."""
+
+    def fail_once() -> None:
+        try:
+            Response.error(1, NoDomain("nope")).unwrap()
+        except NoDomain:
+            pass
+
+    fail_once()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(20):
+            fail_once()
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
 
 
 # -- client side ----------------------------------------------------------------------

@@ -231,7 +231,18 @@ class Client:
                 raise DaemonConnectionLost(
                     f"the daemon closed the connection: {exc.reason}"
                 ) from None
-        return response.unwrap()
+        del waiter
+        error = response.exc
+        if error is None:
+            return response.value
+        # Raised with no reference from this frame to the response or the
+        # error (whose traceback holds this frame): a failed call leaves no
+        # cycle for the collector (tests/test_loop_share.py).
+        del response
+        try:
+            raise error
+        finally:
+            del error
 
     def events(self) -> trio.MemoryReceiveChannel[DomainEvent]:
         """Events after :meth:`subscribe` (``async for event in client.events()``);

@@ -287,9 +287,16 @@ class Response:
             TrioctlError: the error this response carries, of the class its
                 ``reason`` names (for example :class:`~trioctl.NoDomain`).
         """
-        if self.exc is not None:
-            raise self.exc
-        return self.value
+        exc = self.exc
+        if exc is None:
+            return self.value
+        # This frame, which the traceback keeps, holds neither the response
+        # nor the error when it leaves: no reference cycle.
+        del self
+        try:
+            raise exc
+        finally:
+            del exc
 
 
 @attrs.frozen
