@@ -281,6 +281,18 @@ def _wait_for_line(log: Path, text: str) -> None:
         time.sleep(0.05)
 
 
+def test_a_tokens_file_nested_too_deeply_is_unusable(tmp_path: Path) -> None:
+    """Not a RecursionError: SIGHUP keeps the old tokens only on a
+    TokensFileError (a RecursionError there ended the running daemon)."""
+    from trioctl._tokens import Tokens, TokensFileError
+
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text("[" * 3000)
+    os.chmod(tokens, 0o600)
+    with pytest.raises(TokensFileError, match="not valid JSON"):
+        Tokens.load(tokens, owner=os.geteuid())
+
+
 @pytest.mark.slow
 def test_sighup_reloads_the_tokens_file(tmp_path: Path) -> None:
     state = tmp_path / "state"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from trioctl import DomainDestroyed
 from trioctl._driver import Driver
 from trioctl._models import DomainDefinition, DomainState, MonitorState
 
@@ -96,3 +97,27 @@ async def test_idle_domains_have_no_task_and_reconnect_after_eof(sock_dir: Path)
         finally:
             pid_b = idle_b.proc.pid
             os.kill(pid_b, signal.SIGKILL)
+
+
+async def test_a_call_after_the_monitor_closed_for_a_destroy_gets_domain_destroyed(
+    sock_dir: Path,
+) -> None:
+    """Destroy marks the run, then SIGTERMs the emulator, which closes its
+    monitor before it exits: a call that takes the job in between used to
+    get MONITOR_UNRESPONSIVE (reconnecting), not DOMAIN_DESTROYED."""
+    with trio.fail_after(30):
+        async with driver_at(sock_dir) as driver:
+            try:
+                await driver.define(DomainDefinition(name="a", emulator="sim"))
+                await driver.start("a")
+                run = driver._domains["a"].run
+                assert run is not None and run.monitor is not None
+                run.destroying = True  # destroy's first step
+                run.monitor.close()  # as the emulator closes it on SIGTERM
+                assert run.monitor is None
+                with pytest.raises(DomainDestroyed):
+                    await driver.monitor_command("a", "query-status")
+                with pytest.raises(DomainDestroyed):
+                    await driver.get_stats("a")
+            finally:
+                kill_all(driver)

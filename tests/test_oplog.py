@@ -335,6 +335,19 @@ async def test_unusable_saved_reasons_are_ignored(sock_dir: Path, lines: Lines) 
         assert len([r for r in lines.records if "ignoring" in r.getMessage()]) == 3
 
 
+async def test_a_saved_reason_nested_too_deeply_is_ignored(sock_dir: Path, lines: Lines) -> None:
+    """A ``.exit`` file within its 1 KiB bound but nested deeper than the
+    recursion limit (RecursionError, not a ValueError) used to stop the
+    daemon from starting."""
+    with trio.fail_after(30):
+        async with driver_at(sock_dir) as driver:
+            await driver.define(DomainDefinition(name="a", emulator="sim"))
+        (sock_dir / "domains" / "a.exit").write_text("[" * 1020)
+        async with driver_at(sock_dir) as driver:
+            assert driver.get_info("a").reason == "defined"
+        assert len([r for r in lines.records if "ignoring" in r.getMessage()]) == 1
+
+
 @pytest.mark.slow
 async def test_emulator_that_died_while_the_daemon_was_down(sock_dir: Path, lines: Lines) -> None:
     with trio.fail_after(30):

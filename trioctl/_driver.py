@@ -1014,6 +1014,9 @@ class Driver:
                 domain=name,
             )
         monitor = run.monitor
+        if monitor is None and run.destroying:
+            # The emulator closed its monitor as destroy's signal ends it.
+            raise DomainDestroyed(f"domain {name!r} was destroyed", domain=name)
         if monitor is None:
             raise MonitorUnresponsive(
                 f"the monitor of domain {name!r} is not connected (reconnecting)", domain=name

@@ -342,7 +342,8 @@ class Store:
                     raise ValueError(f"unknown state {str(state)[:20]!r}")
                 if not _EXIT_REASON.fullmatch(reason):
                     raise ValueError(f"unknown reason {reason[:20]!r}")
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, RecursionError) as exc:
+                # RecursionError: nested too deeply, even within 1 KiB.
                 logger.warning("ignoring %s: %s", path, str(exc)[:200])
                 continue
             found[path.stem] = (state, reason)

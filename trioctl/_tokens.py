@@ -102,7 +102,8 @@ def read_tokens_file(path: Path, *, owner: int | None = None) -> list[tuple[str,
     data = _read_bytes(path, owner)
     try:
         raw = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        # RecursionError: nested too deeply (a SIGHUP catches TokensFileError only).
         raise TokensFileError(path, f"not valid JSON: {exc}") from None
     entries = raw.get("tokens") if isinstance(raw, dict) else None
     if not isinstance(entries, list):
