@@ -84,6 +84,30 @@ def test_torn_and_foreign_runtime_records_are_set_aside(tmp_path: Path) -> None:
     assert again[0].moved_to.endswith(".corrupt.1")
 
 
+def test_a_record_whose_name_is_no_domain_name_is_set_aside(tmp_path: Path) -> None:
+    # A record names a domain, and the loader joins that name to the run
+    # directory (the domain's run directory, its socket): "..", found by an
+    # outside trial as "...json", reached one level above it.
+    store = Store(tmp_path, tmp_path / "run")
+    run = tmp_path / "run"
+    for stem in ("..", ".hidden", "-x", "a b"):
+        (run / f"{stem}.json").write_text(json.dumps(attrs_record(stem)))
+    store.save_record(RuntimeRecord("ok", 1, 2, "sim", 0.0))
+    records, problems = store.load_records()
+    assert list(records) == ["ok"]
+    assert sorted(Path(p.path).name for p in problems) == sorted(
+        ["...json", ".hidden.json", "-x.json", "a b.json"]
+    )
+    assert all("not a domain name" in p.reason for p in problems)
+
+
+def attrs_record(name: str) -> dict[str, object]:
+    return {
+        "name": name, "pid": 1, "start_ticks": 2, "emulator": "sim", "started_at": 0.0,
+        "state": "running", "shared": False,
+    }  # fmt: skip
+
+
 def test_write_atomic_leaves_no_temporary_on_success(tmp_path: Path) -> None:
     write_atomic(tmp_path / "f.json", b"{}")
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]

@@ -34,7 +34,7 @@ from typing import Any, Final
 import attrs
 
 from ._errors import TrioctlError
-from ._models import DomainDefinition, structure, unstructure
+from ._models import NAME_RE, DomainDefinition, structure, unstructure
 
 __all__ = [
     "MAX_DEFINITION_BYTES",
@@ -267,6 +267,10 @@ def _parse_record(raw: object, name: str) -> RuntimeRecord:
         raise ValueError("not a JSON object")
     raw = {k: v for k, v in raw.items() if k not in _LEGACY_RECORD_KEYS}
     record = RuntimeRecord(**raw)
+    if not NAME_RE.fullmatch(name):
+        # The loader joins the name to the run directory: ".." would reach
+        # above it.
+        raise ValueError(f"{name[:70]!r} is not a domain name")
     if record.name != name:
         raise ValueError(f"names domain {record.name!r}, not {name!r}")
     if record.state not in ("starting", "running"):
