@@ -78,7 +78,9 @@ async def test_a_flooding_domain_is_bounded_and_the_drop_reported(
             await trio.sleep(1)
             run.on_qmp_event(Event("RESUME", {}, 0.0))
             later = drain(sub.receive_channel)
-            assert [e.detail for e in driver_lifecycle(later)] == ["resumed"]
+            # The STOP dropped in the flood: its "suspended" comes with the
+            # drop report, before the RESUME's own.
+            assert [e.detail for e in driver_lifecycle(later)] == ["suspended", "resumed"]
             report = [e for e in later if e.detail == "events_dropped"]
             assert len(report) == 1
             assert report[0].kind == "monitor"
@@ -98,3 +100,37 @@ async def test_a_flooding_domain_is_bounded_and_the_drop_reported(
             reports = [e for e in drain(sub.receive_channel) if e.detail == "events_dropped"]
             assert len(reports) == 1
             assert 0 < reports[0].data["count"] < 500
+
+
+async def test_a_stop_resume_flood_is_bounded_and_ends_in_the_true_state(
+    autojump_clock: trio.testing.MockClock, sock_dir: Path
+) -> None:
+    """A QEMU flooding STOP and RESUME: each changed the state and sent a
+    lifecycle event past the bound (an outside trial: about 700 a second to
+    each subscriber against 100 QMP events). Now they share the bound, and the
+    last state dropped comes with the drop report."""
+    config = DriverConfig(state_dir=sock_dir, max_events_per_second=100)
+    async with open_driver(config) as driver:
+        dom = _Domain(DomainDefinition(name="flood"), DomainState.RUNNING, "booted")
+        run = dom.run = _Run(driver, dom, cast(Any, None), cast(Any, None), "")
+        with driver.subscribe(None, max_buffer=100_000) as sub:
+            for i in range(5_001):  # ends on STOP
+                run.on_qmp_event(Event("STOP" if i % 2 == 0 else "RESUME", {}, 0.0))
+            assert dom.state is DomainState.PAUSED
+            first = driver_lifecycle(drain(sub.receive_channel))
+            assert len(first) == 100  # one second's burst, as QMP events
+            await trio.sleep(1.5)
+            later = drain(sub.receive_channel)
+            assert [e.detail for e in later if e.kind == "monitor"] == ["events_dropped"]
+            assert [(e.detail, e.data["state"]) for e in driver_lifecycle(later)] == [
+                ("suspended", "paused")
+            ]
+            # A held event that is no longer true is not sent: dropped STOP,
+            # then the state moves on by another way (a sync after reconnect).
+            for _ in range(200):
+                run.on_qmp_event(Event("RESUME", {}, 0.0))
+                run.on_qmp_event(Event("STOP", {}, 0.0))
+            drain(sub.receive_channel)
+            dom.state = DomainState.RUNNING
+            await trio.sleep(1.5)
+            assert driver_lifecycle(drain(sub.receive_channel)) == []

@@ -437,19 +437,24 @@ class Driver:
         logger.debug("event %s %s %s %s", domain, kind, detail, data)
         self._events.publish(event, domain)
 
-    def _move(self, dom: _Domain, trigger: Trigger) -> None:
-        """Take ``dom`` through one row of the lifecycle table (with its event)."""
+    def _move(
+        self, dom: _Domain, trigger: Trigger, *, quiet: bool = False
+    ) -> tuple[str, dict[str, Any]] | None:
+        """Take ``dom`` through one row of the lifecycle table (with its event).
+
+        With ``quiet`` the event is not sent but returned (``(detail, data)``),
+        for a caller that sends it later or not at all."""
         step = transition(dom.definition.name, dom.state, trigger)
         if step is None:
-            return
+            return None
         dom.state, dom.reason = step.target, step.reason
-        if step.event is not None:
-            self._emit(
-                dom.definition.name,
-                EventKind.LIFECYCLE,
-                step.event,
-                {"state": step.target.value, "reason": step.reason.value},
-            )
+        if step.event is None:
+            return None
+        data = {"state": step.target.value, "reason": step.reason.value}
+        if quiet:
+            return step.event, data
+        self._emit(dom.definition.name, EventKind.LIFECYCLE, step.event, data)
+        return None
 
     def _run_ended(self, dom: _Domain, run: DomainRun, trigger: Trigger) -> None:
         """The process of ``dom``'s current run exited: forget the run."""

@@ -95,7 +95,9 @@ class Host(Protocol):
         self, domain: str, kind: EventKind, detail: str, data: dict[str, Any] | None = None
     ) -> None: ...
 
-    def _move(self, dom: Domain, trigger: Trigger) -> None: ...
+    def _move(
+        self, dom: Domain, trigger: Trigger, *, quiet: bool = False
+    ) -> tuple[str, dict[str, Any]] | None: ...
 
     def _run_ended(self, dom: Domain, run: DomainRun, trigger: Trigger) -> None: ...
 
@@ -140,6 +142,9 @@ class DomainRun:
     events: EventRateLimit | None = None
     """The bound on QMP events passed on to subscribers (None: unbounded)."""
     drop_report_due: bool = False
+    held_lifecycle: tuple[str, dict[str, Any]] | None = None
+    """The last lifecycle event of a dropped QMP event (STOP, RESUME), sent
+    with the drop report if the domain is still in its state then."""
     """A report of dropped events is scheduled (see _report_drops)."""
     stopped_by: str = ""
     """The client whose destroy or shutdown ended the process (for the log)."""
@@ -544,19 +549,24 @@ class DomainRun:
     def on_qmp_event(self, event: Event) -> None:
         """The monitor's event handler: state tracking sees every event."""
         dom = self.dom
-        self._forward_qmp_event(event)
+        passed = self._forward_qmp_event(event)
         if dom.run is not self:
             return
-        if event.name == "STOP":
-            self.host._move(dom, Trigger.SUSPEND)
-        elif event.name == "RESUME":
-            self.host._move(dom, Trigger.RESUME)
-        elif event.name == "RESET":
+        # The lifecycle events these cause share the QMP events' bound: a
+        # QEMU flooding STOP and RESUME changes the state each time, but
+        # subscribers hear of it at the bounded rate, and of the last
+        # state with the drop report.
+        if event.name in ("STOP", "RESUME"):
+            trigger = Trigger.SUSPEND if event.name == "STOP" else Trigger.RESUME
+            held = self.host._move(dom, trigger, quiet=not passed)
+            if held is not None:
+                self.held_lifecycle = held
+        elif event.name == "RESET" and passed:
             self.host._emit(self.name, EventKind.LIFECYCLE, Lifecycle.RESET)
         elif event.name == "SHUTDOWN":
             self.shutdown_reason = str(event.data.get("reason", "shutdown"))
 
-    def _forward_qmp_event(self, event: Event) -> None:
+    def _forward_qmp_event(self, event: Event) -> bool:
         """Pass a QMP event on to subscribers, within the domain's rate bound.
 
         Beyond ``max_events_per_second`` (a burst of one second's worth) the
@@ -565,6 +575,7 @@ class DomainRun:
         ``monitor``/``events_dropped`` event whose ``data.count`` says how
         many were dropped since the last such report; if no event passes
         within a second of the first drop, the report goes alone then.
+        Returns whether the event passed.
         """
         host, name = self.host, self.name
         rate = host.config.max_events_per_second
@@ -583,9 +594,10 @@ class DomainRun:
                         rate,
                         self.events.dropped,
                     )
-                return
+                return False
             self._emit_drops()
         host._emit(name, EventKind.QMP, event.name, dict(event.data))
+        return True
 
     def _emit_drops(self) -> None:
         dropped = self.events.take_unreported() if self.events is not None else 0
@@ -596,6 +608,11 @@ class DomainRun:
                 "events_dropped",
                 {"count": dropped, "max_events_per_second": self.host.config.max_events_per_second},
             )
+        held, self.held_lifecycle = self.held_lifecycle, None
+        # Only while it is still true: not after the process exited (its own
+        # event said so) or the state moved on by another way.
+        if held is not None and self.dom.run is self and self.dom.state.value == held[1]["state"]:
+            self.host._emit(self.name, EventKind.LIFECYCLE, held[0], held[1])
 
     async def _report_drops(self) -> None:
         """Report drops a second after the first, if no event passed since."""
