@@ -272,21 +272,35 @@ async def test_one_failure_does_not_put_a_client_in_the_lane_two_in_a_row_do(
             nursery.cancel_scope.cancel()
 
 
-async def _garbage_after(sock_dir: Path, text: str, calls: int) -> int:
+async def _garbage_after(sock_dir: Path, text: str, calls: int, *, client: bool = False) -> int:
     """Objects the cyclic collector finds after ``calls`` calls of ``text``
-    (reference counting alone frees everything else)."""
+    (reference counting alone frees everything else); with ``client``, made
+    through trioctl's own client."""
+    request = json.loads(text)
     async with memory_server(sock_dir, keepalive_interval=0) as (_server, listener):
         async with trio.open_nursery() as nursery:
             stream = await listener.connect()
             ws = await trio_websocket.wrap_client_stream(nursery, stream, "x", "/")  # type: ignore[arg-type]
-            await ws.send_message(text)  # warm up (first-use caches)
-            await ws.get_message()
+            trioctl_client = Client(ws, 16)
+            if client:
+                nursery.start_soon(trioctl_client._reader)
+
+            async def one() -> None:
+                if not client:
+                    await ws.send_message(text)
+                    await ws.get_message()
+                    return
+                try:
+                    await trioctl_client.call(request["method"], request.get("params"))
+                except TrioctlError:
+                    pass
+
+            await one()  # warm up (first-use caches)
             gc.collect()
             gc.disable()
             try:
                 for _ in range(calls):
-                    await ws.send_message(text)
-                    await ws.get_message()
+                    await one()
                 found = gc.collect()
             finally:
                 gc.enable()
@@ -310,36 +324,6 @@ async def test_a_failed_call_leaves_no_reference_cycle(
     assert failed - ok < calls, (failed, ok)
 
 
-async def _client_garbage_after(
-    sock_dir: Path, method: str, params: dict[str, str], calls: int
-) -> int:
-    """As :func:`_garbage_after`, through trioctl's own client."""
-    async with memory_server(sock_dir, keepalive_interval=0) as (_server, listener):
-        async with trio.open_nursery() as nursery:
-            stream = await listener.connect()
-            ws = await trio_websocket.wrap_client_stream(nursery, stream, "x", "/")  # type: ignore[arg-type]
-            client = Client(ws, 16)
-            nursery.start_soon(client._reader)
-
-            async def one() -> None:
-                try:
-                    await client.call(method, params)
-                except TrioctlError:
-                    pass
-
-            await one()  # warm up (first-use caches)
-            gc.collect()
-            gc.disable()
-            try:
-                for _ in range(calls):
-                    await one()
-                found = gc.collect()
-            finally:
-                gc.enable()
-            nursery.cancel_scope.cancel()
-    return found
-
-
 async def test_a_failed_call_leaves_no_reference_cycle_in_the_client(
     autojump_clock: trio.testing.MockClock, sock_dir: Path
 ) -> None:
@@ -348,6 +332,6 @@ async def test_a_failed_call_leaves_no_reference_cycle_in_the_client(
     per failed call in every client (the bench's hammer, an embedding
     application retrying)."""
     calls = 50
-    ok = await _client_garbage_after(sock_dir, "connect.list_domains", {}, calls)
-    failed = await _client_garbage_after(sock_dir, "domain.get_info", {"name": "nope"}, calls)
+    ok = await _garbage_after(sock_dir, PROBE_CALL, calls, client=True)
+    failed = await _garbage_after(sock_dir, FAILING_CALL, calls, client=True)
     assert failed - ok < calls, (failed, ok)
