@@ -250,6 +250,8 @@ async def test_metrics_wait_for_the_load(
 @attrs.define
 class _FakeRun:
     started: list[float]
+    connected: trio.Event = attrs.Factory(trio.Event)
+    exited: trio.Event = attrs.Factory(trio.Event)
 
     async def supervise(self, reconnect: bool) -> None:
         assert reconnect
