@@ -301,12 +301,12 @@ async def test_handshake_room_frees_a_slot_when_a_monitor_answers_or_the_handsha
             runs[5].exited.set()
 
         nursery.start_soon(answer)
-        left = await _driver._wait_for_handshake_room(young)
+        left: Any = await _driver._wait_for_handshake_room(young)
     assert trio.current_time() - start == pytest.approx(0.1, abs=_driver._HANDSHAKE_ROOM_POLL)
     assert len(left) == limit - 2 and (start, runs[3]) not in left
     # Hung handshakes hold their slots only while young: the others start
     # at most `age` seconds after them, whatever the hung ones do.
-    full = left + [(start, _FakeRun([])) for _ in range(2)]
+    full: Any = left + [(start, _FakeRun([])) for _ in range(2)]
     assert await _driver._wait_for_handshake_room(full) == []
     assert trio.current_time() - start == pytest.approx(age, abs=_driver._HANDSHAKE_ROOM_POLL)
 

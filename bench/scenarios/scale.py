@@ -13,7 +13,9 @@ would have left them. Then, per mode:
 For each daemon: seconds from spawn to its first served call, until every VM
 has a client connected (asked of the simulators' control sockets, which
 costs the daemon nothing), and until every domain lists with its monitor
-``ok``, with the CPU time the daemon used until then. Then its RSS (VmRSS;
+``ok``, with the CPU time the daemon used until then, and the simulator
+processes' (they stand in for 10,000 QEMUs, which would have cores of their
+own). Then its RSS (VmRSS;
 VmHWM is the peak), open files, and the latency of ``connect.list_domains``
 (every domain in one reply) and of ``domain.get_info``. A daemon with no
 domain gives the baseline RSS.
