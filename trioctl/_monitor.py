@@ -17,6 +17,9 @@ loop.
   (:meth:`Monitor._read_directly`: ``wait_readable`` on the socket while the
   hub's registration is paused): a round trip wakes one task, the caller.
   Any other caller parks until its reply is routed to it.
+* **Handshake.** Over a socket it runs on the descriptor (wait readable,
+  one read per message), before the hub reads the monitor. Every read of a
+  socket goes through the hub's one receive buffer (:meth:`_Hub.read`).
 * **Writes.** A caller writes its encoded command itself, synchronously (no
   checkpoint, so a cancellation never leaves half a line on the wire), when
   nothing is queued and the socket takes all of it; otherwise the rest is
