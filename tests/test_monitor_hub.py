@@ -313,3 +313,30 @@ async def test_real_qemu_direct_reads_events_while_idle_and_eof(tmp_path: Path) 
             with trio.move_on_after(5):
                 await proc.wait()
             proc.close()
+
+
+def test_hub_reads_through_one_buffer_into_bytes_of_the_length_read() -> None:
+    """Each read goes through the run's one buffer and comes back as bytes
+    of exactly what was read (no 64 KiB object per read); EOF is b""."""
+    from trioctl._monitor import _Hub
+
+    hub = _Hub()
+    a, b = socket.socketpair()
+    try:
+        a.setblocking(False)
+        b.sendall(b'{"return": {}}\r\n')
+        first = hub.read(a.fileno())
+        assert first == b'{"return": {}}\r\n' and type(first) is bytes
+        b.sendall(b"x" * 70_000)
+        chunk = hub.read(a.fileno())
+        assert len(chunk) == 65536 and chunk == b"x" * 65536
+        assert first == b'{"return": {}}\r\n'  # not overwritten by the next read
+        assert hub.read(a.fileno()) == b"x" * (70_000 - 65536)
+        with pytest.raises(BlockingIOError):
+            hub.read(a.fileno())
+        b.close()
+        assert hub.read(a.fileno()) == b""
+    finally:
+        a.close()
+        b.close()
+        hub._epoll.close()

@@ -250,6 +250,8 @@ async def test_metrics_wait_for_the_load(
 @attrs.define
 class _FakeRun:
     started: list[float]
+    connected: trio.Event = attrs.Factory(trio.Event)
+    exited: trio.Event = attrs.Factory(trio.Event)
 
     async def supervise(self, reconnect: bool) -> None:
         assert reconnect
@@ -275,6 +277,57 @@ async def test_supervisors_start_after_the_first_answer_or_the_patience(
     first = min(started) - start
     expected = answered_at if answered_at is not None else _driver._SERVE_FIRST_PATIENCE
     assert first == pytest.approx(expected, abs=1e-6)
+
+
+# -- a parallel reconnect bounds the young handshakes in flight ------------------------------
+
+
+async def test_handshake_room_frees_a_slot_when_a_monitor_answers_or_the_handshake_ages(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limit, age = _driver._YOUNG_HANDSHAKES, _driver._YOUNG_HANDSHAKE_S
+    start = trio.current_time()
+    runs = [_FakeRun([]) for _ in range(limit)]
+    young: Any = [(start, run) for run in runs]
+    # Room at once while fewer than the limit are young and negotiating.
+    assert len(await _driver._wait_for_handshake_room(young[:-1])) == limit - 1
+    assert trio.current_time() == start
+    # Full: one monitor answering (or its process exiting) frees its slot.
+    async with trio.open_nursery() as nursery:
+
+        async def answer() -> None:
+            await trio.sleep(0.1)
+            runs[3].connected.set()
+            runs[5].exited.set()
+
+        nursery.start_soon(answer)
+        left: Any = await _driver._wait_for_handshake_room(young)
+    assert trio.current_time() - start == pytest.approx(0.1, abs=_driver._HANDSHAKE_ROOM_POLL)
+    assert len(left) == limit - 2 and (start, runs[3]) not in left
+    # Hung handshakes hold their slots only while young: the others start
+    # at most `age` seconds after them, whatever the hung ones do.
+    full: Any = left + [(start, _FakeRun([])) for _ in range(2)]
+    assert await _driver._wait_for_handshake_room(full) == []
+    assert trio.current_time() - start == pytest.approx(age, abs=_driver._HANDSHAKE_ROOM_POLL)
+
+
+async def test_supervisors_wait_for_handshake_room(
+    autojump_clock: trio.testing.MockClock, sock_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With two passes' worth of young handshakes allowed, the third pass of
+    supervisors waits until the first ones have aged (none answers here)."""
+    per_pass = _driver._SUPERVISORS_PER_PASS
+    monkeypatch.setattr(_driver, "_YOUNG_HANDSHAKES", 2 * per_pass)
+    started: list[float] = []
+    async with open_driver(DriverConfig(state_dir=sock_dir)) as driver:
+        start = trio.current_time()
+        runs: Any = [_FakeRun(started) for _ in range(3 * per_pass)]
+        await driver._start_supervisors(runs)
+        while len(started) < len(runs):
+            await trio.sleep(0.001)
+    first_passes, third = started[: 2 * per_pass], started[2 * per_pass :]
+    assert max(first_passes) - start < _driver._YOUNG_HANDSHAKE_S
+    assert min(third) - min(first_passes) >= _driver._YOUNG_HANDSHAKE_S
 
 
 # -- the records' loop reads a shared process's command line once ---------------------------

@@ -1190,11 +1190,15 @@ class Driver:
         if self.serve_first is not None:
             with trio.move_on_after(_SERVE_FIRST_PATIENCE):
                 await self.serve_first.wait()
+        young: list[tuple[float, DomainRun]] = []
         for i in range(0, len(runs), _SUPERVISORS_PER_PASS):
             with trio.move_on_after(_SUPERVISORS_PATIENCE):
                 await wait_all_tasks_blocked()
+            young = await _wait_for_handshake_room(young)
+            now = trio.current_time()
             for run in runs[i : i + _SUPERVISORS_PER_PASS]:
                 self._nursery.start_soon(run.supervise, True)
+                young.append((now, run))
 
     def _kill_unfinished_start(self, qmp_path: str) -> list[int]:
         """SIGKILL every emulator serving ``qmp_path`` (run by the daemon's
@@ -1240,9 +1244,37 @@ class Driver:
 
 
 #: A parallel reconnect starts this many supervisors whenever the loop is
-#: idle, or after _SUPERVISORS_PATIENCE seconds at the latest.
+#: idle, or after _SUPERVISORS_PATIENCE seconds at the latest ...
 _SUPERVISORS_PER_PASS = 32
 _SUPERVISORS_PATIENCE = 0.05
+#: ... and while fewer than _YOUNG_HANDSHAKES of those started in the last
+#: _YOUNG_HANDSHAKE_S seconds are still negotiating. The memory a restart
+#: keeps grew with the handshakes in flight at once (docs/benchmarks.md,
+#: scale); one older than that no longer counts, so a hung monitor holds
+#: back the others for that long at most.
+_YOUNG_HANDSHAKES = 256
+_YOUNG_HANDSHAKE_S = 0.25
+_HANDSHAKE_ROOM_POLL = 0.005
+
+
+async def _wait_for_handshake_room(
+    young: list[tuple[float, DomainRun]],
+) -> list[tuple[float, DomainRun]]:
+    """Wait until fewer than _YOUNG_HANDSHAKES of ``young`` (when each
+    supervisor started, and its run) are young and still negotiating;
+    return those."""
+    while True:
+        oldest = trio.current_time() - _YOUNG_HANDSHAKE_S
+        young = [
+            (started, run)
+            for started, run in young
+            if started > oldest and not (run.connected.is_set() or run.exited.is_set())
+        ]
+        if len(young) < _YOUNG_HANDSHAKES:
+            return young
+        await trio.sleep(_HANDSHAKE_ROOM_POLL)
+
+
 #: How long a parallel reconnect's supervisors wait for Driver.serve_first.
 _SERVE_FIRST_PATIENCE = 0.25
 

@@ -17,6 +17,9 @@ loop.
   (:meth:`Monitor._read_directly`: ``wait_readable`` on the socket while the
   hub's registration is paused): a round trip wakes one task, the caller.
   Any other caller parks until its reply is routed to it.
+* **Handshake.** Over a socket it runs on the descriptor (wait readable,
+  one read per message), before the hub reads the monitor. Every read of a
+  socket goes through the hub's one receive buffer (:meth:`_Hub.read`).
 * **Writes.** A caller writes its encoded command itself, synchronously (no
   checkpoint, so a cancellation never leaves half a line on the wire), when
   nothing is queued and the socket takes all of it; otherwise the rest is
@@ -151,12 +154,28 @@ class _Hub:
     a monitor whose handler fails is closed (ConnectionLost) and logged.
     """
 
-    __slots__ = ("_epoll", "_monitors", "_running")
+    __slots__ = ("_buffer", "_epoll", "_monitors", "_running", "_view")
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
         self._monitors: dict[int, Monitor] = {}
         self._running = False
+        self._buffer = bytearray(_RECEIVE_SIZE)
+        self._view = memoryview(self._buffer)
+        """Every read of the run's monitors goes here first (see :meth:`read`)."""
+
+    def read(self, fd: int) -> bytes:
+        """One read of ``fd`` into the run's one receive buffer, returned as
+        bytes of exactly the length read (b"" at EOF).
+
+        ``os.read(fd, 65536)`` would allocate 64 KiB from the C heap for
+        every read and shrink it to the few hundred bytes a QMP message
+        takes: with thousands of handshakes in flight (a daemon's restart)
+        that left the heap fragmented, and the daemon's RSS after a restart
+        varied with how many overlapped. Raises as ``os.readv``.
+        """
+        count = os.readv(fd, (self._view,))
+        return bytes(self._view[:count])
 
     def __len__(self) -> int:
         return len(self._monitors)
@@ -421,6 +440,9 @@ class Monitor:
     # -- service tasks (run in the monitor's nursery) -------------------------------
 
     async def _handshake(self) -> None:
+        if self._fd is not None:
+            await self._handshake_socket(self._fd)
+            return
         try:
             greeting = await self._next_message()
             assert isinstance(greeting, Greeting)
@@ -434,6 +456,55 @@ class Monitor:
             raise ConnectionLost(
                 f"the monitor connection failed during the handshake: {exc!r}"
             ) from None
+
+    async def _handshake_socket(self, fd: int) -> None:
+        """The handshake over a socket, on its descriptor: a wait for it to
+        be readable, then one read into the run's buffer (:meth:`_Hub.read`),
+        per message; the negotiation written at once (a socket just
+        connected takes it). Two wake-ups of this task for the greeting and
+        the negotiation's reply, none more (the stream's ``receive_some``
+        adds two checkpoints to each read), and no 64 KiB allocation per read.
+        """
+        conn = self._conn
+        try:
+            greeting = await self._next_message_socket(fd)
+            assert isinstance(greeting, Greeting)
+            await self._send_socket(fd, conn.negotiate())
+            while conn.state is QmpState.NEGOTIATING:
+                msg = await self._next_message_socket(fd)
+                if isinstance(msg, Event):
+                    self._dispatch_event(msg)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise ConnectionLost(
+                f"the monitor connection failed during the handshake: {exc!r}"
+            ) from None
+
+    async def _next_message_socket(self, fd: int) -> Greeting | Return | ErrorReply | Event:
+        conn, hub = self._conn, _hub()
+        while True:
+            msg = conn.next_event()
+            if msg is NEED_DATA:
+                await trio.lowlevel.wait_readable(fd)
+                try:
+                    conn.receive_data(hub.read(fd))
+                except BlockingIOError:
+                    pass
+                continue
+            if isinstance(msg, Closed):
+                raise ConnectionLost("the monitor closed during the handshake")
+            return msg
+
+    @staticmethod
+    async def _send_socket(fd: int, data: bytes) -> None:
+        while True:
+            try:
+                sent = os.write(fd, data)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+            await trio.lowlevel.wait_writable(fd)
 
     async def _next_message(self) -> Greeting | Return | ErrorReply | Event:
         """Used only during the handshake, before the reader runs."""
@@ -486,7 +557,7 @@ class Monitor:
         """The hub saw the socket readable: one read, and what it completes."""
         assert self._fd is not None
         try:
-            data = os.read(self._fd, _RECEIVE_SIZE)
+            data = (self._hub or _hub()).read(self._fd)
         except BlockingIOError:
             return
         except OSError as exc:
