@@ -566,16 +566,24 @@ class Monitor:
         self._conn.receive_data(data)
         self._parse()
 
+    def _send_now(self, data: bytes) -> int | None:
+        """Write what the socket takes at once: how much; ``None`` if the
+        write failed, which closed the monitor."""
+        assert self._fd is not None
+        try:
+            return os.write(self._fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            self._close(ConnectionLost(f"writing to the monitor failed: {exc!r}"))
+            return None
+
     def _on_writable(self) -> None:
         """The hub saw the full socket writable again: send what is queued."""
         assert self._fd is not None
         data = b"".join(self._out)
-        try:
-            sent = os.write(self._fd, data)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:
-            self._close(ConnectionLost(f"writing to the monitor failed: {exc!r}"))
+        sent = self._send_now(data)
+        if sent is None:
             return
         if sent < len(data):
             self._out = [data[sent:]]
@@ -596,12 +604,8 @@ class Monitor:
         if self._closed is not None:
             return
         if not self._writing and self._fd is not None:
-            try:
-                sent = os.write(self._fd, wire)
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                self._close(ConnectionLost(f"writing to the monitor failed: {exc!r}"))
+            sent = self._send_now(wire)
+            if sent is None:
                 return
             if sent == len(wire):
                 return
