@@ -12,6 +12,7 @@ negotiation's reply; and ``CommandNotFound`` after a refused negotiation.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -22,10 +23,13 @@ import pytest
 import trio
 
 from trioctl import LocalProtocolError, RemoteProtocolError
-from trioctl._launcher import LaunchSpec, launch
+from trioctl._launcher import MONITOR_SOCKET, LaunchSpec, launch
+from trioctl._models import DomainDefinition, DomainState, MonitorState
 from trioctl._monitor import connect_monitor
 from trioctl._sansio.qmp import Event
 
+from .helpers import wait_until
+from .test_driver import driver_at
 from .test_monitor import GREETING
 
 Answer = Callable[[list[dict[str, Any]]], bytes]
@@ -185,3 +189,31 @@ async def test_back_to_back_after_qmp_capabilities_like_qemu(qmp_path: str) -> N
             assert (await monitor.execute("query-status"))["running"] is True
         finally:
             monitor.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("emulator", [pytest.param("qemu", marks=pytest.mark.qemu), "sim"])
+async def test_a_restart_learns_a_pause_made_while_the_daemon_was_away(
+    sock_dir: Path, emulator: str
+) -> None:
+    """The reconnect's pipelined query-status sets the state: paused behind
+    the daemon's back, then resumed behind it again."""
+    with trio.fail_after(60):
+        async with driver_at(sock_dir) as driver:
+            await driver.define(DomainDefinition(name="vm", emulator=emulator))
+            await driver.start("vm")
+            pid = driver.get_info("vm").pid
+            qmp = str(driver.store.domain_run_dir("vm") / MONITOR_SOCKET)
+        assert pid is not None
+        try:
+            for command, state in (("stop", DomainState.PAUSED), ("cont", DomainState.RUNNING)):
+                monitor = await connect_monitor(qmp)
+                try:
+                    await monitor.execute(command)
+                finally:
+                    monitor.close()
+                async with driver_at(sock_dir) as driver:
+                    await wait_until(lambda: driver.get_info("vm").monitor is MonitorState.OK)
+                    assert driver.get_info("vm").state is state
+        finally:
+            os.kill(pid, signal.SIGKILL)
