@@ -412,3 +412,93 @@ def test_clockless_event_timestamp_is_accepted() -> None:
     conn.receive_data(b'{"event": "X", "timestamp": {"seconds": -1, "microseconds": -1}}\n')
     (event,) = drain(conn)
     assert isinstance(event, Event) and event.name == "X"
+
+
+# -- a command pipelined behind qmp_capabilities ----------------------------------
+
+NEGOTIATED = b'{"return": {}, "id": "trioctl-negotiate"}\r\n'
+
+
+def negotiating_connection() -> QmpConnection:
+    conn = QmpConnection()
+    conn.receive_data(GREETING)
+    drain(conn)
+    conn.negotiate()
+    assert conn.state is QmpState.NEGOTIATING
+    return conn
+
+
+def test_a_command_sent_before_the_negotiation_reply_is_answered_after_it() -> None:
+    """QEMU 7.2 answers qmp_capabilities, then the command sent right behind it."""
+    conn = negotiating_connection()
+    cmd_id, wire = conn.send_command("query-status")
+    assert json.loads(wire) == {"execute": "query-status", "id": cmd_id}
+    assert conn.state.value == "negotiating"
+    conn.receive_data(NEGOTIATED + b'{"return": {"running": true}, "id": %d}\r\n' % cmd_id)
+    assert drain(conn) == [Return("trioctl-negotiate", {}), Return(cmd_id, {"running": True})]
+    assert conn.state is QmpState.RUNNING
+
+
+def test_a_refused_negotiation_fails_the_pipelined_command_with_its_error() -> None:
+    """QEMU answers the pipelined command CommandNotFound after the refusal;
+    the core never returns that reply: the refusal's error closes it."""
+    conn = negotiating_connection()
+    cmd_id, _ = conn.send_command("query-status")
+    conn.receive_data(
+        b'{"id": "trioctl-negotiate", "error": {"class": "GenericError", "desc": "no"}}\r\n'
+        b'{"id": %d, "error": {"class": "CommandNotFound", "desc": "Expecting '
+        b"capabilities negotiation with 'qmp_capabilities'\"}}\r\n" % cmd_id
+    )
+    with pytest.raises(RemoteProtocolError, match="negotiation refused: no"):
+        conn.next_event()
+    assert conn.state is QmpState.CLOSED
+    with pytest.raises(RemoteProtocolError) as again:
+        conn.next_event()
+    assert "negotiation refused: no" in str(again.value)
+    with pytest.raises(LocalProtocolError):
+        conn.send_command("query-status")
+
+
+@given(
+    st.lists(st.booleans(), max_size=6),
+    st.integers(min_value=0, max_value=3),
+    st.lists(st.integers(min_value=1, max_value=40), max_size=20),
+)
+def test_pipelined_replies_come_in_order_and_match_their_ids(
+    is_error: list[bool], events_before: int, cuts: list[int]
+) -> None:
+    """Commands sent while NEGOTIATING (and after): events anywhere before
+    the negotiation's reply, the replies in order, fed in arbitrary pieces;
+    each reply comes back with its own id, the state turns RUNNING exactly
+    at the negotiation's reply."""
+    conn = negotiating_connection()
+    ids = [conn.send_command(f"cmd-{i}")[0] for i in range(len(is_error))]
+    assert len(set(ids)) == len(ids)
+    event = b'{"event": "STOP", "data": {}, "timestamp": {"seconds": 1, "microseconds": 2}}\r\n'
+    wire = event * events_before + NEGOTIATED
+    expected: list[QmpMessage] = [Event("STOP", {}, 1.000002)] * events_before
+    expected.append(Return("trioctl-negotiate", {}))
+    for cmd_id, error in zip(ids, is_error, strict=True):
+        if error:
+            wire += b'{"id": %d, "error": {"class": "GenericError", "desc": "e"}}\r\n' % cmd_id
+            expected.append(ErrorReply(cmd_id, "GenericError", "e"))
+        else:
+            wire += b'{"return": %d, "id": %d}\r\n' % (cmd_id, cmd_id)
+            expected.append(Return(cmd_id, cmd_id))
+    seen: list[QmpMessage] = []
+    states: list[QmpState] = []
+    pos = 0
+    for cut in [*cuts, len(wire)]:
+        conn.receive_data(wire[pos : pos + cut])
+        pos += cut
+        while (msg := conn.next_event()) is not NEED_DATA:
+            seen.append(msg)
+            states.append(conn.state)
+        if pos >= len(wire):
+            break
+    assert seen == expected
+    negotiated_at = events_before
+    assert all(s is QmpState.NEGOTIATING for s in states[:negotiated_at])
+    assert all(s is QmpState.RUNNING for s in states[negotiated_at:])
+    later_id, _ = conn.send_command("query-status")
+    assert later_id not in ids

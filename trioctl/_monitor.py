@@ -56,7 +56,7 @@ import logging
 import os
 import select
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from typing import Any
 
 import attrs
@@ -64,6 +64,7 @@ import trio
 
 from ._errors import (
     ConnectionLost,
+    LocalProtocolError,
     MonitorTimeout,
     QmpCommandError,
     RemoteProtocolError,
@@ -307,6 +308,13 @@ class Monitor:
         self._commands_sent = 0
         self._replies_dropped = 0
         self._events_received = 0
+        self._first_command: str | None = None
+        """A command to send right behind ``qmp_capabilities`` (pipelined)."""
+        self._first: (
+            tuple[AbstractContextManager[Reply[Return | ErrorReply]], Reply[Return | ErrorReply]]
+            | None
+        ) = None
+        """The pipelined command's wait (:meth:`first_reply`)."""
 
     @property
     def greeting(self) -> Greeting:
@@ -349,6 +357,49 @@ class Monitor:
             raise QmpCommandError(command, reply.error_class, reply.desc)
         assert isinstance(reply, Return)
         return reply.value
+
+    async def first_reply(self) -> Any:
+        """The ``return`` value of the command :func:`connect_monitor` sent
+        right behind ``qmp_capabilities`` (its ``first_command``); once.
+
+        Raises as :meth:`execute`; LocalProtocolError: no such command, or
+        its reply was asked for already.
+        """
+        if self._first is None or self._first_command is None:
+            raise LocalProtocolError("no pipelined first command waits for its reply")
+        (expect, waiter), self._first = self._first, None
+        try:
+            if (
+                not waiter.done
+                and self._hub is not None
+                and not self._direct
+                and len(self._pending) == 1
+            ):
+                reply = await self._read_directly(waiter)
+            else:
+                reply = await waiter.wait()
+        finally:
+            expect.__exit__(None, None, None)
+        if isinstance(reply, ErrorReply):
+            raise QmpCommandError(self._first_command, reply.error_class, reply.desc)
+        assert isinstance(reply, Return)
+        return reply.value
+
+    def _negotiated(self) -> bool:
+        """The negotiation's reply came (the core matched it by its id)."""
+        return self._conn.state is QmpState.RUNNING
+
+    def _negotiation(self) -> bytes:
+        """The bytes of ``qmp_capabilities``, and of the first command if
+        there is one: QEMU answers them in order, the negotiation first."""
+        wire = self._conn.negotiate()
+        if self._first_command is None:
+            return wire
+        cmd_id, cmd_wire = self._conn.send_command(self._first_command)
+        expect = self._pending.expect(cmd_id)
+        self._first = (expect, expect.__enter__())
+        self._commands_sent += 1
+        return wire + cmd_wire
 
     async def _read_directly(self, waiter: Reply[Return | ErrorReply]) -> Return | ErrorReply:
         """Wait for the reply of the only caller waiting by reading the socket
@@ -446,11 +497,13 @@ class Monitor:
         try:
             greeting = await self._next_message()
             assert isinstance(greeting, Greeting)
-            await self._stream.send_all(self._conn.negotiate())
+            await self._stream.send_all(self._negotiation())
             while self._conn.state is QmpState.NEGOTIATING:
                 msg = await self._next_message()
                 if isinstance(msg, Event):
                     self._dispatch_event(msg)
+                elif isinstance(msg, Return | ErrorReply) and not self._negotiated():
+                    self._route_reply(msg)  # a pipelined command's (not QEMU's order)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             # A reset (ECONNRESET, EPIPE) is not an OSError in Trio.
             raise ConnectionLost(
@@ -469,11 +522,13 @@ class Monitor:
         try:
             greeting = await self._next_message_socket(fd)
             assert isinstance(greeting, Greeting)
-            await self._send_socket(fd, conn.negotiate())
+            await self._send_socket(fd, self._negotiation())
             while conn.state is QmpState.NEGOTIATING:
                 msg = await self._next_message_socket(fd)
                 if isinstance(msg, Event):
                     self._dispatch_event(msg)
+                elif isinstance(msg, Return | ErrorReply) and not self._negotiated():
+                    self._route_reply(msg)  # a pipelined command's (not QEMU's order)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             raise ConnectionLost(
                 f"the monitor connection failed during the handshake: {exc!r}"
@@ -695,19 +750,36 @@ async def open_monitor(path: str, *, handshake_timeout: float = 10.0) -> AsyncIt
         yield monitor
 
 
-async def connect_monitor(path: str, *, handshake_timeout: float = 10.0) -> Monitor:
+async def connect_monitor(
+    path: str,
+    *,
+    handshake_timeout: float = 10.0,
+    first_command: str | None = None,
+    event_handler: Callable[[Event], None] | None = None,
+) -> Monitor:
     """Like :func:`open_monitor`, without a block: the monitor stays open,
     read by the run's hub (no task of its own), until it is lost or
-    :meth:`Monitor.close` closes it. Raises as :func:`open_monitor`.
+    :meth:`Monitor.close` closes it. Raises as :func:`open_monitor` (a
+    refused negotiation: RemoteProtocolError, for the first command too).
+
+    Args:
+        first_command: a command without arguments sent in the same write
+            as ``qmp_capabilities``, before its reply (one round trip less);
+            :meth:`Monitor.first_reply` waits for its result.
+        event_handler: added (:meth:`Monitor.add_event_handler`) before the
+            monitor handles anything that came after the negotiation's reply.
     """
     stream = await trio.open_unix_socket(path)
     monitor = Monitor(stream, QmpConnection())
     monitor._owns_socket = True
+    monitor._first_command = first_command
     try:
         await _negotiate(monitor, handshake_timeout, path)
     except BaseException:
         monitor.close()
         raise
+    if event_handler is not None:
+        monitor.add_event_handler(event_handler)
     monitor._attach()
     return monitor
 

@@ -436,12 +436,19 @@ class DomainRun:
                 handshake = config.start_timeout
             else:
                 handshake = config.monitor_timeout
+            # After a (re)connect, query-status goes in the negotiation's
+            # write (pipelined): one round trip less per domain.
+            sync = reconnecting or not first
             try:
-                mon = await connect_monitor(self.qmp_path, handshake_timeout=handshake)
+                mon = await connect_monitor(
+                    self.qmp_path,
+                    handshake_timeout=handshake,
+                    first_command="query-status" if sync else None,
+                    event_handler=functools.partial(DomainRun.on_qmp_event, self),
+                )
                 self.monitor = mon
                 try:
-                    mon.add_event_handler(functools.partial(DomainRun.on_qmp_event, self))
-                    if reconnecting or not first:
+                    if sync:
                         await self._sync_state(mon)
                 except BaseException:
                     self.monitor = None
@@ -485,10 +492,11 @@ class DomainRun:
             backoff = min(backoff * 2, config.probe_interval)
 
     async def _sync_state(self, mon: Monitor) -> None:
-        """After a (re)connect, learn whether the VM runs or is paused."""
+        """After a (re)connect, learn whether the VM runs or is paused (the
+        reply of the query-status sent behind the negotiation)."""
         limit = self.host.config.monitor_timeout
         with trio.move_on_after(math.inf if limit is None else limit):
-            status = await mon.execute("query-status")
+            status = await mon.first_reply()
             if not isinstance(status, dict):
                 return
             running = bool(status.get("running"))

@@ -21,6 +21,14 @@ Connection states, in the only order they can occur::
         --{"return": {}} for the negotiation--> RUNNING
     (any state) --EOF or protocol error--> CLOSED
 
+Commands may be sent from NEGOTIATING on, right behind ``qmp_capabilities``
+without waiting for its reply (pipelined): QEMU reads a monitor's commands in
+order and answers each before it reads the next, so the negotiation's reply
+comes first and the command runs negotiated (checked against QEMU 7.2). If
+the negotiation is refused, QEMU answers the pipelined command with
+``CommandNotFound``; here the refusal closes the connection, so the command's
+reply never comes and it fails with the refusal's RemoteProtocolError.
+
 Anything the peer gets wrong (invalid JSON, a message of the wrong shape, a
 line longer than ``max_line``, EOF inside a message, a refused negotiation)
 raises :class:`~trioctl.RemoteProtocolError` and closes the connection. If
@@ -71,8 +79,8 @@ NEED_DATA: Final = _NeedData.NEED_DATA
 class QmpState(enum.Enum):
     GREETING = "greeting"  #: waiting for the server's greeting
     CAPABILITIES = "capabilities"  #: greeted; negotiate() not yet called
-    NEGOTIATING = "negotiating"  #: qmp_capabilities sent, reply pending
-    RUNNING = "running"  #: commands may be sent
+    NEGOTIATING = "negotiating"  #: qmp_capabilities sent, reply pending; commands may be sent
+    RUNNING = "running"  #: negotiated; commands may be sent
     CLOSED = "closed"  #: EOF seen or the peer broke the protocol
 
 
@@ -301,11 +309,15 @@ class QmpConnection:
     ) -> tuple[int, bytes]:
         """Allocate an id and return it with the command's wire bytes.
 
+        From NEGOTIATING on (after :meth:`negotiate`): a command sent before
+        the negotiation's reply is pipelined behind it (see the module).
+
         Raises:
-            LocalProtocolError: the connection is not RUNNING, ``name`` is not a
-                non-empty string, or ``arguments`` is not a JSON object.
+            LocalProtocolError: the connection is neither NEGOTIATING nor
+                RUNNING, ``name`` is not a non-empty string, or ``arguments``
+                is not a JSON object.
         """
-        if self._state is not QmpState.RUNNING:
+        if self._state is not QmpState.RUNNING and self._state is not QmpState.NEGOTIATING:
             raise LocalProtocolError(f"cannot send a command in state {self._state.value}")
         if not isinstance(name, str) or not name:
             raise LocalProtocolError("a command name must be a non-empty string")
