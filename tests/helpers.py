@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -14,6 +15,7 @@ import trio_websocket
 from trioctl._client import open_websocket
 from trioctl._config import load_config
 from trioctl._daemon import DaemonHandle, open_daemon
+from trioctl._launcher import LaunchSpec, QemuProcess, launch
 
 FAST = {
     "driver.monitor_timeout": 0.5,
@@ -89,3 +91,17 @@ def make_image(directory: Path, name: str = "disk.img", size: int = 1 << 20) -> 
     with open(path, "wb") as f:
         f.truncate(size)
     return path
+
+
+@asynccontextmanager
+async def launched(spec: LaunchSpec, run_dir: Path) -> AsyncIterator[QemuProcess]:
+    """An emulator launched for a test (within 20 s), killed and reaped after."""
+    with trio.fail_after(20):
+        proc = await launch(spec, run_dir=run_dir)
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        with trio.move_on_after(5):
+            await proc.wait()
+        proc.close()

@@ -25,10 +25,11 @@ import trio
 import trio.testing
 
 from trioctl import ConnectionLost
-from trioctl._launcher import LaunchSpec, launch
+from trioctl._launcher import LaunchSpec
 from trioctl._monitor import Monitor, _hub, connect_monitor, open_monitor, open_monitor_stream
 from trioctl._sansio.qmp import Event, QmpConnection
 
+from .helpers import launched
 from .test_monitor import FakeQemu, echo_status
 
 
@@ -266,8 +267,7 @@ async def test_a_flooding_monitor_does_not_hold_the_loop() -> None:
 async def test_connect_monitor_lives_until_closed(tmp_path: Path) -> None:
     with trio.fail_after(20):
         spec = LaunchSpec(name="vm1", qmp_path=str(tmp_path / "q.sock"), emulator="sim")
-        proc = await launch(spec, run_dir=tmp_path)
-        try:
+        async with launched(spec, tmp_path):
             monitor = await connect_monitor(spec.qmp_path)
             closed = trio.Event()
             monitor.on_close(closed.set)
@@ -276,11 +276,6 @@ async def test_connect_monitor_lives_until_closed(tmp_path: Path) -> None:
             assert closed.is_set()
             with pytest.raises(ConnectionLost):
                 await monitor.execute("query-status")
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            with trio.move_on_after(5):
-                await proc.wait()
-            proc.close()
 
 
 @pytest.mark.slow
@@ -290,8 +285,7 @@ async def test_real_qemu_direct_reads_events_while_idle_and_eof(tmp_path: Path) 
     read by the hub while nobody waits, a kill is EOF (the close callback)."""
     with trio.fail_after(30):
         spec = LaunchSpec(name="vm1", qmp_path=str(tmp_path / "q.sock"), emulator="qemu")
-        proc = await launch(spec, run_dir=tmp_path)
-        try:
+        async with launched(spec, tmp_path) as proc:
             async with open_monitor(spec.qmp_path) as control:
                 names: list[str] = []
                 closed = trio.Event()
@@ -308,11 +302,6 @@ async def test_real_qemu_direct_reads_events_while_idle_and_eof(tmp_path: Path) 
                 await closed.wait()
                 with pytest.raises(ConnectionLost):
                     await control.execute("query-status")
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            with trio.move_on_after(5):
-                await proc.wait()
-            proc.close()
 
 
 def test_hub_reads_through_one_buffer_into_bytes_of_the_length_read() -> None:

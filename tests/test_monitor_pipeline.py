@@ -23,12 +23,12 @@ import pytest
 import trio
 
 from trioctl import LocalProtocolError, RemoteProtocolError
-from trioctl._launcher import MONITOR_SOCKET, LaunchSpec, launch
+from trioctl._launcher import MONITOR_SOCKET, LaunchSpec
 from trioctl._models import DomainDefinition, DomainState, MonitorState
 from trioctl._monitor import connect_monitor
 from trioctl._sansio.qmp import Event
 
-from .helpers import wait_until
+from .helpers import launched, wait_until
 from .test_driver import driver_at
 from .test_monitor import GREETING
 
@@ -150,15 +150,8 @@ async def _raw_exchange(path: str, wire: bytes, replies: int) -> list[dict[str, 
 @pytest.fixture(params=[pytest.param("qemu", marks=pytest.mark.qemu), "sim"])
 async def qmp_path(request: pytest.FixtureRequest, sock_dir: Path) -> AsyncIterator[str]:
     spec = LaunchSpec(name="vm1", qmp_path=str(sock_dir / "vm1.qmp"), emulator=request.param)
-    with trio.fail_after(20):
-        proc = await launch(spec, run_dir=sock_dir)
-    try:
+    async with launched(spec, sock_dir):
         yield spec.qmp_path
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        with trio.move_on_after(5):
-            await proc.wait()
-        proc.close()
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from trioctl import ConnectionLost, LaunchError, QmpCommandError
 from trioctl._launcher import LaunchSpec, QemuProcess, build_argv, launch
 from trioctl._monitor import open_monitor
 
-from .helpers import wait_until
+from .helpers import launched, wait_until
 
 BACKENDS = [pytest.param("qemu", marks=pytest.mark.qemu), "sim"]
 
@@ -36,15 +36,8 @@ async def vm(request: pytest.FixtureRequest, sock_dir: Path) -> AsyncIterator[Vm
         qmp_path=str(sock_dir / "vm1.qmp"),
         emulator=request.param,
     )
-    with trio.fail_after(20):
-        proc = await launch(spec, run_dir=sock_dir)
-    try:
+    async with launched(spec, sock_dir) as proc:
         yield Vm(proc, spec)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        with trio.move_on_after(5):
-            await proc.wait()
-        proc.close()
 
 
 @pytest.mark.slow
